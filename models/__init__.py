@@ -1,0 +1,65 @@
+"""Model registry: ``create_model(arch, num_classes=..., levels=...)`` and ``list_models()``."""
+import functools
+
+from . import resnet, vgg
+from .convert import SpikingNetwork, convert_to_snn
+from .qcfs import QCFS, clamp_thresholds_, get_levels, qcfs_layers, set_levels, validate_levels
+from .reference import load_reference_state_dict
+from .spiking import LayerStats, PascalNeuron, pascal_counts
+
+__all__ = [
+    "QCFS", "PascalNeuron", "SpikingNetwork", "LayerStats", "VARIANTS", "clamp_thresholds_",
+    "convert_to_snn", "create_model", "get_levels", "list_models", "load_reference_state_dict",
+    "model_args_of", "pascal_counts", "qcfs_layers", "set_levels", "validate_levels",
+]
+
+VARIANTS = ("cifar", "imagenet")
+
+# Paper architectures first; vgg_small is a fast stand-in for demos and tests.
+_REGISTRY = {
+    "vgg16": vgg.vgg16,
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "vgg_small": vgg.vgg_small,
+}
+
+
+def list_models():
+    """Names accepted by :func:`create_model`, paper architectures first."""
+    return list(_REGISTRY)
+
+
+def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4.0):
+    """Build a QCFS network.
+
+    Args:
+        arch: one of :func:`list_models`.
+        num_classes: size of the output layer.
+        levels: an int (the same L everywhere) or one int >= 1 per QCFS layer in forward
+            order (``[name for name, _ in qcfs_layers(model)]``; vgg16: 15, resnet18: 17,
+            resnet34: 33), the same meaning as the reference code's per-layer list.
+        variant: ``"cifar"`` (32x32 inputs) or ``"imagenet"``.
+        init_threshold: initial value of every QCFS threshold (lambda), > 0.
+
+    Raises:
+        ValueError: unknown arch or variant, bad levels (wrong count, < 1, non-integer),
+            or a non-positive initial threshold.
+    """
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not float(init_threshold) > 0:
+        raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+    act_layer = functools.partial(QCFS, level=1, init_threshold=float(init_threshold))
+    model = _REGISTRY[arch](num_classes, variant, act_layer)
+    set_levels(model, levels)
+    return model
+
+
+def model_args_of(model, arch, variant, num_classes):
+    """The ``model_args`` dict that rebuilds ``model`` with :func:`create_model`."""
+    return {"arch": arch, "variant": variant, "num_classes": num_classes,
+            "levels": get_levels(model)}

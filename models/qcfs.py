@@ -1,0 +1,128 @@
+"""QCFS activation: the quantized, clipped, shifted ReLU that PASCAL networks are trained with."""
+import numbers
+
+import torch
+from torch import nn
+
+__all__ = ["QCFS", "qcfs_layers", "get_levels", "set_levels", "clamp_thresholds_", "validate_levels"]
+
+
+class _QCFSFunction(torch.autograd.Function):
+    """y = step * clamp(floor(x / step + 1/2), 0, L) with step = threshold / L.
+
+    Backward is the QCFS straight-through estimator: floor passes gradients unchanged, so
+    inside the clipping range dy/dx = 1 and dy/dthreshold = (y - x) / threshold; above the
+    range y = threshold (dy/dthreshold = 1, dy/dx = 0); below it y = 0 (no gradient).
+    One fused function instead of a chain of autograd ops keeps training cost near ReLU's.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, x, threshold, level):
+        step = threshold / level
+        y = torch.floor(x / step + 0.5).clamp_(0, level).mul_(step)
+        ctx.save_for_backward(x, y, threshold)
+        return y
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_y):
+        x, y, threshold = ctx.saved_tensors
+        ratio = x / threshold
+        inside = (ratio >= 0) & (ratio <= 1)
+        grad_x = grad_threshold = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y * inside
+        if ctx.needs_input_grad[1]:
+            local = torch.where(inside, (y - x) / threshold, (ratio > 1).to(x.dtype))
+            grad_threshold = (grad_y * local).sum().reshape(threshold.shape)
+        return grad_x, grad_threshold, None
+
+
+class QCFS(nn.Module):
+    """Quantization-clip-floor-shift activation (spec section 1).
+
+    q(x) = threshold * clip(floor(x * L / threshold + 1/2) / L, 0, 1), with one trainable
+    scalar ``threshold`` (lambda) and an integer ``level`` L >= 1. Its outputs take the L+1
+    values {0, threshold/L, ..., threshold}; threshold/L is the spike amplitude of the
+    converted spiking layer.
+    """
+
+    def __init__(self, level: int = 4, init_threshold: float = 4.0):
+        super().__init__()
+        self.level = _check_level(level, "level")
+        self.threshold = nn.Parameter(torch.tensor([float(init_threshold)]))
+
+    def forward(self, x):
+        return _QCFSFunction.apply(x, self.threshold, self.level)
+
+    def quantize(self, x):
+        """Integer level k = clamp(floor(x / (threshold/L) + 1/2), 0, L) of every element."""
+        step = self.threshold.detach().to(x.dtype) / self.level
+        return torch.floor(x / step + 0.5).clamp_(0, self.level).to(torch.int64)
+
+    def extra_repr(self):
+        return f"level={self.level}"
+
+
+def _check_level(value, what):
+    # bool is an int subclass; a level of True is a bug, not 1.
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    else:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def qcfs_layers(model: nn.Module):
+    """``[(name, QCFS module), ...]`` in forward order (the order of ``levels``)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QCFS)]
+
+
+def get_levels(model: nn.Module):
+    """The per-layer levels of ``model`` as a list of ints."""
+    return [m.level for _, m in qcfs_layers(model)]
+
+
+def validate_levels(levels, layer_names):
+    """Expand ``levels`` (an int or one entry per QCFS layer) to a list of ints, or raise."""
+    names = list(layer_names)
+    if isinstance(levels, str):
+        raise ValueError(
+            f"levels must be an int or a sequence of ints, got the string {levels!r} "
+            "(parse comma-separated text with utils.parse_levels first)")
+    if isinstance(levels, (int, float)) and not isinstance(levels, bool):
+        return [_check_level(levels, "level")] * len(names)
+    try:
+        levels = list(levels)
+    except TypeError:
+        raise ValueError(f"levels must be an int or a sequence of ints, got {levels!r}") from None
+    if len(levels) != len(names):
+        shown = ", ".join(names) if len(names) <= 40 else ", ".join(names[:40]) + ", ..."
+        raise ValueError(
+            f"the model has {len(names)} QCFS layers ({shown}); got {len(levels)} levels")
+    return [_check_level(v, f"level of {name}") for v, name in zip(levels, names, strict=True)]
+
+
+def set_levels(model: nn.Module, levels):
+    """Set every QCFS layer's level from an int or a per-layer sequence; returns the list."""
+    layers = qcfs_layers(model)
+    expanded = validate_levels(levels, [name for name, _ in layers])
+    for (_, module), level in zip(layers, expanded, strict=True):
+        module.level = level
+    return expanded
+
+
+@torch.no_grad()
+def clamp_thresholds_(model: nn.Module, min_value: float = 1e-3):
+    """Keep every threshold >= ``min_value`` (call after each optimizer step).
+
+    Gradient descent can push a small threshold through zero; a non-positive threshold has
+    no spiking counterpart, so training projects it back onto the positive range.
+    """
+    for _, module in qcfs_layers(model):
+        module.threshold.clamp_(min=min_value)

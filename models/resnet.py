@@ -1,0 +1,84 @@
+"""ResNet-18/34 with QCFS activations, average pooling and a residual-addition module."""
+from torch import nn
+
+from .qcfs import QCFS
+
+
+class ResidualAdd(nn.Module):
+    """``branch + shortcut``, as a module so the spiking converter can replace it."""
+
+    def forward(self, branch, shortcut):
+        return branch + shortcut
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-QCFS-conv-BN on the branch, identity or 1x1 conv-BN on the shortcut, then QCFS.
+
+    Names follow the reference code (``residual_function``, ``shortcut``, ``act``). The two
+    QCFS layers, in forward order, are ``residual_function.2`` and ``act``.
+    """
+
+    def __init__(self, in_channels, channels, stride, act_layer=QCFS):
+        super().__init__()
+        self.residual_function = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            act_layer(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+        self.add = ResidualAdd()
+        self.act = act_layer()
+
+    def forward(self, x):
+        return self.act(self.add(self.residual_function(x), self.shortcut(x)))
+
+
+class ResNet(nn.Module):
+    """ResNet with stages ``conv2_x..conv5_x`` (reference naming).
+
+    ``variant="cifar"``: 3x3 stride-1 stem. ``variant="imagenet"``: 7x7 stride-2 stem and a
+    3x3 stride-2 *average* pool (max pooling would break the spiking equivalence).
+    """
+
+    def __init__(self, blocks_per_stage, num_classes, variant="cifar", act_layer=QCFS):
+        super().__init__()
+        if variant == "cifar":
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), act_layer())
+        else:
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                act_layer(), nn.AvgPool2d(3, stride=2, padding=1))
+        in_channels = 64
+        for index, (channels, num_blocks) in enumerate(zip((64, 128, 256, 512), blocks_per_stage,
+                                                           strict=True)):
+            stride = 1 if index == 0 else 2
+            blocks = []
+            for block_index in range(num_blocks):
+                blocks.append(BasicBlock(in_channels, channels, stride if block_index == 0 else 1,
+                                         act_layer=act_layer))
+                in_channels = channels
+            self.add_module(f"conv{index + 2}_x", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.conv5_x(self.conv4_x(self.conv3_x(self.conv2_x(x))))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+def resnet18(num_classes, variant, act_layer):
+    return ResNet((2, 2, 2, 2), num_classes, variant, act_layer)
+
+
+def resnet34(num_classes, variant, act_layer):
+    return ResNet((3, 4, 6, 3), num_classes, variant, act_layer)

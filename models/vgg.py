@@ -1,0 +1,69 @@
+"""VGG networks with QCFS activations and average pooling (CIFAR and ImageNet variants)."""
+from torch import nn
+
+from .qcfs import QCFS
+
+# Channels of each convolution, grouped by stage; every stage ends with a 2x2 average pool.
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+SMALL_STAGES = ((16,), (32,), (64,))
+
+
+class VGG(nn.Module):
+    """VGG with stages ``layer1..layerN`` and a three-layer classifier.
+
+    Module names follow the reference PASCAL code (``layer1.0`` conv, ``layer1.1`` BN,
+    ``layer1.2`` QCFS, ..., ``classifier.1`` first linear layer), so its checkpoints map onto
+    this class one to one. ``pool`` sits between the convolutions and the classifier:
+    identity for the CIFAR VGG-16 (32x32 inputs reach 1x1 after five pools), an adaptive
+    average pool otherwise (7x7 for ImageNet, as torchvision's VGG); all are linear, so the
+    spiking conversion stays exact.
+    """
+
+    def __init__(self, stages, num_classes, hidden, act_layer=QCFS, pool=None,
+                 conv_dropout=0.1, fc_dropout=0.5):
+        super().__init__()
+        in_channels = 3
+        for index, channels in enumerate(stages, start=1):
+            layers = []
+            for position, out_channels in enumerate(channels):
+                if position > 0:
+                    layers.append(nn.Dropout(conv_dropout))
+                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                           nn.BatchNorm2d(out_channels), act_layer()]
+                in_channels = out_channels
+            layers.append(nn.AvgPool2d(2))
+            self.add_module(f"layer{index}", nn.Sequential(*layers))
+        self.num_stages = len(stages)
+        self.pool = pool if pool is not None else nn.Identity()
+        pooled = 1
+        if isinstance(self.pool, nn.AdaptiveAvgPool2d):
+            size = self.pool.output_size
+            size = (size, size) if isinstance(size, int) else size
+            pooled = size[0] * size[1]
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * pooled, hidden), act_layer(), nn.Dropout(fc_dropout),
+            nn.Linear(hidden, hidden), act_layer(), nn.Dropout(fc_dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        for index in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{index}")(x)
+        return self.classifier(self.pool(x))
+
+
+def vgg16(num_classes, variant, act_layer):
+    if variant == "cifar":
+        return VGG(VGG16_STAGES, num_classes, hidden=4096, act_layer=act_layer)
+    return VGG(VGG16_STAGES, num_classes, hidden=4096, act_layer=act_layer,
+               pool=nn.AdaptiveAvgPool2d(7))
+
+
+def vgg_small(num_classes, variant, act_layer):
+    """Three conv stages of 16/32/64 channels and a 128-unit classifier: 5 QCFS layers.
+
+    For demos and tests (a training step costs ~1/50 of VGG-16's); not a paper model.
+    """
+    return VGG(SMALL_STAGES, num_classes, hidden=128, act_layer=act_layer,
+               pool=nn.AdaptiveAvgPool2d(1), conv_dropout=0.0, fc_dropout=0.1)

@@ -1,0 +1,81 @@
+"""Shared test helpers: live random networks and ANN-side QCFS levels."""
+import torch
+from torch import nn
+
+import models
+
+
+def randomize_(model, generator):
+    """Random weights, biases and BN statistics (eval-mode BN is then a random affine map)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0, (2.0 / fan_in) ** 0.5, generator=generator)
+                if module.bias is not None:
+                    module.bias.normal_(0, 0.1, generator=generator)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0, 0.2, generator=generator)
+                module.running_mean.normal_(0, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model
+
+
+@torch.no_grad()
+def calibrate_thresholds_(model, x, percentile=0.95):
+    """Set each QCFS threshold, in forward order, to a high percentile of its own input.
+
+    Done in one pass with pre-hooks, so each layer sees inputs produced with the already
+    calibrated thresholds of the layers before it. Keeps random networks alive: without it
+    random thresholds leave whole layers silent or saturated, and equivalence would be
+    tested on constant tensors.
+    """
+    def hook(module, args):
+        values = args[0].detach().flatten().float()
+        if values.numel() > 1_000_000:
+            values = values[torch.randperm(values.numel())[:1_000_000]]
+        positive = values[values > 0]
+        source = positive if positive.numel() else values.abs()
+        module.threshold.fill_(max(float(torch.quantile(source, percentile)), 1e-3))
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in models.qcfs_layers(model)]
+    try:
+        logits = model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    # Random deep networks map every input to nearly the same logits; removing the batch mean
+    # from the output bias lets the per-image differences decide the class.
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    last.bias -= logits.mean(0)
+    return model
+
+
+@torch.no_grad()
+def ann_levels(model, x):
+    """``(logits, {qcfs name: integer level tensor (B, ...)})`` from the ANN in eval mode."""
+    levels = {}
+    handles = []
+    for name, module in models.qcfs_layers(model):
+        def hook(mod, args, output, name=name):
+            levels[name] = mod.quantize(args[0])
+        handles.append(module.register_forward_hook(hook))
+    try:
+        logits = model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, levels
+
+
+def live_model(arch, levels, variant="cifar", num_classes=10, seed=0, images=4, size=None,
+               dtype=torch.float64):
+    """A random, calibrated (alive) model and its input batch."""
+    generator = torch.Generator().manual_seed(seed)
+    model = models.create_model(arch, num_classes=num_classes, levels=levels, variant=variant)
+    model = randomize_(model, generator).to(dtype)
+    size = size or (32 if variant == "cifar" else 64)
+    x = torch.randn(images, 3, size, size, generator=generator, dtype=dtype)
+    calibrate_thresholds_(model, x)
+    return model, x
