@@ -1,0 +1,187 @@
+"""Self-describing checkpoints: atomic writes, weights-only loads, one-line errors.
+
+A checkpoint is a dict of tensors and plain Python values (loadable with
+``torch.load(..., weights_only=True)``)::
+
+    format_version  int (FORMAT_VERSION)
+    model_args      {"arch", "variant", "num_classes", "levels", "dataset"}
+    state_dict      the unwrapped model state_dict
+    optimizer, scheduler, scaler   state dicts (training checkpoints)
+    epoch           number of completed epochs
+    best_acc1       best test top-1 so far (percent)
+    rng             {"python", "numpy", "torch", "cuda"} generator states
+    args            the command-line arguments as a plain dict
+"""
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+from utils import DATASETS, UsageError
+
+FORMAT_VERSION = 1
+
+
+def checkpoint_path(checkpoint_dir, run_id, best=False):
+    return Path(checkpoint_dir) / (f"{run_id}_best.pth" if best else f"{run_id}.pth")
+
+
+def list_ids(checkpoint_dir):
+    """Run ids with a checkpoint in ``checkpoint_dir`` (``{id}.pth`` files, not ``_best``)."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.pth") if not p.stem.endswith("_best"))
+
+
+def save_checkpoint(path, state):
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, then rename.
+
+    A crash or kill mid-write leaves the previous ``path`` intact (only the temp file is
+    partial, and it is removed on the next failure-free save).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint_file(path, checkpoint_dir=None):
+    """``torch.load(path, weights_only=True)`` with one-line errors for every bad file."""
+    path = Path(path)
+    if not path.exists():
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else path.parent
+        ids = list_ids(folder)
+        known = f"ids with a checkpoint in {folder}: {', '.join(ids)}" if ids else \
+            f"{folder} holds no checkpoints"
+        raise UsageError(f"checkpoint {path} does not exist ({known}); check --id / "
+                         "--checkpoint-dir, or pass --checkpoint PATH")
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} is not a file: pass the .pth file itself")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "Weights only load failed" in str(error):
+            raise UsageError(
+                f"{path} contains pickled Python objects that safe loading refuses: re-save it "
+                "as a state_dict (torch.save(model.state_dict(), ...)) from the code that wrote "
+                "it") from None
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
+                         f"format: {text}); re-create it or pick another file") from None
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint "
+                         "dict or state_dict")
+    return checkpoint
+
+
+def is_own_format(checkpoint):
+    return "model_args" in checkpoint and "state_dict" in checkpoint
+
+
+def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None):
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    Our checkpoints carry ``model_args``; ``arch``/``dataset`` given on the command line must
+    agree with them, and ``levels`` (if given) override the stored ones. A checkpoint written
+    by the reference PASCAL code carries no levels, so ``levels``, ``arch`` and ``dataset``
+    are required for it. Returns ``(model, model_args)``.
+    """
+    if is_own_format(checkpoint):
+        model_args = dict(checkpoint["model_args"])
+        if arch is not None and arch != model_args["arch"]:
+            raise UsageError(f"{path} holds a {model_args['arch']} model but -arch {arch} was "
+                             f"given: drop -arch or pass -arch {model_args['arch']}")
+        stored = model_args.get("dataset")
+        if dataset is not None and stored is not None and DATASETS.get(dataset, (None,))[0] \
+                != model_args["num_classes"]:
+            raise UsageError(f"{path} was trained on {stored} ({model_args['num_classes']} "
+                             f"classes); -data {dataset} has a different number of classes")
+        if levels is not None:
+            model_args["levels"] = levels
+        model = _create(model_args, path)
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as error:
+            raise UsageError(f"{path} does not fit its own model_args: "
+                             f"{str(error).splitlines()[0]}") from None
+        model_args["levels"] = models.get_levels(model)
+        return model, model_args
+    # reference-code checkpoint: a bare state_dict or one under model_state_dict
+    if arch is None or dataset is None:
+        raise UsageError(f"{path} has no model_args (a reference-code checkpoint?): pass -arch "
+                         "and -data")
+    if levels is None:
+        raise UsageError(f"{path} was written by the reference code and carries no levels: pass "
+                         "--levels (one per QCFS layer, as its self.list / mylist)")
+    num_classes, variant = DATASETS[dataset]
+    model_args = {"arch": arch, "variant": variant, "num_classes": num_classes,
+                  "levels": levels, "dataset": dataset}
+    model = _create(model_args, path)
+    try:
+        models.load_reference_state_dict(model, checkpoint)
+    except ValueError as error:
+        raise UsageError(f"{path} does not match {arch} for {dataset}: {error}") from None
+    model_args["levels"] = models.get_levels(model)
+    return model, model_args
+
+
+def _create(model_args, path):
+    try:
+        return models.create_model(model_args["arch"], num_classes=model_args["num_classes"],
+                                   levels=model_args["levels"],
+                                   variant=model_args.get("variant", "cifar"))
+    except (KeyError, TypeError) as error:
+        raise UsageError(f"{path} has malformed model_args ({error})") from None
+
+
+def rng_state():
+    """Generator states as tensors and plain Python values (weights_only-safe)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def plain(value):
+    """``value`` with Paths, numpy scalars and tuples turned into plain Python types."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,127 @@
+"""Datasets and loaders: CIFAR-10/100 and ImageNet from disk, and the bundled digits."""
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from utils import DATASETS, UsageError
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
+CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split never changes
+DIGITS_TEST_FRACTION = 0.2
+
+
+def cifar_transforms(dataset, train):
+    """The paper's CIFAR recipe: crop 32 pad 4, flip, AutoAugment (CIFAR-10 policy), Cutout 16."""
+    from torchvision import transforms as T
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if dataset == "cifar10" else \
+        (CIFAR100_MEAN, CIFAR100_STD)
+    if not train:
+        return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([
+        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+        T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), T.ToTensor(), T.Normalize(mean, std),
+        # Cutout: one 16x16 square (a quarter of a 32x32 image) set to zero, always.
+        T.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0),
+    ])
+
+
+def imagenet_transforms(train, image_size=224):
+    from torchvision import transforms as T
+    if train:
+        return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(),
+                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    resize = int(round(image_size * 256 / 224))
+    return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with the package).
+
+    Upsampled to 32x32 (bilinear), repeated to 3 channels, scaled to [-1, 1]. The split is a
+    fixed stratified 80/20 split (``train_test_split(test_size=0.2, stratify=labels,
+    random_state=0)``): 1,437 training and 360 test images. Training augmentation: random
+    shifts of up to 2 pixels (zero-padded crop).
+    """
+
+    def __init__(self, train, augment=None):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        images = torch.nn.functional.interpolate(images, size=32, mode="bilinear",
+                                                 align_corners=False)
+        images = (images.repeat(1, 3, 1, 1) - 0.5) / 0.5
+        labels = np.asarray(digits.target)
+        train_idx, test_idx = train_test_split(
+            np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels,
+            random_state=DIGITS_SPLIT_SEED)
+        index = torch.as_tensor(train_idx if train else test_idx)
+        self.images = images[index]
+        self.targets = [int(t) for t in labels[index.numpy()]]
+        self.augment = augment if augment is not None else train
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if self.augment:
+            padded = torch.nn.functional.pad(image, (2, 2, 2, 2))
+            dy, dx = torch.randint(0, 5, (2,)).tolist()
+            image = padded[:, dy:dy + 32, dx:dx + 32]
+        return image, self.targets[i]
+
+
+def get_dataset(name, root, split, download=False, augment=None, image_size=224):
+    """The ``split`` ("train" or "test") of dataset ``name``.
+
+    ``augment`` defaults to ``split == "train"``; ``augment=False`` gives the training images
+    with evaluation transforms (what get_stats.py measures on).
+    """
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    train = split == "train"
+    augment = train if augment is None else augment
+    if name == "digits":
+        return DigitsDataset(train=train, augment=augment)
+    if name in ("cifar10", "cifar100"):
+        from torchvision import datasets
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        try:
+            return cls(root, train=train, download=download,
+                       transform=cifar_transforms(name, augment))
+        except RuntimeError as error:
+            raise UsageError(
+                f"{name} not found under {os.path.abspath(root)} ({error}): pass --download to "
+                "fetch it, set --data-root (or $PASCAL_DATA) to where it is, or try the bundled "
+                "dataset with -data digits") from None
+    return image_folder(root, "train" if train else "val",
+                        imagenet_transforms(augment, image_size))
+
+
+def image_folder(root, split, transform):
+    """``root/split`` as an ImageFolder, with one-line errors for a missing or empty tree."""
+    from torchvision import datasets
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise UsageError(f"{path} is not a directory: an ImageNet-style root needs train/ and "
+                         "val/ folders with one sub-folder per class (set --data-root)")
+    try:
+        return datasets.ImageFolder(path, transform=transform)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise UsageError(f"no usable images under {path}: {error}") from None
+
+
+def make_loader(dataset, batch_size, train, workers=0, generator=None, sampler=None,
+                device=None):
+    """A DataLoader; shuffled for training (driven by ``generator`` for reproducibility)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
+                      sampler=sampler, num_workers=workers, generator=generator,
+                      pin_memory=device is not None and device.type == "cuda",
+                      drop_last=False, persistent_workers=False)

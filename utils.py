@@ -1,0 +1,118 @@
+"""Shared script plumbing: one-line errors, logging, seeding, devices and level parsing."""
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+__all__ = ["UsageError", "run_main", "setup_logging", "seed_everything", "resolve_device",
+           "parse_levels", "progress", "DATASETS", "default_checkpoint_dir"]
+
+# Dataset name -> (number of classes, model variant).
+DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
+            "imagenet": (1000, "imagenet")}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line (problem and fix), exit status 2."""
+
+
+def run_main(main, args):
+    """Run ``main(args)``; a UsageError or ValueError becomes one line on stderr and exit 2.
+
+    ``--debug`` (``args.debug``) shows the traceback instead. Returns the exit status.
+    """
+    try:
+        status = main(args)
+    except (UsageError, ValueError) as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if status is None else status
+
+
+def setup_logging(log_file=None, quiet=False):
+    """Log to the console and, if given, to ``log_file`` (appending). Returns the logger."""
+    logger = logging.getLogger("pascal")
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.addHandler(console)
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec=None):
+    """``None`` -> cuda if available else cpu; ``"0"`` -> cuda:0; else ``torch.device(spec)``."""
+    if spec is None or spec == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = str(spec)
+    if spec.isdigit():
+        spec = f"cuda:{spec}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r}: use cpu, cuda, cuda:N or a GPU index") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {spec!r} asked for, but CUDA is not available here: "
+                             "drop -dev to run on the CPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {spec!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def parse_levels(text):
+    """``"4"`` -> 4; ``"8,4,4,1"`` -> [8, 4, 4, 1]; anything else raises UsageError."""
+    if text is None:
+        return None
+    if isinstance(text, (int, list)):
+        return text
+    parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--levels must be one integer or a comma-separated list of integers, "
+                         f"got {text!r}") from None
+    if not values:
+        raise UsageError("--levels is empty: give one integer or one per QCFS layer")
+    if any(v < 1 for v in values):
+        raise UsageError(f"--levels must be integers >= 1, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def progress(iterable, enabled, **kwargs):
+    """A tqdm bar when enabled and stderr is a terminal, else the iterable itself."""
+    if not enabled or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def default_checkpoint_dir(dataset):
+    return f"{dataset}-checkpoints"
+
+
+def env_data_root():
+    """``$PASCAL_DATA`` if set, else ``./data``."""
+    return os.environ.get("PASCAL_DATA", "./data")
