@@ -70,6 +70,20 @@ def get_args_parser(add_help=True):
     group.add_argument("--skip-nonfinite", action="store_true",
                        help="skip batches whose loss is NaN/inf instead of stopping "
                             "(default: stop, keeping the last good checkpoint)")
+    group = parser.add_argument_group("adaptive layerwise levels (two-phase schedule)")
+    group.add_argument("--adaptive", action="store_true",
+                       help="train --phase1-epochs with uniform levels, choose per-layer levels "
+                            "from the AL metric, continue to --epochs (default: off)")
+    group.add_argument("--phase1-epochs", type=int, default=None,
+                       help="epochs before the levels are chosen (required with --adaptive)")
+    group.add_argument("--max-level", type=int, default=None,
+                       help="level of the least concentrated layers (default: the largest "
+                            "phase-1 level)")
+    group.add_argument("--thresholds", default=None,
+                       help="metric cut points t1,t2,t3 of the level rule (default: get_stats.py's)")
+    group.add_argument("--stats-batches", type=int, default=20,
+                       help="training batches (evaluation transforms) the metric is measured on "
+                            "(default: 20)")
     group = parser.add_argument_group("run and checkpoints")
     group.add_argument("--id", default=None,
                        help="run id: checkpoints are {checkpoint-dir}/{id}.pth and {id}_best.pth "
@@ -118,6 +132,16 @@ def resolve_args(args):
     if args.resume_from_ckpt and args.initial_checkpoint:
         raise UsageError("--resume_from_ckpt=1 and --initial-checkpoint exclude each other: "
                          "give only one")
+    if args.adaptive:
+        if args.phase1_epochs is None or not 1 <= args.phase1_epochs < args.epochs:
+            raise UsageError(f"--adaptive needs --phase1-epochs N with 1 <= N < -epochs "
+                             f"({args.epochs}), got {args.phase1_epochs}")
+        from get_stats import parse_thresholds
+        args.thresholds = parse_thresholds(args.thresholds)
+        if args.max_level is not None and args.max_level < 1:
+            raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
+    elif args.phase1_epochs is not None:
+        raise UsageError("--phase1-epochs only makes sense with --adaptive")
     if not args.init_threshold > 0:
         raise UsageError(f"--init-threshold must be > 0, got {args.init_threshold}")
     args.device = resolve_device(args.device)
@@ -232,6 +256,23 @@ def build_run(args, logger):
     return model, model_args, None
 
 
+def choose_levels(model, args, device, logger):
+    """Phase 1 -> 2 of the adaptive schedule: AL metric per layer, then the level rule."""
+    from get_stats import collect_level_counts, format_table, layer_metrics
+    from torch.utils.data import Subset
+    stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False)
+    stats_set = Subset(stats_set, range(min(len(stats_set),
+                                            args.stats_batches * args.batch_size)))
+    loader = make_loader(stats_set, args.batch_size, False, args.workers, device=device)
+    counts = collect_level_counts(model, loader, device)
+    rows = layer_metrics(model, counts, 5, args.max_level, args.thresholds)
+    old = models.get_levels(model)
+    new = models.set_levels(model, [r["suggested_level"] for r in rows])
+    logger.info(f"AL metric on {len(stats_set)} training images:\n{format_table(rows)}")
+    logger.info(f"adaptive levels: {old} -> {new}")
+    return new, rows
+
+
 def epoch_seed(seed, epoch):
     """Every epoch draws its data order and augmentation from its own seed, so a resumed run
     repeats exactly what an uninterrupted one would have done."""
@@ -253,8 +294,9 @@ def main(args):
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     scaler = torch.amp.GradScaler("cuda") if args.amp else None
-    start_epoch, best_acc1 = 0, 0.0
+    start_epoch, best_acc1, adaptive = 0, 0.0, None
     if restored is not None:
+        adaptive = restored.get("adaptive")
         optimizer.load_state_dict(restored["optimizer"])
         scheduler.load_state_dict(restored["scheduler"])
         if scheduler.T_max != args.epochs:
@@ -294,13 +336,23 @@ def main(args):
         test_acc1, test_loss, _ = evaluate(model, test_loader, device, not args.no_progress)
         is_best = test_acc1 > best_acc1
         best_acc1 = max(best_acc1, test_acc1)
+        if args.adaptive and epoch + 1 == args.phase1_epochs and adaptive is None:
+            logger.info(f"epoch {epoch + 1}: phase 1 ends with test top-1 {test_acc1:.2f}%")
+            levels, rows = choose_levels(model, args, device, logger)
+            model_args["levels"] = levels
+            adaptive = {"phase1_epochs": args.phase1_epochs, "phase1_test_acc1": test_acc1,
+                        "levels": levels, "metrics": [
+                            {k: r[k] for k in ("name", "level", "metric", "suggested_level")}
+                            for r in rows]}
+            # phase-2 accuracy is not comparable with phase 1: track the best afresh
+            best_acc1, is_best = 0.0, False
         state = {
             "format_version": FORMAT_VERSION, "model_args": model_args,
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch + 1, "best_acc1": best_acc1, "test_acc1": test_acc1,
-            "rng": rng_state(), "args": plain(vars(args)),
+            "rng": rng_state(), "args": plain(vars(args)), "adaptive": adaptive,
         }
         save_checkpoint(latest, state)
         if is_best:
