@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils import DATASETS, UsageError
+from utils import DATASETS, UsageError, ignore_signals_in_worker
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
@@ -120,8 +120,94 @@ def image_folder(root, split, transform):
 
 def make_loader(dataset, batch_size, train, workers=0, generator=None, sampler=None,
                 device=None):
-    """A DataLoader; shuffled for training (driven by ``generator`` for reproducibility)."""
+    """A DataLoader; shuffled for training (driven by ``generator`` for reproducibility).
+
+    Workers ignore SIGINT/SIGTERM: the main process decides how a run stops.
+    """
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
                       sampler=sampler, num_workers=workers, generator=generator,
                       pin_memory=device is not None and device.type == "cuda",
-                      drop_last=False, persistent_workers=False)
+                      drop_last=False, persistent_workers=False,
+                      worker_init_fn=ignore_signals_in_worker if workers else None)
+
+
+class SeededAugmentation(Dataset):
+    """Draw each sample's random augmentation from its own seed: (run seed, epoch, index).
+
+    The augmentation of a sample then does not depend on which worker loads it, on the
+    number of workers, or on where a run was interrupted and resumed, so a resumed run sees
+    exactly the images an uninterrupted one would. The global RNG is left untouched.
+    """
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+                              % 2**63)
+            return self.dataset[index]
+
+
+def epoch_order(num_items, seed):
+    """The shuffled sample order of one epoch, a pure function of ``seed``."""
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def check_image_folder(root):
+    """Check an ImageNet-style tree ``root/{train,val}/CLASS/IMAGE``; return the class names.
+
+    Cheap (one directory listing per class, stopping at the first image), so the launcher can
+    run it before any worker starts. Raises a one-line UsageError when ``root``, ``train/`` or
+    ``val/`` is missing, ``train/`` has no class folders, ``val/`` does not have the same class
+    folders as ``train/`` (ImageFolder numbers classes by sorted folder name, so a missing
+    folder would silently shift every label after it), or a class folder holds no image.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    layout = "DIR/train/CLASS/*.jpg and DIR/val/CLASS/*.jpg"
+    if not os.path.isdir(root):
+        raise UsageError(f"{root} is not a directory: pass the folder that holds train/ and val/ "
+                         f"({layout})")
+    classes = {}
+    for split in ("train", "val"):
+        path = os.path.join(root, split)
+        if not os.path.isdir(path):
+            raise UsageError(f"{path} is missing: {root} must hold train/ and val/, each with one "
+                             f"sub-folder of images per class ({layout})")
+        with os.scandir(path) as entries:
+            classes[split] = sorted(e.name for e in entries if e.is_dir())
+        if not classes[split]:
+            raise UsageError(f"{path} has no class sub-folders: put each class's images in "
+                             f"{split}/CLASS/ ({layout})")
+    if classes["train"] != classes["val"]:
+        only_train = sorted(set(classes["train"]) - set(classes["val"]))
+        only_val = sorted(set(classes["val"]) - set(classes["train"]))
+        raise UsageError(f"train/ and val/ under {root} must have the same class folders: "
+                         f"only in train/: {_first(only_train)}; only in val/: {_first(only_val)}")
+    for split in ("train", "val"):
+        for name in classes[split]:
+            folder = os.path.join(root, split, name)
+            if not _has_file(folder, IMG_EXTENSIONS):
+                raise UsageError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}): add "
+                                 "some or remove the folder from both train/ and val/")
+    return classes["train"]
+
+
+def _has_file(folder, extensions):
+    for directory, _, files in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(extensions) for f in files):
+            return True
+    return False
+
+
+def _first(names, count=5):
+    if not names:
+        return "none"
+    return ", ".join(names[:count]) + (f" (and {len(names) - count} more)"
+                                       if len(names) > count else "")

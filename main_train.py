@@ -5,9 +5,10 @@
 """
 import argparse
 import csv
-import math
+import os
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,9 +18,10 @@ import models
 from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, list_ids,
                         load_checkpoint_file, model_from_checkpoint, plain, rng_state,
                         save_checkpoint, set_rng_state)
-from data import get_dataset, make_loader
-from utils import (DATASETS, UsageError, default_checkpoint_dir, env_data_root, parse_levels,
-                   progress, resolve_device, run_main, seed_everything, setup_logging)
+from data import SeededAugmentation, epoch_order, get_dataset, make_loader
+from utils import (DATASETS, GracefulInterrupt, UsageError, default_checkpoint_dir,
+                   env_data_root, parse_levels, progress, resolve_device, run_main,
+                   seed_everything, setup_logging)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
 DEFAULTS = {
@@ -108,6 +110,8 @@ def get_args_parser(add_help=True):
     group.add_argument("-j", "--workers", type=int, default=2,
                        help="data-loading worker processes (default: 2)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms (bit-reproducible on CUDA too; slower)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
@@ -155,17 +159,40 @@ def resolve_args(args):
     return args
 
 
+@dataclass
+class EpochProgress:
+    """Running totals of one training epoch; saved with a mid-epoch checkpoint."""
+
+    step: int = 0          # completed steps of this epoch
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
+
+
+class Interrupted(Exception):
+    """A stop was requested (signal); carries the epoch's progress so far."""
+
+    def __init__(self, progress):
+        super().__init__(f"interrupted after step {progress.step}")
+        self.progress = progress
+
+
 def train_one_epoch(model, loader, optimizer, device, epoch, args, scaler=None, logger=None,
-                    step_hook=None):
+                    step_hook=None, progress_state=None, interrupt=None):
     """One pass over ``loader``; returns ``(mean loss, top-1 %, skipped batches)``.
 
     Thresholds are clamped to >= MIN_THRESHOLD after every optimizer step, so the network
-    always has a spiking counterpart.
+    always has a spiking counterpart. ``progress_state`` continues a partly done epoch
+    (``loader`` then yields only the remaining batches). If ``interrupt.after_step`` reports
+    a stop request, the step in hand is finished and :class:`Interrupted` is raised.
     """
     model.train()
-    total_loss, correct, seen, skipped = 0.0, 0, 0, 0
-    bar = progress(loader, not args.no_progress, desc=f"epoch {epoch + 1} train")
-    for step, (images, targets) in enumerate(bar):
+    state = progress_state or EpochProgress()
+    bar = progress(loader, not args.no_progress, desc=f"epoch {epoch + 1} train",
+                   initial=state.step, total=state.step + len(loader))
+    for images, targets in bar:
+        step = state.step
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
@@ -174,25 +201,29 @@ def train_one_epoch(model, loader, optimizer, device, epoch, args, scaler=None, 
         if not torch.isfinite(loss):
             if not args.skip_nonfinite:
                 raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            skipped += 1
+            state.skipped += 1
             if logger:
                 logger.warning(f"epoch {epoch + 1} step {step + 1}: non-finite loss, skipped")
-            continue
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
         else:
-            loss.backward()
-            optimizer.step()
-        models.clamp_thresholds_(model, MIN_THRESHOLD)
-        total_loss += loss.item() * len(targets)
-        correct += int((logits.argmax(1) == targets).sum())
-        seen += len(targets)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            models.clamp_thresholds_(model, MIN_THRESHOLD)
+            state.loss_sum += loss.item() * len(targets)
+            state.correct += int((logits.argmax(1) == targets).sum())
+            state.seen += len(targets)
+        state.step += 1
         if step_hook is not None:
             step_hook(epoch, step)
-    return total_loss / max(seen, 1), 100.0 * correct / max(seen, 1), skipped
+        if interrupt is not None and interrupt.after_step(epoch, step):
+            raise Interrupted(state)
+    return state.loss_sum / max(state.seen, 1), 100.0 * state.correct / max(state.seen, 1), \
+        state.skipped
 
 
 @torch.no_grad()
@@ -284,6 +315,8 @@ def main(args):
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
     seed_everything(args.seed)
+    if args.deterministic:
+        enable_determinism()
     device = args.device
 
     train_set = get_dataset(args.dataset, args.data_root, "train", download=args.download)
@@ -294,7 +327,7 @@ def main(args):
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     scaler = torch.amp.GradScaler("cuda") if args.amp else None
-    start_epoch, best_acc1, adaptive = 0, 0.0, None
+    start_epoch, best_acc1, adaptive, partial = 0, 0.0, None, None
     if restored is not None:
         adaptive = restored.get("adaptive")
         optimizer.load_state_dict(restored["optimizer"])
@@ -305,70 +338,110 @@ def main(args):
         if scaler is not None and restored.get("scaler"):
             scaler.load_state_dict(restored["scaler"])
         start_epoch, best_acc1 = int(restored["epoch"]), float(restored["best_acc1"])
+        if restored.get("partial_epoch"):
+            partial = EpochProgress(**restored["partial_epoch"])
         set_rng_state(restored["rng"])
-        logger.info(f"resuming run {args.id} after epoch {start_epoch} (best {best_acc1:.2f}%)")
+        where = f"epoch {start_epoch}" + (f" + {partial.step} steps of epoch {start_epoch + 1}"
+                                          if partial else "")
+        logger.info(f"resuming run {args.id} after {where} (best {best_acc1:.2f}%)")
     if start_epoch >= args.epochs:
         raise UsageError(f"run {args.id} already finished {start_epoch} epochs: raise -epochs "
                          "to train longer")
 
     logger.info(f"run {args.id}: {args.arch} on {args.dataset}, levels {model_args['levels']}, "
                 f"{len(train_set)} train / {len(test_set)} test images, device {device}")
-    generator = torch.Generator()
-    train_loader = make_loader(train_set, args.batch_size, True, args.workers, generator,
-                               device=device)
+    train_set = SeededAugmentation(train_set, args.seed)
     test_loader = make_loader(test_set, max(args.batch_size, 256), False, args.workers,
                               device=device)
     csv_path = args.checkpoint_dir / f"{args.id}_epochs.csv"
     latest = checkpoint_path(args.checkpoint_dir, args.id)
-    for epoch in range(start_epoch, args.epochs):
-        started = time.time()
-        seed_everything(epoch_seed(args.seed, epoch))
-        generator.manual_seed(epoch_seed(args.seed, epoch))
-        lr = optimizer.param_groups[0]["lr"]
-        try:
-            train_loss, train_acc1, skipped = train_one_epoch(
-                model, train_loader, optimizer, device, epoch, args, scaler, logger)
-        except Diverged as error:
-            logger.error(f"training stopped: {error}; the last good checkpoint ({latest}) is "
-                         "intact: lower -lr, or pass --skip-nonfinite")
-            return 3
-        scheduler.step()
-        test_acc1, test_loss, _ = evaluate(model, test_loader, device, not args.no_progress)
-        is_best = test_acc1 > best_acc1
-        best_acc1 = max(best_acc1, test_acc1)
-        if args.adaptive and epoch + 1 == args.phase1_epochs and adaptive is None:
-            logger.info(f"epoch {epoch + 1}: phase 1 ends with test top-1 {test_acc1:.2f}%")
-            levels, rows = choose_levels(model, args, device, logger)
-            model_args["levels"] = levels
-            adaptive = {"phase1_epochs": args.phase1_epochs, "phase1_test_acc1": test_acc1,
-                        "levels": levels, "metrics": [
-                            {k: r[k] for k in ("name", "level", "metric", "suggested_level")}
-                            for r in rows]}
-            # phase-2 accuracy is not comparable with phase 1: track the best afresh
-            best_acc1, is_best = 0.0, False
-        state = {
+
+    def snapshot(epoch_done, partial_epoch=None):
+        return {
             "format_version": FORMAT_VERSION, "model_args": model_args,
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch + 1, "best_acc1": best_acc1, "test_acc1": test_acc1,
+            "epoch": epoch_done, "best_acc1": best_acc1,
+            "partial_epoch": asdict(partial_epoch) if partial_epoch else None,
             "rng": rng_state(), "args": plain(vars(args)), "adaptive": adaptive,
         }
-        save_checkpoint(latest, state)
-        if is_best:
-            save_checkpoint(checkpoint_path(args.checkpoint_dir, args.id, best=True), state)
-        seconds = time.time() - started
-        logger.info(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4f}  train loss {train_loss:.4f} "
-                    f"acc {train_acc1:.2f}%  test loss {test_loss:.4f} acc {test_acc1:.2f}%  "
-                    f"best {best_acc1:.2f}%  {seconds:.1f}s" +
-                    (f"  ({skipped} non-finite batches skipped)" if skipped else ""))
-        write_csv_row(csv_path, {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                                 "train_acc1": train_acc1, "test_loss": test_loss,
-                                 "test_acc1": test_acc1, "best_acc1": best_acc1,
-                                 "seconds": round(seconds, 2), "skipped_batches": skipped,
-                                 "levels": ",".join(map(str, model_args["levels"]))})
+
+    with GracefulInterrupt() as interrupt:
+        for epoch in range(start_epoch, args.epochs):
+            started = time.time()
+            state = partial if epoch == start_epoch and partial else EpochProgress()
+            if state.step == 0:
+                # each epoch draws from its own seed: a resumed run repeats an uninterrupted one
+                seed_everything(epoch_seed(args.seed, epoch))
+            train_set.set_epoch(epoch)
+            order = epoch_order(len(train_set), epoch_seed(args.seed, epoch))
+            loader = make_loader(train_set, args.batch_size, True, args.workers,
+                                 sampler=order[state.step * args.batch_size:], device=device)
+            lr = optimizer.param_groups[0]["lr"]
+            try:
+                train_loss, train_acc1, skipped = train_one_epoch(
+                    model, loader, optimizer, device, epoch, args, scaler, logger,
+                    progress_state=state, interrupt=interrupt)
+            except Diverged as error:
+                logger.error(f"training stopped: {error}; the last good checkpoint ({latest}) "
+                             "is intact: lower -lr, or pass --skip-nonfinite")
+                return 3
+            except Interrupted as stop:
+                save_checkpoint(latest, snapshot(epoch, stop.progress))
+                logger.error(f"interrupted (signal {interrupt.requested}) at epoch {epoch + 1}, "
+                             f"step {stop.progress.step}; resumable checkpoint {latest}; "
+                             f"resume with: {resume_command(args)}")
+                return 128 + interrupt.requested
+            scheduler.step()
+            test_acc1, test_loss, _ = evaluate(model, test_loader, device, not args.no_progress)
+            is_best = test_acc1 > best_acc1
+            best_acc1 = max(best_acc1, test_acc1)
+            if args.adaptive and epoch + 1 == args.phase1_epochs and adaptive is None:
+                logger.info(f"epoch {epoch + 1}: phase 1 ends with test top-1 {test_acc1:.2f}%")
+                levels, rows = choose_levels(model, args, device, logger)
+                model_args["levels"] = levels
+                adaptive = {"phase1_epochs": args.phase1_epochs, "phase1_test_acc1": test_acc1,
+                            "levels": levels, "metrics": [
+                                {k: r[k] for k in ("name", "level", "metric", "suggested_level")}
+                                for r in rows]}
+                # phase-2 accuracy is not comparable with phase 1: track the best afresh
+                best_acc1, is_best = 0.0, False
+            state_dict = snapshot(epoch + 1)
+            state_dict["test_acc1"] = test_acc1
+            save_checkpoint(latest, state_dict)
+            if is_best:
+                save_checkpoint(checkpoint_path(args.checkpoint_dir, args.id, best=True),
+                                state_dict)
+            seconds = time.time() - started
+            logger.info(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4f}  train loss "
+                        f"{train_loss:.4f} acc {train_acc1:.2f}%  test loss {test_loss:.4f} "
+                        f"acc {test_acc1:.2f}%  best {best_acc1:.2f}%  {seconds:.1f}s" +
+                        (f"  ({skipped} non-finite batches skipped)" if skipped else ""))
+            write_csv_row(csv_path, {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+                                     "train_acc1": train_acc1, "test_loss": test_loss,
+                                     "test_acc1": test_acc1, "best_acc1": best_acc1,
+                                     "seconds": round(seconds, 2), "skipped_batches": skipped,
+                                     "levels": ",".join(map(str, model_args["levels"]))})
     logger.info(f"done: best test top-1 {best_acc1:.2f}%; checkpoint {latest}")
     return 0
+
+
+def resume_command(args):
+    """The command line that continues this run."""
+    argv = [a for a in sys.argv[1:] if not a.startswith(("--overwrite", "--resume_from_ckpt",
+                                                        "--resume-from-ckpt"))]
+    return " ".join(["python3", "main_train.py", *argv, "--resume_from_ckpt=1"]) if argv else \
+        f"python3 main_train.py -data {args.dataset} -arch {args.arch} --id {args.id} " \
+        f"--checkpoint-dir {args.checkpoint_dir} --resume_from_ckpt=1"
+
+
+def enable_determinism():
+    """Deterministic algorithms everywhere (CUDA included); slower on GPU."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def write_csv_row(path, row):

@@ -21,7 +21,7 @@ def digits_run(tmp_path_factory):
     torch.set_num_threads(2)
     folder = tmp_path_factory.mktemp("digits")
     status = run_script(main_train, [
-        "-data", "digits", "-arch", "vgg_small", "-epochs", "3", "--id", "shared",
+        "-data", "digits", "-arch", "vgg_small", "-epochs", "3", "--id", "shared", "-b", "32",
         "--levels", "4,2,8,4,3", "-lr", "0.1", "--init-threshold", "2", "-j", "0",
         "--no-progress", "--checkpoint-dir", str(folder)])
     assert status == 0

@@ -50,7 +50,7 @@ def test_main_test_float64_ann_equals_snn(digits_run, tmp_path):
     assert all(v == 1.0 for v in result["layer_count_agreement"].values())
     assert result["levels"] == [4, 2, 8, 4, 3] and result["dtype"] == "float64"
     assert result["arch"] == "vgg_small" and result["dataset"] == "digits"
-    assert result["ann_top1"] > 30  # a trained network, not chance (10 %)
+    assert result["ann_top1"] > 80  # a trained network, not chance (10 %)
 
 
 def test_cifar10_format_train_and_test(cifar10_root, tmp_path):
