@@ -103,8 +103,10 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
             raise UsageError(f"{path} holds a {model_args['arch']} model but -arch {arch} was "
                              f"given: drop -arch or pass -arch {model_args['arch']}")
         stored = model_args.get("dataset")
-        if dataset is not None and stored is not None and DATASETS.get(dataset, (None,))[0] \
-                != model_args["num_classes"]:
+        # An ImageFolder run (main.py) stores its folder's class count, which need not be the
+        # table's 1000; a checkpoint is always consistent with the dataset it names.
+        if dataset is not None and stored is not None and dataset != stored and \
+                DATASETS.get(dataset, (None,))[0] != model_args["num_classes"]:
             raise UsageError(f"{path} was trained on {stored} ({model_args['num_classes']} "
                              f"classes); -data {dataset} has a different number of classes")
         if levels is not None:
@@ -116,6 +118,7 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
             raise UsageError(f"{path} does not fit its own model_args: "
                              f"{str(error).splitlines()[0]}") from None
         model_args["levels"] = models.get_levels(model)
+        _check_thresholds(model, path)
         return model, model_args
     # reference-code checkpoint: a bare state_dict or one under model_state_dict
     if arch is None or dataset is None:
@@ -133,7 +136,15 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
     except ValueError as error:
         raise UsageError(f"{path} does not match {arch} for {dataset}: {error}") from None
     model_args["levels"] = models.get_levels(model)
+    _check_thresholds(model, path)
     return model, model_args
+
+
+def _check_thresholds(model, path):
+    try:
+        models.convert.check_thresholds(model)
+    except ValueError as error:
+        raise UsageError(f"{path}: {error}") from None
 
 
 def _create(model_args, path):

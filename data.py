@@ -211,3 +211,56 @@ def _first(names, count=5):
         return "none"
     return ", ".join(names[:count]) + (f" (and {len(names) - count} more)"
                                        if len(names) > count else "")
+
+
+def check_image_folder(root):
+    """Check an ImageNet-style tree ``root/{train,val}/CLASS/IMAGE``; return the class names.
+
+    Cheap (one directory listing per class, stopping at the first image), so the launcher can
+    run it before any worker starts. Raises a one-line UsageError when ``root``, ``train/`` or
+    ``val/`` is missing, ``train/`` has no class folders, ``val/`` does not have the same class
+    folders as ``train/`` (ImageFolder numbers classes by sorted folder name, so a missing
+    folder would silently shift every label after it), or a class folder holds no image.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    layout = "DIR/train/CLASS/*.jpg and DIR/val/CLASS/*.jpg"
+    if not os.path.isdir(root):
+        raise UsageError(f"{root} is not a directory: pass the folder that holds train/ and val/ "
+                         f"({layout})")
+    classes = {}
+    for split in ("train", "val"):
+        path = os.path.join(root, split)
+        if not os.path.isdir(path):
+            raise UsageError(f"{path} is missing: {root} must hold train/ and val/, each with one "
+                             f"sub-folder of images per class ({layout})")
+        with os.scandir(path) as entries:
+            classes[split] = sorted(e.name for e in entries if e.is_dir())
+        if not classes[split]:
+            raise UsageError(f"{path} has no class sub-folders: put each class's images in "
+                             f"{split}/CLASS/ ({layout})")
+    if classes["train"] != classes["val"]:
+        only_train = sorted(set(classes["train"]) - set(classes["val"]))
+        only_val = sorted(set(classes["val"]) - set(classes["train"]))
+        raise UsageError(f"train/ and val/ under {root} must have the same class folders: "
+                         f"only in train/: {_first(only_train)}; only in val/: {_first(only_val)}")
+    for split in ("train", "val"):
+        for name in classes[split]:
+            folder = os.path.join(root, split, name)
+            if not _has_file(folder, IMG_EXTENSIONS):
+                raise UsageError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}): add "
+                                 "some or remove the folder from both train/ and val/")
+    return classes["train"]
+
+
+def _has_file(folder, extensions):
+    for directory, _, files in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(extensions) for f in files):
+            return True
+    return False
+
+
+def _first(names, count=5):
+    if not names:
+        return "none"
+    return ", ".join(names[:count]) + (f" (and {len(names) - count} more)"
+                                       if len(names) > count else "")
