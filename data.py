@@ -113,9 +113,21 @@ def image_folder(root, split, transform):
         raise UsageError(f"{path} is not a directory: an ImageNet-style root needs train/ and "
                          "val/ folders with one sub-folder per class (set --data-root)")
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        return datasets.ImageFolder(path, transform=transform, loader=load_rgb_image)
     except (FileNotFoundError, RuntimeError) as error:
         raise UsageError(f"no usable images under {path}: {error}") from None
+
+
+def load_rgb_image(path):
+    """Open an image as RGB; an unreadable file is a one-line error that names it."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise UsageError(f"cannot read image {path} ({type(error).__name__}): remove or "
+                         "replace the file") from None
 
 
 def make_loader(dataset, batch_size, train, workers=0, generator=None, sampler=None,

@@ -3,7 +3,6 @@
     python3 get_stats.py -data=cifar10 -arch=vgg16 --id=myid [--batches N] [--bins 5]
     python3 get_stats.py --npy layer1.npy layer2.npy          # the reference script's mode
 """
-import argparse
 import json
 import math
 import sys
@@ -18,12 +17,12 @@ from al_metric import DEFAULT_THRESHOLDS, al_metric, level_histogram, npy_metric
 from checkpoint import load_checkpoint_file, model_from_checkpoint
 from data import get_dataset, make_loader
 from main_test import resolve_checkpoint
-from utils import (DATASETS, UsageError, env_data_root, parse_levels, progress, resolve_device,
+from utils import (ArgumentParser, DATASETS, UsageError, env_data_root, parse_levels, progress, resolve_device,
                    run_main)
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="AL metric per QCFS layer (spec section 4) and suggested per-layer levels.",
         add_help=add_help, allow_abbrev=False)
     group = parser.add_argument_group("checkpoint")

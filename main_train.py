@@ -3,7 +3,6 @@
     python3 main_train.py -data=cifar10 -arch=vgg16 -epochs=200 --id=myid
     python3 main_train.py -data digits -arch vgg16 -epochs 8 --id quick
 """
-import argparse
 import csv
 import os
 import sys
@@ -19,8 +18,8 @@ from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, list_ids
                         load_checkpoint_file, model_from_checkpoint, plain, rng_state,
                         save_checkpoint, set_rng_state)
 from data import SeededAugmentation, epoch_order, get_dataset, make_loader
-from utils import (DATASETS, GracefulInterrupt, UsageError, default_checkpoint_dir,
-                   env_data_root, parse_levels, progress, resolve_device, run_main,
+from utils import (DATASETS, ArgumentParser, GracefulInterrupt, UsageError,
+                   default_checkpoint_dir, env_data_root, parse_levels, progress, resolve_device, run_main,
                    seed_everything, setup_logging)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
@@ -37,7 +36,7 @@ class Diverged(Exception):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train a QCFS network (per-layer levels) for PASCAL conversion.",
         add_help=add_help, allow_abbrev=False)
     group = parser.add_argument_group("model and data")

@@ -1,4 +1,5 @@
 """Shared script plumbing: one-line errors, logging, seeding, devices and level parsing."""
+import argparse
 import logging
 import os
 import random
@@ -8,12 +9,23 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["UsageError", "GracefulInterrupt", "ignore_signals_in_worker", "run_main", "setup_logging", "seed_everything", "resolve_device",
+__all__ = ["ArgumentParser", "UsageError", "GracefulInterrupt", "ignore_signals_in_worker", "run_main", "setup_logging", "seed_everything", "resolve_device",
            "parse_levels", "progress", "DATASETS", "default_checkpoint_dir"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
             "imagenet": (1000, "imagenet")}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and no prefix matching of options."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class UsageError(Exception):
@@ -30,7 +42,10 @@ def run_main(main, args):
     except (UsageError, ValueError) as error:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = str(error).strip()
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
