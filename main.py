@@ -18,8 +18,9 @@ right after its first optimizer step of the second epoch (used by tests/test_dis
 to check that a dead worker ends the whole job).
 """
 import argparse
-import logging
 import datetime
+import logging
+import math
 import os
 import socket
 import sys
@@ -342,7 +343,7 @@ def train(args, rank, world_size, device):
         scheduler.load_state_dict(restored["scheduler"])
         if scheduler.T_max != args.epochs:
             logger.info(f"schedule length changed from {scheduler.T_max} to {args.epochs} epochs")
-            scheduler.T_max = args.epochs
+            stretch_cosine_schedule(scheduler, args.epochs)
         if scaler is not None and restored.get("scaler"):
             scaler.load_state_dict(restored["scaler"])
         start_epoch, best_acc1 = int(restored["epoch"]), float(restored["best_acc1"])
@@ -481,6 +482,21 @@ def build_run(args, logger):
         model_args["levels"] = new
     model_args["dataset"] = DATASET
     return model, model_args, checkpoint
+
+
+def stretch_cosine_schedule(scheduler, epochs):
+    """Make ``scheduler`` a cosine over ``epochs`` from where it stands.
+
+    CosineAnnealingLR updates the rate recursively from the previous one, so setting T_max
+    alone keeps a finished schedule at its final rate (0 for the default eta_min) forever.
+    The reference workflow (80 epochs, change the levels, resume to 90) needs the rate that
+    a cosine over 90 epochs has at epoch 80: set it in closed form, then let it recurse.
+    """
+    scheduler.T_max = epochs
+    factor = (1 + math.cos(math.pi * scheduler.last_epoch / epochs)) / 2
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * factor
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 @torch.no_grad()

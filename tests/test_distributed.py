@@ -5,6 +5,7 @@ single-process runs call ``main(args)`` in-process like the other script tests.
 """
 import copy
 import json
+import math
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ NUM_VAL = NUM_CLASSES * VAL_PER_CLASS + 1  # 21: odd, so a padding sampler would
 # the checkpoints make distinct, well-separated predictions (not a constant network)
 COMMON = ["-a", "vgg_small", "--image-size", "32", "-b", "8", "--lr", "0.1",
           "--init-threshold", "1", "-j", "0", "--no-progress"]
+CPU = COMMON + ["-dev", "cpu"]  # the gloo runs stay on the CPU on a machine with GPUs too
 LAUNCH_TIMEOUT = 120  # seconds; the acceptance bound for a job with a dead worker
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -134,7 +136,7 @@ def check_run(image_root, folder, run_id, epochs=1):
 
 
 def test_torchrun_two_cpu_processes(image_root, tmp_path, one_thread):
-    status, seconds, output = launch(COMMON + ["--epochs", "1", "--id", "tr",
+    status, seconds, output = launch(CPU + ["--epochs", "1", "--id", "tr",
                                                "--checkpoint-dir", str(tmp_path),
                                                str(image_root)], torchrun=True)
     assert status == 0, output
@@ -145,7 +147,7 @@ def test_torchrun_two_cpu_processes(image_root, tmp_path, one_thread):
 
 
 def test_reference_spawn_launch_two_cpu_processes(image_root, tmp_path, one_thread):
-    status, seconds, output = launch(COMMON + ["--epochs", "1", "--id", "sp",
+    status, seconds, output = launch(CPU + ["--epochs", "1", "--id", "sp",
                                                "--checkpoint-dir", str(tmp_path)] +
                                      spawn_argv() + [str(image_root)])
     assert status == 0, output
@@ -156,7 +158,7 @@ def test_reference_spawn_launch_two_cpu_processes(image_root, tmp_path, one_thre
 @pytest.mark.parametrize("torchrun", [True, False], ids=["torchrun", "spawn"])
 def test_dead_worker_fails_the_job_and_keeps_the_checkpoint(image_root, tmp_path, torchrun,
                                                             one_thread):
-    argv = COMMON + ["--epochs", "2", "--id", "k", "--checkpoint-dir", str(tmp_path)] + \
+    argv = CPU + ["--epochs", "2", "--id", "k", "--checkpoint-dir", str(tmp_path)] + \
         ([] if torchrun else spawn_argv()) + [str(image_root)]
     status, seconds, output = launch(argv, torchrun=torchrun,
                                      env={main_imagenet.KILL_RANK_ENV: "1"})
@@ -179,7 +181,7 @@ def test_dead_worker_fails_the_job_and_keeps_the_checkpoint(image_root, tmp_path
 
 def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_path,
                                                                monkeypatch, one_thread):
-    common = COMMON + ["--epochs", "2", "--checkpoint-dir", str(tmp_path), "-dev", "cpu"]
+    common = CPU + ["--epochs", "2", "--checkpoint-dir", str(tmp_path)]
     assert run_script(main_imagenet, common + ["--id", "full", str(image_root)]) == 0
 
     original = main_imagenet.train_one_epoch
@@ -217,6 +219,18 @@ def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_p
     for key, value in full["state_dict"].items():  # same data order, augmentation, updates
         assert torch.equal(value, split["state_dict"][key]), key
     assert "resuming run split after epoch 1" in (tmp_path / "split.log").read_text()
+
+    # the reference workflow: a finished run continued with new per-layer levels to more
+    # epochs (phase 2) follows the cosine of the new length from where it stands, not the
+    # finished schedule's final rate of 0
+    seen.clear()
+    assert run_script(main_imagenet, CPU + ["--epochs", "3", "--checkpoint-dir", str(tmp_path),
+                                            "--id", "full", "--resume_from_ckpt=1",
+                                            "--levels", "2,4,4,8,1", str(image_root)]) == 0
+    assert list(seen) == [2]
+    assert seen[2]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 2 / 3)) / 2)
+    phase2 = torch.load(tmp_path / "full.pth", weights_only=True)
+    assert phase2["epoch"] == 3 and phase2["model_args"]["levels"] == [2, 4, 4, 8, 1]
     # an existing run is neither overwritten nor resumed silently
     assert run_script(main_imagenet, common + ["--id", "split", str(image_root)]) == 2
 
@@ -259,7 +273,7 @@ def test_bad_data_folders_give_one_line_and_exit_2(tmp_path, capsys):
     ]
     for root, fragments in cases:
         # a tree wrongly accepted would train one short epoch, not 90 of ResNet-34
-        assert run_script(main_imagenet, COMMON + ["--epochs", "1", "--checkpoint-dir",
+        assert run_script(main_imagenet, CPU + ["--epochs", "1", "--checkpoint-dir",
                                                    str(tmp_path / "ck"), str(root)]) == 2, root
         assert_one_line_error(capsys, *fragments)
     assert not (tmp_path / "ck").exists()
