@@ -20,13 +20,28 @@ import numpy as np
 import torch
 
 import models
-from utils import DATASETS, UsageError
+from utils import DATASETS, UsageError, default_checkpoint_dir
 
 FORMAT_VERSION = 1
 
 
 def checkpoint_path(checkpoint_dir, run_id, best=False):
     return Path(checkpoint_dir) / (f"{run_id}_best.pth" if best else f"{run_id}.pth")
+
+
+def resolve_checkpoint(args):
+    """``(path, checkpoint_dir)`` named by a script's ``--checkpoint`` or ``--id``/``-suffix``
+    (in ``--checkpoint-dir``, default ``{dataset}-checkpoints``)."""
+    if args.checkpoint:
+        return Path(args.checkpoint), None
+    checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
+    run_id = args.id or (f"{args.arch}_{args.dataset}" if args.arch else None)
+    if run_id is None:
+        raise UsageError("say which checkpoint to use: --id ID (with -data) or "
+                         "--checkpoint PATH")
+    if args.suffix:
+        run_id = f"{run_id}_{args.suffix}"
+    return checkpoint_path(checkpoint_dir, run_id), checkpoint_dir
 
 
 def list_ids(checkpoint_dir):
@@ -72,7 +87,9 @@ def load_checkpoint_file(path, checkpoint_dir=None):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "Weights only load failed" in str(error):
+        if "Weights only load failed" in text:  # torch's advice to unpickle blindly: not ours
+            text = "not a PyTorch file"
+        if "Unsupported global" in str(error):
             raise UsageError(
                 f"{path} contains pickled Python objects that safe loading refuses: re-save it "
                 "as a state_dict (torch.save(model.state_dict(), ...)) from the code that wrote "

@@ -4,7 +4,6 @@
     python get_Teff.py -data cifar10 --id myid                 # levels from the checkpoint
     python get_Teff.py -arch resnet18 --levels 4,4,4,... --reference   # the published script
 """
-import argparse
 import json
 import sys
 from fractions import Fraction
@@ -14,9 +13,10 @@ import torch
 from torch import nn
 
 import models
+from checkpoint import load_checkpoint_file, resolve_checkpoint
 from models.resnet import BasicBlock
+from utils import DATASETS, ArgumentParser, UsageError, parse_levels, run_main
 
-DATASETS = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "digits": 10}
 
 
 def layer_fan_ins(model):
@@ -177,39 +177,8 @@ def teff_reference(arch, dataset, levels):
     return value, warning
 
 
-def _levels_from_checkpoint(path):
-    """The ``model_args`` dict (arch, variant, num_classes, levels, dataset) of a checkpoint."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model_args"), dict):
-        raise ValueError("it has no model_args (a checkpoint from the reference code?); "
-                         "pass -arch and --levels instead")
-    return checkpoint["model_args"]
-
-
 def _fail(message):
-    print(f"get_Teff.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _parse_levels(text):
-    try:
-        values = [int(item) for item in text.replace(" ", "").split(",")]
-    except ValueError:
-        _fail(f"--levels must be one int or a comma-separated list of ints, got {text!r}")
-    return values[0] if len(values) == 1 else values
-
-
-def _checkpoint_path(args):
-    if args.checkpoint:
-        return Path(args.checkpoint)
-    if args.checkpoint_dir is None and args.dataset is None:
-        _fail("--id needs -data (checkpoints live in {dataset}-checkpoints) or --checkpoint-dir")
-    directory = Path(args.checkpoint_dir or f"{args.dataset}-checkpoints")
-    path = directory / f"{args.id}.pth"
-    if not path.is_file():
-        ids = sorted(p.stem for p in directory.glob("*.pth") if not p.stem.endswith("_best"))
-        _fail(f"no checkpoint {path}; ids in {directory}: {', '.join(ids) or 'none'}")
-    return path
+    raise UsageError(message)
 
 
 def _resolve(args):
@@ -218,16 +187,17 @@ def _resolve(args):
     if args.levels is not None:
         if arch is None:
             _fail("--levels needs -arch")
-        levels, source = _parse_levels(args.levels), "--levels"
+        levels, source = parse_levels(args.levels), "--levels"
     else:
-        path = _checkpoint_path(args)
-        if not path.is_file():
-            _fail(f"no checkpoint file {path}")
-        try:
-            model_args = _levels_from_checkpoint(path)
-        except Exception as exc:  # any failure to read it means it is not a usable checkpoint
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _fail(f"cannot read checkpoint {path}: {reason}")
+        if args.checkpoint is None and args.checkpoint_dir is None and args.dataset is None:
+            _fail("--id needs -data (checkpoints live in {dataset}-checkpoints) or "
+                  "--checkpoint-dir")
+        path, checkpoint_dir = resolve_checkpoint(args)
+        checkpoint = load_checkpoint_file(path, checkpoint_dir)
+        if not isinstance(checkpoint.get("model_args"), dict):
+            _fail(f"{path} has no model_args (a checkpoint from the reference code?): pass "
+                  "-arch and --levels instead")
+        model_args = checkpoint["model_args"]
         for key, given in (("arch", arch), ("variant", variant), ("dataset", dataset)):
             stored = model_args.get(key)
             if given is not None and stored is not None and given != stored:
@@ -244,9 +214,8 @@ def _resolve(args):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
-        description="T_eff and latency of a PASCAL network for per-layer levels (spec section 5).",
-        allow_abbrev=False)
+    parser = ArgumentParser(
+        description="T_eff and latency of a PASCAL network for per-layer levels (spec section 5).")
     model = parser.add_argument_group("model")
     model.add_argument("-arch", "--arch", choices=models.list_models(), default=None,
                        help="architecture (default: the checkpoint's; required with --levels)")
@@ -263,6 +232,8 @@ def get_args_parser():
                            help="read levels from {checkpoint-dir}/{id}.pth")
     exclusive.add_argument("--checkpoint", default=None,
                            help="read levels from this checkpoint file")
+    source.add_argument("-suffix", "--suffix", default="",
+                        help="id suffix, as in main_train.py (default: none)")
     source.add_argument("--checkpoint-dir", default=None,
                         help="where --id looks (default: {dataset}-checkpoints)")
     output = parser.add_argument_group("output")
@@ -278,7 +249,7 @@ def main(args):
     arch, variant, dataset, levels, source = _resolve(args)
     # Only shapes are needed: the meta device builds even ImageNet VGG-16 without allocating.
     with torch.device("meta"):
-        model = models.create_model(arch, num_classes=DATASETS.get(dataset, 10), levels=1,
+        model = models.create_model(arch, num_classes=DATASETS.get(dataset, (10,))[0], levels=1,
                                     variant=variant)
     names = [name for name, _ in models.qcfs_layers(model)]
     if not isinstance(levels, int) and len(levels) != len(names):
@@ -332,4 +303,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_main(main, get_args_parser().parse_args()))

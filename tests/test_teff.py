@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import models
+from utils import run_main
 from get_Teff import (get_args_parser, latency_steps, layer_fan_ins, main, teff,
                       teff_reference)
 
@@ -17,7 +18,7 @@ RESNET34_LEVELS = ("16,16,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8
 
 
 def run_cli(capsys, argv):
-    code = main(get_args_parser().parse_args(argv))
+    code = run_main(main, get_args_parser().parse_args(argv))
     out = capsys.readouterr().out
     return code, out
 
@@ -154,9 +155,8 @@ def test_reference_function_truncates_like_zip():
 
 
 def test_wrong_length_levels_exit_2(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(get_args_parser().parse_args(["-arch", "vgg16", "--levels", "4,4,4"]))
-    assert info.value.code == 2
+    assert run_main(main, get_args_parser().parse_args(["-arch", "vgg16", "--levels",
+                                                        "4,4,4"])) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "15" in err and "got 3" in err
     assert "Traceback" not in err
@@ -209,9 +209,7 @@ def test_cli_checkpoint_errors(tmp_path, capsys, monkeypatch):
     torch.save({"conv.weight": torch.zeros(1)}, directory / "bare.pth")
 
     def fails(argv, *needles):
-        with pytest.raises(SystemExit) as info:
-            main(get_args_parser().parse_args(argv))
-        assert info.value.code == 2
+        assert run_main(main, get_args_parser().parse_args(argv)) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
         for needle in needles:
@@ -220,7 +218,7 @@ def test_cli_checkpoint_errors(tmp_path, capsys, monkeypatch):
 
     err = fails(["-data", "digits", "--id", "missing"], "bare, garbage, run_a")
     assert "run_a_best" not in err
-    fails(["-data", "digits", "--id", "garbage"], "cannot read checkpoint")
+    fails(["-data", "digits", "--id", "garbage"], "not a readable PyTorch checkpoint")
     fails(["-data", "digits", "--id", "bare"], "model_args")
     fails(["-data", "digits", "-arch", "vgg16", "--id", "run_a"], "vgg_small", "vgg16")
     fails(["--id", "run_a"], "-data")
