@@ -7,7 +7,8 @@ from torch import nn
 
 from .qcfs import QCFS, qcfs_layers
 from .resnet import ResidualAdd
-from .spiking import ChannelScale, PascalNeuron, SeqAffine, SeqMap, SpikingAdd
+from .spiking import (SIM_MODES, ChannelScale, LayerStats, PascalNeuron, SeqAffine, SeqMap,
+                      SpikingAdd)
 
 __all__ = ["SpikingNetwork", "convert_to_snn", "check_thresholds"]
 
@@ -25,24 +26,49 @@ class SpikingNetwork(nn.Module):
 
     The image enters once (T = 1); every spiking layer emits its own number of steps; the
     output is the sum of the last layer's per-step outputs, equal to the ANN logits.
+
+    ``sim`` is ``"step"`` (simulate every time step) or ``"counts"`` (each train travels as
+    its window sum and each neuron takes its count from the closed form; see
+    :mod:`models.spiking`). Both give the same logits and emitted spike counts.
+
+    Memory: a layer fed an L-step train holds L activation maps per image where the ANN holds
+    one. The step simulator therefore runs the batch in chunks of
+    ``max(1, step_budget // max_level)`` images, so no train holds more than ``step_budget``
+    (image, step) pairs; by default ``step_budget`` is the batch size, which keeps the
+    simulator's peak memory close to the ANN's on the same batch, whatever the levels.
+    Chunks are independent (images never interact), so the result does not depend on them.
     """
 
-    def __init__(self, body):
+    def __init__(self, body, sim="step", step_budget=None):
         super().__init__()
+        if sim not in SIM_MODES:
+            raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
         self.body = body
+        self.sim = sim
+        self.step_budget = step_budget
+        self.max_level = max((m.level for _, m in self.neurons()), default=1)
 
     def neurons(self):
         """``[(name, PascalNeuron), ...]`` in forward order, named as the ANN's QCFS layers."""
         return [(m.name, m) for m in self.body.modules() if isinstance(m, PascalNeuron)]
 
+    def chunk_size(self, batch):
+        """Images per chunk of the step simulator for a batch of ``batch`` images."""
+        if self.sim == "counts":
+            return batch  # every train is one step long
+        budget = batch if self.step_budget is None else self.step_budget
+        return min(batch, max(1, budget // self.max_level))
+
     @torch.inference_mode()
     def forward(self, x):
-        out_seq = self.body(x.unsqueeze(0))  # (T_last, B, num_classes)
-        return out_seq.sum(0)
+        chunks = x.split(self.chunk_size(x.shape[0]))
+        outputs = [self.body(chunk.unsqueeze(0)).sum(0) for chunk in chunks]  # (T_last, b, K)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def forward_with_stats(self, x, keep_counts=False):
         """``(logits, [LayerStats, ...])``; with ``keep_counts`` each entry also holds the
-        per-neuron emitted spike counts (int tensor ``(B, ...)``)."""
+        per-neuron emitted spike counts (int tensor ``(B, ...)``). On the counts path the
+        correction spikes are not simulated and are reported as None."""
         recorder = {"stats": [], "keep_counts": keep_counts}
         neurons = [m for _, m in self.neurons()]
         for m in neurons:
@@ -52,7 +78,10 @@ class SpikingNetwork(nn.Module):
         finally:
             for m in neurons:
                 m._recorder = None
-        return logits, recorder["stats"]
+        per_layer = {}  # name -> entries of successive batch chunks, in forward order
+        for entry in recorder["stats"]:
+            per_layer.setdefault(entry.name, []).append(entry)
+        return logits, [LayerStats.concat(parts) for parts in per_layer.values()]
 
 
 def check_thresholds(ann):
@@ -67,8 +96,13 @@ def check_thresholds(ann):
                 "(models.clamp_thresholds_) or fix the checkpoint.")
 
 
-def convert_to_snn(ann: nn.Module) -> SpikingNetwork:
+def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> SpikingNetwork:
     """Return a new spiking network equivalent to ``ann`` (which is left unchanged).
+
+    ``sim="step"`` (default) simulates every time step of every layer; ``sim="counts"`` is the
+    exact shortcut that runs each linear layer once on window sums and takes every neuron's
+    emitted count from the closed form (same logits and emitted spikes, no correction spikes;
+    about the ANN's cost). ``step_budget``: see :class:`SpikingNetwork`.
 
     The ANN's module tree is copied and each leaf replaced by its time-major version: QCFS by
     a :class:`PascalNeuron`, conv/linear by a per-step map whose bias is injected once per
@@ -81,14 +115,16 @@ def convert_to_snn(ann: nn.Module) -> SpikingNetwork:
     float64 certificate). Raises ``ValueError`` for a threshold <= 0 or non-finite and
     ``TypeError`` for a layer with no exact spiking counterpart (max pooling, ReLU, ...).
     """
+    if sim not in SIM_MODES:
+        raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
     check_thresholds(ann)
     body = copy.deepcopy(ann).eval()
     with torch.no_grad():
-        _convert_children(body, prefix="")
-    return SpikingNetwork(body)
+        _convert_children(body, prefix="", sim=sim)
+    return SpikingNetwork(body, sim=sim, step_budget=step_budget)
 
 
-def _convert_children(module, prefix):
+def _convert_children(module, prefix, sim):
     children = list(module.named_children())
     folded = set()
     if isinstance(module, nn.Sequential):
@@ -102,17 +138,17 @@ def _convert_children(module, prefix):
         if name in folded:
             continue
         full_name = prefix + name
-        replacement = _convert_leaf(child, full_name)
+        replacement = _convert_leaf(child, full_name, sim)
         if replacement is None:
-            _convert_children(child, full_name + ".")
+            _convert_children(child, full_name + ".", sim)
         elif replacement is not child:
             setattr(module, name, replacement)
 
 
-def _convert_leaf(module, name):
+def _convert_leaf(module, name, sim):
     """The spiking replacement of ``module``, or None for a container to recurse into."""
     if isinstance(module, QCFS):
-        return PascalNeuron(module.level, module.threshold, name=name)
+        return PascalNeuron(module.level, module.threshold, name=name, sim=sim)
     if isinstance(module, _WEIGHTED):
         bias = module.bias
         module.bias = None
