@@ -1,0 +1,396 @@
+"""Speed and memory of the spiking simulation, the counts path and QCFS training.
+
+For each architecture and level configuration it measures, in one process on one device:
+
+- ANN evaluation, SNN step simulation and counts path throughput (images/s);
+- the ideal ratio R = sum_l T_in,l * MACs_l / sum_l MACs_l (the convolution work a PASCAL
+  network cannot avoid, relative to the ANN) and the simulator overhead
+  SNN time / (ANN time * R);
+- a QCFS training step's time over the same network's with ReLU;
+- peak memory of ANN and SNN evaluation, each in a fresh subprocess: peak RSS minus the RSS
+  once model and input are loaded (on CUDA: torch.cuda.max_memory_allocated over the
+  allocation after loading).
+
+Timings: one warm-up run, then ``--reps`` repetitions with the variants interleaved; the
+median is reported with the spread (min-max) of the repetitions. Networks have random
+weights made alive: every QCFS threshold is set to a high percentile of its input, so layers
+are neither silent nor saturated.
+
+    python3 benchmarks/bench_snn.py                      # vgg16 and resnet18, batch 32
+    python3 benchmarks/bench_snn.py --json benchmarks/results/cpu-2core.json --threads 2
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402  (needs the repository root on sys.path)
+
+# Per-layer levels of the published reference code (spec section 2).
+REFERENCE_LEVELS = {
+    "vgg16": [8, 4, 4, 1, 4, 4, 1, 1, 1, 1, 1, 4, 8, 8, 8],
+    "resnet18": [4, 4, 4, 1, 4, 4, 4, 1, 4, 1, 1, 1, 1, 1, 1, 1, 4],
+}
+UNIFORM = {"uniform4": 4, "uniform8": 8, "uniform16": 16}
+MEMORY_LEVELS = "uniform16"  # the configuration of the memory acceptance check
+NUM_CLASSES = 10
+IMAGE_SIZE = 32  # CIFAR variant
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="vgg16,resnet18",
+                        help="comma-separated architectures (default: vgg16,resnet18)")
+    parser.add_argument("--levels", default="reference,uniform4,uniform8,uniform16",
+                        help="comma-separated level configurations among reference, uniform4, "
+                             "uniform8, uniform16 (default: all; reference only where the "
+                             "spec gives one)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch (default: 32)")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="timed repetitions per measurement (default: 5)")
+    parser.add_argument("--device", default=None,
+                        help="cpu or cuda[:N] (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's default for this machine)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the results as JSON to FILE (default: no file)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny smoke run: batch 4, 1 repetition, uniform4 and uniform16 "
+                             "only, memory measured on the uniform16 row only")
+    # internal: one peak-memory measurement in a fresh process (see measure_peak_memory)
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def level_configs(arch, names):
+    """``[(name, levels), ...]`` for ``arch``; "reference" only where the spec has a list."""
+    configs = []
+    for name in names:
+        if name == "reference":
+            if arch in REFERENCE_LEVELS:
+                configs.append((name, REFERENCE_LEVELS[arch]))
+        elif name in UNIFORM:
+            configs.append((name, UNIFORM[name]))
+        else:
+            raise ValueError(f"unknown level configuration {name!r}; choose among reference, "
+                             f"{', '.join(UNIFORM)}")
+    return configs
+
+
+def relu_twin(arch):
+    """The same architecture with ReLU activations (the arch functions take ``act_layer``)."""
+    for module in (models.vgg, models.resnet):
+        build = getattr(module, arch, None)
+        if build is not None:
+            return build(NUM_CLASSES, "cifar", nn.ReLU)
+    raise ValueError(f"no ReLU twin for {arch!r}")
+
+
+@torch.no_grad()
+def make_alive_(model, x, percentile=0.99):
+    """Set each QCFS threshold, in forward order, to a high percentile of its own input."""
+    def hook(module, args):
+        values = args[0].detach().flatten().float()
+        if values.numel() > 200_000:
+            values = values[torch.randperm(values.numel(), device=values.device)[:200_000]]
+        positive = values[values > 0]
+        source = positive if positive.numel() else values.abs()
+        module.threshold.fill_(max(float(torch.quantile(source, percentile)), 1e-3))
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in models.qcfs_layers(model)]
+    try:
+        model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return model
+
+
+def build_model(arch, levels, device, seed):
+    torch.manual_seed(seed)
+    model = models.create_model(arch, num_classes=NUM_CLASSES, levels=levels).to(device)
+    x = torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    return make_alive_(model, x)
+
+
+@torch.no_grad()
+def ideal_ratio(ann, snn, x):
+    """R = sum_l T_in,l MACs_l / sum_l MACs_l over the conv/linear layers.
+
+    MACs per image from the ANN; T_in, the number of steps each layer is applied to, from
+    one step-simulator pass (the SNN's conv/linear modules keep the ANN's names + ".layer").
+    """
+    macs, steps, handles = {}, {}, []
+    probe = x[:1]
+
+    def count_macs(name):
+        def hook(module, args, out):
+            # weight[0] holds one output's weights: in_channels/groups * kernel (or in_features)
+            macs[name] = out[0].numel() * module.weight[0].numel()
+        return hook
+
+    def count_steps(name):
+        def hook(module, args, out):
+            steps[name] = args[0].shape[0] // probe.shape[0]  # (T * B, ...) -> T
+        return hook
+
+    for name, m in ann.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(count_macs(name)))
+    for name, m in snn.body.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(count_steps(name.removesuffix(".layer"))))
+    try:
+        ann.eval()(probe)
+        snn(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    total = sum(macs.values())
+    return sum(steps[name] * m for name, m in macs.items()) / total
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(functions, reps, device):
+    """``{name: [seconds, ...]}``: one warm-up call each, then ``reps`` interleaved rounds."""
+    for f in functions.values():
+        f()
+    synchronize(device)
+    times = {name: [] for name in functions}
+    for _ in range(reps):
+        for name, f in functions.items():
+            synchronize(device)
+            start = time.perf_counter()
+            f()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def spread(values):
+    return [min(values), max(values)]
+
+
+def training_step(model, optimizer, x, y):
+    optimizer.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def time_training(arch, model, x, reps, device):
+    """QCFS training step time over the ReLU twin's (same weights, same batch)."""
+    qcfs = models.create_model(arch, num_classes=NUM_CLASSES, levels=models.get_levels(model))
+    qcfs.load_state_dict(model.state_dict())
+    relu = relu_twin(arch)
+    relu.load_state_dict({k: v for k, v in model.state_dict().items()
+                          if not k.endswith(".threshold")})
+    y = torch.randint(0, NUM_CLASSES, (x.shape[0],), device=device)
+    steps = {}
+    for name, net in (("qcfs", qcfs), ("relu", relu)):
+        net.to(device).train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+        steps[name] = lambda net=net, optimizer=optimizer: training_step(net, optimizer, x, y)
+    times = time_interleaved(steps, reps, device)
+    ratios = [q / r for q, r in zip(times["qcfs"], times["relu"], strict=True)]
+    return statistics.median(times["qcfs"]) / statistics.median(times["relu"]), spread(ratios)
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+def _status_mb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def memory_child(spec):
+    """Run in a fresh process: load, convert, then one evaluation; print the peak in MB."""
+    spec = json.loads(spec)
+    device = torch.device(spec["device"])
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    model = models.create_model(spec["arch"], num_classes=NUM_CLASSES, levels=spec["levels"])
+    model.load_state_dict(torch.load(spec["state"], weights_only=True))
+    model = model.to(device).eval()
+    net = model if spec["mode"] == "ann" else models.convert_to_snn(model, sim=spec["mode"])
+    del model
+    x = torch.randn(spec["batch"], 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            net(x)
+        torch.cuda.synchronize(device)
+        peak, method = (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda"
+    else:
+        base = _status_mb("VmRSS")
+        try:  # reset the kernel's peak-RSS counter to the current RSS (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            method = "rss"
+        except OSError:
+            method = "rss-peak-includes-loading"
+        with torch.inference_mode():
+            net(x)
+        peak = _status_mb("VmHWM") - base
+    print(json.dumps({"peak_mb": peak, "method": method}))
+
+
+def measure_peak_memory(arch, levels, mode, batch, state_path, device, threads):
+    spec = json.dumps({"arch": arch, "levels": levels, "mode": mode, "batch": batch,
+                       "state": state_path, "device": str(device), "threads": threads})
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", spec],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- one row ----------------------------------------------------------------------------------
+
+def bench_row(arch, config, levels, args, device, measure_memory):
+    model = build_model(arch, levels, device, args.seed)
+    x = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    step_snn = models.convert_to_snn(model)
+    counts_snn = models.convert_to_snn(model, sim="counts")
+    ratio = ideal_ratio(model, step_snn, x)
+
+    def ann():
+        with torch.inference_mode():
+            model(x)
+
+    times = time_interleaved({"ann": ann, "snn": lambda: step_snn(x),
+                              "counts": lambda: counts_snn(x)}, args.reps, device)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    overheads = [s / (a * ratio) for s, a in zip(times["snn"], times["ann"], strict=True)]
+    counts_ratios = [c / a for c, a in zip(times["counts"], times["ann"], strict=True)]
+    row = {
+        "arch": arch, "levels": config, "batch": args.batch,
+        "ann_img_s": args.batch / median["ann"],
+        "snn_img_s": args.batch / median["snn"],
+        "counts_img_s": args.batch / median["counts"],
+        "ideal_ratio": ratio,
+        "overhead": median["snn"] / (median["ann"] * ratio),
+        "train_qcfs_over_relu": None,
+        "peak_mem_ann_mb": None, "peak_mem_snn_mb": None,
+        # extras: the per-layer levels, spreads (min-max over repetitions), derived ratios
+        "levels_list": models.get_levels(model),
+        "counts_over_ann": median["counts"] / median["ann"],
+        "seconds": {name: {"median": median[name], "spread": spread(t)}
+                    for name, t in times.items()},
+        "overhead_spread": spread(overheads),
+        "counts_over_ann_spread": spread(counts_ratios),
+        "snn_chunk_images": step_snn.chunk_size(args.batch),
+    }
+    if not args.no_train:
+        row["train_qcfs_over_relu"], row["train_spread"] = time_training(
+            arch, model, x, args.reps, device)
+    if measure_memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            state_path = os.path.join(tmp, "state.pt")
+            torch.save(model.state_dict(), state_path)
+            threads = torch.get_num_threads()
+            ann_mem = measure_peak_memory(arch, levels, "ann", args.batch, state_path,
+                                          device, threads)
+            snn_mem = measure_peak_memory(arch, levels, "step", args.batch, state_path,
+                                          device, threads)
+        row["peak_mem_ann_mb"] = ann_mem["peak_mb"]
+        row["peak_mem_snn_mb"] = snn_mem["peak_mb"]
+        row["peak_mem_snn_over_ann"] = snn_mem["peak_mb"] / max(ann_mem["peak_mb"], 1e-9)
+        row["memory_method"] = ann_mem["method"]
+    return row
+
+
+def device_description(device):
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {name}, {os.cpu_count()} logical cores"
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(result):
+    print(f"device: {result['device']}; torch threads: {result['threads']}; "
+          f"torch {result['torch']}; median of {result['reps']} (spread min-max)")
+    header = (f"{'arch':<9} {'levels':<10} {'batch':>5} {'ANN img/s':>9} {'SNN img/s':>9} "
+              f"{'counts':>8} {'R':>5} {'overhead':>16} {'counts/ANN':>10} "
+              f"{'train Q/R':>9} {'mem ANN':>8} {'mem SNN':>8} {'SNN/ANN':>7}")
+    print(header)
+    print("-" * len(header))
+    for row in result["rows"]:
+        low, high = row["overhead_spread"]
+        mem_ratio = row.get("peak_mem_snn_over_ann")
+        print(f"{row['arch']:<9} {row['levels']:<10} {row['batch']:>5} "
+              f"{row['ann_img_s']:>9.1f} {row['snn_img_s']:>9.1f} {row['counts_img_s']:>8.1f} "
+              f"{row['ideal_ratio']:>5.2f} {row['overhead']:>5.3f} ({low:.2f}-{high:.2f}) "
+              f"{row['counts_over_ann']:>10.3f} {_fmt(row['train_qcfs_over_relu'], '>9.3f')} "
+              f"{_fmt(row['peak_mem_ann_mb'], '>8.1f')} {_fmt(row['peak_mem_snn_mb'], '>8.1f')} "
+              f"{_fmt(mem_ratio, '>7.2f')}")
+    print("overhead = SNN time / (ANN time x R); R = sum T_in*MACs / sum MACs; "
+          "mem in MB (peak minus after-load, fresh process)")
+
+
+def main(args):
+    if args.memory_child is not None:
+        memory_child(args.memory_child)
+        return None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config_names = args.levels.split(",")
+    if args.quick:
+        args.batch, args.reps = 4, 1
+        config_names = ["uniform4", MEMORY_LEVELS]
+    rows = []
+    for arch in args.archs.split(","):
+        for config, levels in level_configs(arch, config_names):
+            measure_memory = not args.no_memory and (not args.quick or config == MEMORY_LEVELS)
+            rows.append(bench_row(arch, config, levels, args, device, measure_memory))
+    result = {"device": device_description(device), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "batch": args.batch, "reps": args.reps, "rows": rows}
+    print_table(result)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, path)
+    return result
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
