@@ -2,8 +2,9 @@
 
     python3 main_test.py -data=cifar10 -arch=vgg16 --id=myid
     python3 main_test.py -data digits --id quick --dtype float64
+    python3 main_test.py -data digits --id quick --report            # operations, energy, T_eff
+    python3 main_test.py -data digits --id quick --baseline qcfs -T 1,2,4,8,16,32,64
 """
-import argparse
 import json
 import sys
 import time
@@ -13,14 +14,16 @@ import torch
 from torch.utils.data import Subset
 
 import models
-from checkpoint import checkpoint_path, load_checkpoint_file, model_from_checkpoint
+import snn_cost
+from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
 from data import get_dataset, make_loader
-from utils import (DATASETS, UsageError, default_checkpoint_dir, env_data_root, parse_levels,
-                   progress, resolve_device, run_main, setup_logging)
+from models.baseline import convert_to_if
+from utils import (DATASETS, ArgumentParser, UsageError, env_data_root, parse_levels, progress,
+                   resolve_device, run_main, setup_logging)
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Evaluate a QCFS checkpoint as ANN and as PASCAL spiking network.",
         add_help=add_help, allow_abbrev=False)
     group = parser.add_argument_group("what to evaluate")
@@ -56,6 +59,37 @@ def get_args_parser(add_help=True):
                        help="evaluation batch size (default: 64)")
     group.add_argument("--output", default=None, metavar="FILE",
                        help="JSON results (default: next to the checkpoint, {id}_test.json)")
+    group = parser.add_argument_group("cost report (--report)")
+    group.add_argument("--report", action="store_true",
+                       help="count spikes, synaptic operations, neuron updates and energy per "
+                            "layer on the evaluated images, with T_eff and latency (default: off)")
+    group.add_argument("--report-json", default=None, metavar="FILE",
+                       help="report as JSON (default: next to the checkpoint, {id}_cost.json)")
+    group.add_argument("--report-csv", default=None, metavar="FILE",
+                       help="per-layer rows as CSV (default: {id}_cost.csv next to the checkpoint)")
+    group.add_argument("--report-plot", default=None, metavar="FILE.png",
+                       help="per-layer bar chart (default: {id}_cost.png next to the checkpoint)")
+    group.add_argument("--e-ac", type=float, default=snn_cost.E_AC_PJ,
+                       help=f"energy per accumulate in pJ (default: {snn_cost.E_AC_PJ}, "
+                            "45 nm fp32)")
+    group.add_argument("--e-mac", type=float, default=snn_cost.E_MAC_PJ,
+                       help=f"energy per multiply-accumulate in pJ (default: {snn_cost.E_MAC_PJ}, "
+                            "45 nm fp32)")
+    group.add_argument("--e-update", type=float, default=0.0,
+                       help="energy per neuron update in pJ (default: 0, not priced)")
+    group = parser.add_argument_group("conventional baseline (--baseline)")
+    group.add_argument("--baseline", choices=["qcfs"], default=None,
+                       help="also simulate the conventional QCFS spiking network (IF neurons, "
+                            "reset by subtraction, input repeated every step) (default: off)")
+    group.add_argument("-T", "--timesteps", default="1,2,4,8,16,32,64",
+                       help="comma-separated T at which the baseline is read, in one run up to "
+                            "the largest (default: 1,2,4,8,16,32,64)")
+    group.add_argument("--baseline-tolerance", type=float, default=0.1,
+                       help="the baseline reaches the ANN when within this many percentage "
+                            "points (default: 0.1)")
+    group.add_argument("--baseline-plot", default=None, metavar="FILE.png",
+                       help="accuracy against T (default: {id}_baseline.png next to the "
+                            "checkpoint)")
     group = parser.add_argument_group("machine")
     group.add_argument("-dev", "--device", default=None,
                        help="cpu, cuda, cuda:N or a GPU index (default: cuda if available)")
@@ -82,21 +116,12 @@ def ann_forward_with_levels(model, x):
     return logits, levels
 
 
-def resolve_checkpoint(args):
-    if args.checkpoint:
-        return Path(args.checkpoint), None
-    checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
-    run_id = args.id or (f"{args.arch}_{args.dataset}" if args.arch else None)
-    if run_id is None:
-        raise UsageError("say which checkpoint to evaluate: --id ID (with -data) or "
-                         "--checkpoint PATH")
-    if args.suffix:
-        run_id = f"{run_id}_{args.suffix}"
-    return checkpoint_path(checkpoint_dir, run_id), checkpoint_dir
+def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True, cost_meter=None):
+    """Run ANN and/or SNN over ``loader``; returns a results dict (counts and agreements).
 
-
-def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True):
-    """Run ANN and/or SNN over ``loader``; returns a results dict (counts and agreements)."""
+    ``cost_meter``: a :class:`snn_cost.CostMeter` hooked to ``snn``; it is given each
+    batch's ``LayerStats``.
+    """
     run_ann, run_snn = mode in ("ann", "both"), mode in ("snn", "both")
     totals = {"images": 0, "ann_correct": 0, "snn_correct": 0, "agree": 0}
     layer_equal, layer_total, spikes = {}, {}, {}
@@ -109,6 +134,8 @@ def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True):
             totals["ann_correct"] += int((ann_logits.argmax(1) == targets).sum())
         if run_snn:
             snn_logits, stats = snn.forward_with_stats(images, keep_counts=run_ann)
+            if cost_meter is not None:
+                cost_meter.add_layer_stats(stats)
             totals["snn_correct"] += int((snn_logits.argmax(1) == targets).sum())
             for s in stats:
                 spikes[s.name] = spikes.get(s.name, 0) + s.emitted_spikes
@@ -131,6 +158,50 @@ def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True):
     return result
 
 
+def evaluate_baseline(if_net, loader, device, dtype, timesteps, show_progress=True):
+    """Accuracy and spikes of the conventional IF network at each T in ``timesteps``.
+
+    Each batch is simulated once, up to the largest T; the prediction at T is the argmax of
+    the mean output over the first T steps. Returns ``{"timesteps", "top1",
+    "spikes_per_image"}`` (lists in increasing T; spikes emitted by all IF neurons in the
+    first T steps).
+    """
+    wanted = sorted(set(timesteps))
+    correct, spikes = dict.fromkeys(wanted, 0), dict.fromkeys(wanted, 0)
+    fired, images = [0], 0
+
+    def count(module, args, output):
+        fired[0] += int((output != 0).sum())
+
+    handles = [neuron.register_forward_hook(count) for _, neuron in if_net.neurons()]
+    try:
+        for x, targets in progress(loader, show_progress, desc="baseline"):
+            x, targets = x.to(device, dtype=dtype), targets.to(device)
+            images += len(targets)
+            fired[0] = 0
+            for t, mean_output in if_net.running_outputs(x, wanted[-1]):
+                if t in correct:
+                    correct[t] += int((mean_output.argmax(1) == targets).sum())
+                    spikes[t] += fired[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    n = max(images, 1)
+    return {"timesteps": wanted, "top1": [100.0 * correct[t] / n for t in wanted],
+            "spikes_per_image": [spikes[t] / n for t in wanted]}
+
+
+def parse_timesteps(text):
+    """``"1,2,4"`` -> [1, 2, 4]; UsageError unless every entry is an integer >= 1."""
+    try:
+        values = [int(part) for part in str(text).replace(" ", "").split(",") if part]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"-T/--timesteps must be comma-separated integers >= 1, got {text!r}")
+    return sorted(set(values))
+
+
 def main(args):
     logger = setup_logging(quiet=False)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
@@ -138,6 +209,17 @@ def main(args):
     levels = parse_levels(args.levels)
     if args.num_images is not None and args.num_images < 1:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.report and args.mode == "ann":
+        raise UsageError("--report counts the spiking network's operations: drop --mode ann")
+    if args.baseline and args.mode == "snn":
+        raise UsageError("--baseline is compared with the ANN accuracy: use --mode both "
+                         "(default) or --mode ann")
+    for name in ("e_ac", "e_mac", "e_update"):
+        value = getattr(args, name)
+        if not (value >= 0 and value < float("inf")):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite energy >= 0 (pJ), "
+                             f"got {value}")
+    timesteps = parse_timesteps(args.timesteps) if args.baseline else None
     path, checkpoint_dir = resolve_checkpoint(args)
     checkpoint = load_checkpoint_file(path, checkpoint_dir)
     model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
@@ -157,18 +239,95 @@ def main(args):
     loader = make_loader(test_set, args.batch_size, False, args.workers, device=device)
 
     started = time.time()
-    result = evaluate_both(model, snn, loader, device, dtype, args.mode, not args.no_progress)
+    meter = snn_cost.CostMeter(snn) if args.report else None
+    try:
+        result = evaluate_both(model, snn, loader, device, dtype, args.mode,
+                               not args.no_progress, cost_meter=meter)
+    finally:
+        if meter is not None:
+            meter.close()
     seconds = time.time() - started
     result.update({"arch": model_args["arch"], "dataset": args.dataset,
                    "levels": model_args["levels"], "dtype": args.dtype, "sim": args.sim,
                    "device": str(device), "seconds": round(seconds, 2),
                    "checkpoint": str(path)})
     report(result, logger)
+    if args.report or args.baseline:
+        timing = snn_cost.timing_summary(model, model_args["arch"],
+                                         model_args.get("variant", "cifar"), args.dataset,
+                                         model_args["levels"])
+        result["timing"] = timing
+    if args.report:
+        result["cost"] = write_cost_report(meter, timing, args, path, logger)
+    if args.baseline:
+        result["baseline"] = run_baseline(model, loader, device, dtype, timesteps, result,
+                                          args, path, logger)
     output = Path(args.output) if args.output else path.with_name(f"{path.stem}_test.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     logger.info(f"results written to {output}")
     return 0
+
+
+def write_cost_report(meter, timing, args, path, logger):
+    """Print the cost table and write its JSON, CSV and PNG; returns the totals and paths."""
+    cost = snn_cost.build_report(meter, timing, e_ac=args.e_ac, e_mac=args.e_mac,
+                                 e_update=args.e_update)
+    logger.info(f"cost per image on {cost['images']} images ({args.sim} simulation):")
+    for line in snn_cost.format_report(cost):
+        logger.info(line)
+    files = {"json": Path(args.report_json or path.with_name(f"{path.stem}_cost.json")),
+             "csv": Path(args.report_csv or path.with_name(f"{path.stem}_cost.csv")),
+             "plot": Path(args.report_plot or path.with_name(f"{path.stem}_cost.png"))}
+    snn_cost.write_report_json(cost, files["json"])
+    snn_cost.write_report_csv(cost, files["csv"])
+    snn_cost.plot_report(cost, files["plot"])
+    logger.info(f"cost report written to {files['json']}, {files['csv']}, {files['plot']}")
+    return dict(cost["totals"], files={key: str(value) for key, value in files.items()})
+
+
+def run_baseline(model, loader, device, dtype, timesteps, result, args, path, logger):
+    """Simulate the conventional QCFS network, print and plot it next to PASCAL."""
+    started = time.time()
+    if_net = convert_to_if(model)
+    baseline = evaluate_baseline(if_net, loader, device, dtype, timesteps,
+                                 not args.no_progress)
+    ann_top1, timing = result["ann_top1"], result["timing"]
+    reached = snn_cost.first_reaching(dict(zip(baseline["timesteps"], baseline["top1"],
+                                               strict=True)),
+                                      ann_top1, args.baseline_tolerance)
+    pascal = {"top1": result["snn_top1"], "T_eff": timing["T_eff"],
+              "T_eff_reference": timing["T_eff_reference"],
+              "latency_steps": timing["latency_steps"],
+              "spikes_per_image": (sum(result["spikes_per_image"].values())
+                                   if result.get("spikes_per_image") else None)}
+    baseline.update(kind=args.baseline, ann_top1=ann_top1, tolerance_pp=args.baseline_tolerance,
+                    reached_at=reached, pascal=pascal, seconds=round(time.time() - started, 2))
+    logger.info("conventional QCFS spiking network (IF neurons, reset by subtraction, membrane "
+                "starts at threshold/2, input repeated every step):")
+    logger.info(f"{'T':>5} {'top-1':>8} {'spikes/img':>11}")
+    for t, top1, spikes in zip(baseline["timesteps"], baseline["top1"],
+                               baseline["spikes_per_image"], strict=True):
+        logger.info(f"{t:>5} {top1:>7.2f}% {spikes:>11.4g}")
+    if reached is None:
+        logger.info(f"ANN accuracy {ann_top1:.2f}% (within {args.baseline_tolerance} pp): not "
+                    f"reached by T = {baseline['timesteps'][-1]}")
+    else:
+        logger.info(f"ANN accuracy {ann_top1:.2f}% (within {args.baseline_tolerance} pp) first "
+                    f"reached at T = {reached}")
+    if pascal["top1"] is None:
+        logger.info("PASCAL: not run (--mode ann)")
+    else:
+        spikes = pascal["spikes_per_image"]
+        logger.info(f"PASCAL (exact): {pascal['top1']:.2f}%, T_eff {pascal['T_eff']:.3f}, "
+                    f"latency {pascal['latency_steps']} steps"
+                    + (f", {spikes:.4g} spikes/img" if spikes is not None else ""))
+    plot = Path(args.baseline_plot or path.with_name(f"{path.stem}_baseline.png"))
+    snn_cost.plot_baseline(baseline, plot, title=(
+        f"{result['arch']} on {result['dataset']}: conventional QCFS SNN vs PASCAL"))
+    logger.info(f"baseline plot written to {plot}")
+    baseline["plot"] = str(plot)
+    return baseline
 
 
 def _image_size(checkpoint):
