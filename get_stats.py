@@ -16,8 +16,8 @@ import models
 from al_metric import DEFAULT_THRESHOLDS, al_metric, level_histogram, npy_metrics, suggest_level
 from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
 from data import get_dataset, make_loader
-from utils import (ArgumentParser, DATASETS, UsageError, env_data_root, parse_levels, progress, resolve_device,
-                   run_main)
+from utils import (DATASETS, ArgumentParser, UsageError, env_data_root, parse_levels, progress,
+                   resolve_device, run_main)
 
 
 def get_args_parser(add_help=True):

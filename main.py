@@ -20,7 +20,6 @@ to check that a dead worker ends the whole job).
 import argparse
 import datetime
 import logging
-import math
 import os
 import socket
 import sys
@@ -41,15 +40,15 @@ from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, load_che
                         model_from_checkpoint, plain, rng_state, save_checkpoint)
 from data import check_image_folder, image_folder, imagenet_transforms, make_loader
 from main_train import Diverged, epoch_seed, train_one_epoch, write_csv_row
-from utils import (UsageError, default_checkpoint_dir, parse_levels, progress, run_main,
-                   seed_everything, setup_logging)
+from utils import (ArgumentParser, UsageError, default_checkpoint_dir, parse_levels, progress,
+                   run_main, seed_everything, setup_logging, stretch_cosine_schedule)
 
 DATASET = "imagenet"  # model_args["dataset"]: what main_test.py's -data names
 KILL_RANK_ENV = "PASCAL_TEST_KILL_RANK"
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train a QCFS network on an ImageNet-style folder (DIR/train, DIR/val), "
                     "on one process or many (torchrun, or --multiprocessing-distributed).",
         add_help=add_help, allow_abbrev=False)
@@ -482,21 +481,6 @@ def build_run(args, logger):
         model_args["levels"] = new
     model_args["dataset"] = DATASET
     return model, model_args, checkpoint
-
-
-def stretch_cosine_schedule(scheduler, epochs):
-    """Make ``scheduler`` a cosine over ``epochs`` from where it stands.
-
-    CosineAnnealingLR updates the rate recursively from the previous one, so setting T_max
-    alone keeps a finished schedule at its final rate (0 for the default eta_min) forever.
-    The reference workflow (80 epochs, change the levels, resume to 90) needs the rate that
-    a cosine over 90 epochs has at epoch 80: set it in closed form, then let it recurse.
-    """
-    scheduler.T_max = epochs
-    factor = (1 + math.cos(math.pi * scheduler.last_epoch / epochs)) / 2
-    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * factor
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 @torch.no_grad()

@@ -19,8 +19,9 @@ from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, list_ids
                         save_checkpoint, set_rng_state)
 from data import SeededAugmentation, epoch_order, get_dataset, make_loader
 from utils import (DATASETS, ArgumentParser, GracefulInterrupt, UsageError,
-                   default_checkpoint_dir, env_data_root, parse_levels, progress, resolve_device, run_main,
-                   seed_everything, setup_logging)
+                   default_checkpoint_dir, env_data_root, parse_levels, progress,
+                   resolve_device, run_main, seed_everything, setup_logging,
+                   stretch_cosine_schedule)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
 DEFAULTS = {
@@ -333,7 +334,7 @@ def main(args):
         scheduler.load_state_dict(restored["scheduler"])
         if scheduler.T_max != args.epochs:
             logger.info(f"schedule length changed from {scheduler.T_max} to {args.epochs} epochs")
-            scheduler.T_max = args.epochs
+            stretch_cosine_schedule(scheduler, args.epochs)
         if scaler is not None and restored.get("scaler"):
             scaler.load_state_dict(restored["scaler"])
         start_epoch, best_acc1 = int(restored["epoch"]), float(restored["best_acc1"])

@@ -1,6 +1,7 @@
 """Shared script plumbing: one-line errors, logging, seeding, devices and level parsing."""
 import argparse
 import logging
+import math
 import os
 import random
 import signal
@@ -9,8 +10,9 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["ArgumentParser", "UsageError", "GracefulInterrupt", "ignore_signals_in_worker", "run_main", "setup_logging", "seed_everything", "resolve_device",
-           "parse_levels", "progress", "DATASETS", "default_checkpoint_dir"]
+__all__ = ["ArgumentParser", "UsageError", "GracefulInterrupt", "ignore_signals_in_worker",
+           "run_main", "setup_logging", "seed_everything", "resolve_device", "parse_levels",
+           "progress", "stretch_cosine_schedule", "DATASETS", "default_checkpoint_dir"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
@@ -115,6 +117,21 @@ def parse_levels(text):
     if any(v < 1 for v in values):
         raise UsageError(f"--levels must be integers >= 1, got {text!r}")
     return values[0] if len(values) == 1 else values
+
+
+def stretch_cosine_schedule(scheduler, epochs):
+    """Make ``scheduler`` a cosine over ``epochs`` from where it stands.
+
+    CosineAnnealingLR updates the rate recursively from the previous one, so setting T_max
+    alone keeps a finished schedule at its final rate (0 for the default eta_min) forever.
+    The reference workflow (80 epochs, change the levels, resume to 90) needs the rate that
+    a cosine over 90 epochs has at epoch 80: set it in closed form, then let it recurse.
+    """
+    scheduler.T_max = epochs
+    factor = (1 + math.cos(math.pi * scheduler.last_epoch / epochs)) / 2
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = scheduler.eta_min + (base_lr - scheduler.eta_min) * factor
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def progress(iterable, enabled, **kwargs):
