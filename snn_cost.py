@@ -477,8 +477,11 @@ def _pyplot():
 
 
 def plot_report(report, path, title=""):
-    """PNG: per-layer operations (SNN ACs + additions, analog MACs, ANN MACs; log scale) and
-    spikes per image with the firing rate."""
+    """PNG: per-layer operations (log scale) and spikes per image with the firing rate.
+
+    A spiking layer's bars are the operations its spikes cause in the layers they feed (SNN
+    ACs and shortcut additions) next to those layers' ANN MACs; the analog row is the first
+    layer's MACs."""
     plt = _pyplot()
     rows = report["rows"]
     names = [row["layer"] for row in rows]
@@ -495,12 +498,14 @@ def plot_report(report, path, title=""):
     top.bar([i + width / 2 for i in x], macs, width, label="SNN MACs (analog first layer)",
             color="#d62728")
     top.set_yscale("log")
-    top.set_ylabel("operations per image")
-    top.legend(fontsize=8)
+    top.set_ylabel("operations per image\n(in the layers this one feeds)")
+    highest = max(ann + snn_ops + macs + [1.0])
+    top.set_ylim(top=highest * 30)  # room for the legend above the bars
+    top.legend(fontsize=8, loc="upper center", ncol=3)
     t = report["totals"]
-    top.set_title(title or (f"synaptic operations per layer; energy/image SNN "
-                            f"{t['snn_energy_pj_per_image'] / 1e6:.3g} uJ vs ANN "
-                            f"{t['ann_energy_pj_per_image'] / 1e6:.3g} uJ"), fontsize=10)
+    top.set_title(title or (f"operations caused by each layer's output; energy per image: SNN "
+                            f"{t['snn_energy_pj_per_image'] / 1e6:.4g} uJ, ANN "
+                            f"{t['ann_energy_pj_per_image'] / 1e6:.4g} uJ"), fontsize=10)
     spikes = [row["spikes_per_image"] for row in rows]
     bars = bottom.bar(list(x), spikes, 0.6, color="#2ca02c")
     for bar, row in zip(bars, rows, strict=True):
