@@ -64,6 +64,10 @@ def get_args_parser(add_help=True):
                         help="cpu or cuda[:N] (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's default for this machine)")
+    parser.add_argument("--step-budget", type=int, default=None,
+                        help="SpikingNetwork step_budget: (image, step) pairs one train may "
+                             "hold; the step simulator runs the batch in chunks of "
+                             "step_budget // max level images (default: the batch size)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
@@ -238,7 +242,8 @@ def memory_child(spec):
     model = models.create_model(spec["arch"], num_classes=NUM_CLASSES, levels=spec["levels"])
     model.load_state_dict(torch.load(spec["state"], weights_only=True))
     model = model.to(device).eval()
-    net = model if spec["mode"] == "ann" else models.convert_to_snn(model, sim=spec["mode"])
+    net = model if spec["mode"] == "ann" else models.convert_to_snn(
+        model, sim=spec["mode"], step_budget=spec["step_budget"])
     del model
     x = torch.randn(spec["batch"], 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     if device.type == "cuda":
@@ -263,9 +268,11 @@ def memory_child(spec):
     print(json.dumps({"peak_mb": peak, "method": method}))
 
 
-def measure_peak_memory(arch, levels, mode, batch, state_path, device, threads):
+def measure_peak_memory(arch, levels, mode, batch, state_path, device, threads,
+                        step_budget=None):
     spec = json.dumps({"arch": arch, "levels": levels, "mode": mode, "batch": batch,
-                       "state": state_path, "device": str(device), "threads": threads})
+                       "state": state_path, "device": str(device), "threads": threads,
+                       "step_budget": step_budget})
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", spec],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -276,7 +283,7 @@ def measure_peak_memory(arch, levels, mode, batch, state_path, device, threads):
 def bench_row(arch, config, levels, args, device, measure_memory):
     model = build_model(arch, levels, device, args.seed)
     x = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
-    step_snn = models.convert_to_snn(model)
+    step_snn = models.convert_to_snn(model, step_budget=args.step_budget)
     counts_snn = models.convert_to_snn(model, sim="counts")
     ratio = ideal_ratio(model, step_snn, x)
 
@@ -318,7 +325,7 @@ def bench_row(arch, config, levels, args, device, measure_memory):
             ann_mem = measure_peak_memory(arch, levels, "ann", args.batch, state_path,
                                           device, threads)
             snn_mem = measure_peak_memory(arch, levels, "step", args.batch, state_path,
-                                          device, threads)
+                                          device, threads, args.step_budget)
         row["peak_mem_ann_mb"] = ann_mem["peak_mb"]
         row["peak_mem_snn_mb"] = snn_mem["peak_mb"]
         row["peak_mem_snn_over_ann"] = snn_mem["peak_mb"] / max(ann_mem["peak_mb"], 1e-9)
@@ -380,8 +387,13 @@ def main(args):
         for config, levels in level_configs(arch, config_names):
             measure_memory = not args.no_memory and (not args.quick or config == MEMORY_LEVELS)
             rows.append(bench_row(arch, config, levels, args, device, measure_memory))
+            row = rows[-1]
+            print(f"done {arch} {config}: ANN {row['ann_img_s']:.1f} img/s, SNN "
+                  f"{row['snn_img_s']:.1f}, counts {row['counts_img_s']:.1f}, "
+                  f"overhead {row['overhead']:.3f}", flush=True)
     result = {"device": device_description(device), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "batch": args.batch, "reps": args.reps, "rows": rows}
+              "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
+              "step_budget": args.step_budget, "rows": rows}
     print_table(result)
     if args.json:
         path = Path(args.json)

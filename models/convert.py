@@ -43,9 +43,13 @@ class SpikingNetwork(nn.Module):
         super().__init__()
         if sim not in SIM_MODES:
             raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
+        if step_budget is not None and (not isinstance(step_budget, int) or step_budget < 1):
+            raise ValueError(f"step_budget must be a positive int or None, got {step_budget!r}")
         self.body = body
         self.sim = sim
         self.step_budget = step_budget
+        for _, neuron in self.neurons():
+            neuron.sim = sim
         self.max_level = max((m.level for _, m in self.neurons()), default=1)
 
     def neurons(self):
@@ -78,10 +82,11 @@ class SpikingNetwork(nn.Module):
         finally:
             for m in neurons:
                 m._recorder = None
-        per_layer = {}  # name -> entries of successive batch chunks, in forward order
-        for entry in recorder["stats"]:
-            per_layer.setdefault(entry.name, []).append(entry)
-        return logits, [LayerStats.concat(parts) for parts in per_layer.values()]
+        # every chunk records one entry per neuron call, in the same order
+        entries = recorder["stats"]
+        num_chunks = math.ceil(x.shape[0] / self.chunk_size(x.shape[0]))
+        per_chunk = len(entries) // num_chunks
+        return logits, [LayerStats.concat(entries[i::per_chunk]) for i in range(per_chunk)]
 
 
 def check_thresholds(ann):
@@ -120,11 +125,11 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> Spiki
     check_thresholds(ann)
     body = copy.deepcopy(ann).eval()
     with torch.no_grad():
-        _convert_children(body, prefix="", sim=sim)
+        _convert_children(body, prefix="")
     return SpikingNetwork(body, sim=sim, step_budget=step_budget)
 
 
-def _convert_children(module, prefix, sim):
+def _convert_children(module, prefix):
     children = list(module.named_children())
     folded = set()
     if isinstance(module, nn.Sequential):
@@ -138,17 +143,17 @@ def _convert_children(module, prefix, sim):
         if name in folded:
             continue
         full_name = prefix + name
-        replacement = _convert_leaf(child, full_name, sim)
+        replacement = _convert_leaf(child, full_name)
         if replacement is None:
-            _convert_children(child, full_name + ".", sim)
+            _convert_children(child, full_name + ".")
         elif replacement is not child:
             setattr(module, name, replacement)
 
 
-def _convert_leaf(module, name, sim):
+def _convert_leaf(module, name):
     """The spiking replacement of ``module``, or None for a container to recurse into."""
     if isinstance(module, QCFS):
-        return PascalNeuron(module.level, module.threshold, name=name, sim=sim)
+        return PascalNeuron(module.level, module.threshold, name=name)
     if isinstance(module, _WEIGHTED):
         bias = module.bias
         module.bias = None
