@@ -115,14 +115,15 @@ def pascal_emit(count, level, start, stop, amplitude):
     """Phase 3, steps ``start..stop-1`` of ``level``: spike at step t iff t < clip(count, 0, L).
 
     Returns ``(stop - start, B, ...)`` spikes of height ``amplitude`` (front-loaded burst).
-    Since 0 <= t < L, ``t < clip(count, 0, L)`` is simply ``count > t``.
+    Since 0 <= t < L, ``t < clip(count, 0, L)`` is simply ``t < count``: one broadcast
+    comparison written straight into the float output, then one in-place scaling.
     """
     if not 0 <= start <= stop <= level:
         raise ValueError(f"emit steps {start}..{stop} must lie within 0..{level}")
+    steps = torch.arange(start, stop, dtype=count.dtype, device=count.device)
     spikes = torch.empty((stop - start, *count.shape), dtype=amplitude.dtype,
                          device=count.device)
-    for i, t in enumerate(range(start, stop)):
-        torch.gt(count, t, out=spikes[i])
+    torch.lt(steps.view(-1, *([1] * count.dim())), count, out=spikes)
     return spikes.mul_(amplitude)
 
 
