@@ -399,6 +399,9 @@ def main(args):
             best_acc1 = max(best_acc1, test_acc1)
             if args.adaptive and epoch + 1 == args.phase1_epochs and adaptive is None:
                 logger.info(f"epoch {epoch + 1}: phase 1 ends with test top-1 {test_acc1:.2f}%")
+                phase1 = snapshot(epoch + 1)
+                phase1["test_acc1"] = test_acc1
+                save_checkpoint(args.checkpoint_dir / f"{args.id}_phase1.pth", phase1)
                 levels, rows = choose_levels(model, args, device, logger)
                 model_args["levels"] = levels
                 adaptive = {"phase1_epochs": args.phase1_epochs, "phase1_test_acc1": test_acc1,

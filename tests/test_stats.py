@@ -74,6 +74,8 @@ def test_adaptive_schedule_end_to_end(tmp_path, capsys):
     chosen = [suggest_level(row["metric"], 8) for row in adaptive["metrics"]]
     assert checkpoint["model_args"]["levels"] == chosen == adaptive["levels"]
     assert checkpoint["epoch"] == 3
+    phase1 = torch.load(tmp_path / "ad_phase1.pth", weights_only=True)
+    assert phase1["epoch"] == 2 and phase1["model_args"]["levels"] == [8] * 5
     log = (tmp_path / "ad.log").read_text()
     assert f"adaptive levels: [8, 8, 8, 8, 8] -> {chosen}" in log
     capsys.readouterr()
