@@ -346,13 +346,22 @@ def device_description(device):
     return f"cpu: {name}, {os.cpu_count()} logical cores"
 
 
+def _load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
 def print_table(result):
     print(f"device: {result['device']}; torch threads: {result['threads']}; "
-          f"torch {result['torch']}; median of {result['reps']} (spread min-max)")
+          f"torch {result['torch']}; median of {result['reps']} (spread min-max); "
+          f"load average before/after: {result['load_average_before']} / "
+          f"{result['load_average_after']}")
     header = (f"{'arch':<9} {'levels':<10} {'batch':>5} {'ANN img/s':>9} {'SNN img/s':>9} "
               f"{'counts':>8} {'R':>5} {'overhead':>16} {'counts/ANN':>10} "
               f"{'train Q/R':>9} {'mem ANN':>8} {'mem SNN':>8} {'SNN/ANN':>7}")
@@ -382,6 +391,7 @@ def main(args):
     if args.quick:
         args.batch, args.reps = 4, 1
         config_names = ["uniform4", MEMORY_LEVELS]
+    load_before = _load_average()
     rows = []
     for arch in args.archs.split(","):
         for config, levels in level_configs(arch, config_names):
@@ -393,7 +403,10 @@ def main(args):
                   f"overhead {row['overhead']:.3f}", flush=True)
     result = {"device": device_description(device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
-              "step_budget": args.step_budget, "rows": rows}
+              "step_budget": args.step_budget,
+              # other processes on the machine distort timings: say how busy it was
+              "load_average_before": load_before, "load_average_after": _load_average(),
+              "rows": rows}
     print_table(result)
     if args.json:
         path = Path(args.json)
