@@ -138,8 +138,8 @@ def test_suggest_level_is_monotone_and_in_the_allowed_set(max_level):
 
 
 def test_suggest_level_thresholds():
-    assert DEFAULT_THRESHOLDS == (10.0, 20.0, 30.0)
-    assert [suggest_level(m, 8) for m in (0, 9.99, 10, 19.99, 20, 29.99, 30, 41.4375)] == \
+    assert DEFAULT_THRESHOLDS == (20.0, 30.0, 38.0)
+    assert [suggest_level(m, 8) for m in (0, 19.99, 20, 29.99, 30, 37.99, 38, 41.4375)] == \
         [8, 8, 4, 4, 2, 2, 1, 1]
     assert suggest_level(al_metric([50, 0, 0, 0, 50])["metric"], 8) == 8
     assert suggest_level(al_metric([100, 0, 0, 0, 0])["metric"], 8) == 1
