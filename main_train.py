@@ -317,6 +317,7 @@ def main(args):
     seed_everything(args.seed)
     if args.deterministic:
         enable_determinism()
+        logger.info("deterministic algorithms on (torch.use_deterministic_algorithms)")
     device = args.device
 
     train_set = get_dataset(args.dataset, args.data_root, "train", download=args.download)

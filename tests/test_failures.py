@@ -130,6 +130,12 @@ def test_same_seed_gives_bit_identical_weights(uninterrupted, tmp_path):
     assert_same_weights(torch.load(tmp_path / "again.pth", weights_only=True)["state_dict"], full)
 
 
+def test_deterministic_flag_turns_on_deterministic_algorithms(tmp_path):
+    done = train_subprocess(tmp_path, "det", "--deterministic", "-epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert "deterministic algorithms on" in done.stdout
+
+
 def one_line_error(capsys, *fragments):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
