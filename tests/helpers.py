@@ -79,3 +79,14 @@ def live_model(arch, levels, variant="cifar", num_classes=10, seed=0, images=4, 
     x = torch.randn(images, 3, size, size, generator=generator, dtype=dtype)
     calibrate_thresholds_(model, x)
     return model, x
+
+
+def assert_one_line_error(capsys, *fragments):
+    """The captured stderr is exactly one line, no traceback, containing every fragment."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

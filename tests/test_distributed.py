@@ -23,6 +23,7 @@ import main as main_imagenet
 import main_test
 from checkpoint import load_checkpoint_file, model_from_checkpoint
 from conftest import run_script
+from helpers import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 12, 5
@@ -233,15 +234,6 @@ def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_p
     assert phase2["epoch"] == 3 and phase2["model_args"]["levels"] == [2, 4, 4, 8, 1]
     # an existing run is neither overwritten nor resumed silently
     assert run_script(main_imagenet, common + ["--id", "split", str(image_root)]) == 2
-
-
-def assert_one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_bad_data_folders_give_one_line_and_exit_2(tmp_path, capsys):

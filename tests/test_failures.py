@@ -16,6 +16,7 @@ import main_test
 import main_train
 from conftest import run_script
 from models import PascalNeuron, pascal_counts
+from helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["-data", "digits", "-arch", "vgg_small", "-epochs", "2", "-b", "128", "-j", "0",
@@ -136,14 +137,6 @@ def test_deterministic_flag_turns_on_deterministic_algorithms(tmp_path):
     assert "deterministic algorithms on" in done.stdout
 
 
-def one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_bad_checkpoints(digits_run, tmp_path, capsys):
     folder, run_id = digits_run
     base = ["-data", "digits", "-j", "0", "--no-progress", "--num-images", "8"]
@@ -154,21 +147,21 @@ def test_bad_checkpoints(digits_run, tmp_path, capsys):
         path = tmp_path / f"bad{value}.pth"
         torch.save(bad, path)
         assert run_script(main_test, base + ["--checkpoint", str(path)]) == 2
-        one_line_error(capsys, layer, "threshold", "> 0")
+        assert_one_line_error(capsys, layer, "threshold", "> 0")
     pickled = tmp_path / "pickled.pth"
     torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module: pickled code
     assert run_script(main_test, base + ["--checkpoint", str(pickled)]) == 2
-    one_line_error(capsys, "pickled", "state_dict")
+    assert_one_line_error(capsys, "pickled", "state_dict")
     assert run_script(main_test, ["-data", "cifar100", "--checkpoint",
                                   str(folder / f"{run_id}.pth")]) == 2
-    one_line_error(capsys, "10 classes", "cifar100")
+    assert_one_line_error(capsys, "10 classes", "cifar100")
     with pytest.raises(SystemExit):
         main_train.get_args_parser().parse_args(["--levels"])
-    one_line_error(capsys, "--levels", "expected one argument")
+    assert_one_line_error(capsys, "--levels", "expected one argument")
     if not torch.cuda.is_available():
         assert run_script(main_train, TRAIN + ["--amp", "--id", "x", "--checkpoint-dir",
                                                str(tmp_path)]) == 2
-        one_line_error(capsys, "--amp", "CUDA")
+        assert_one_line_error(capsys, "--amp", "CUDA")
 
 
 def image_tree(root, unreadable=False, empty_class=False):
@@ -195,13 +188,13 @@ def test_bad_dataset_trees(tmp_path, capsys):
     base = ["-data", "imagenet", "--checkpoint", str(ckpt), "-j", "0", "--no-progress",
             "--mode", "ann"]
     assert run_script(main_test, base + ["--data-root", str(tmp_path / "none")]) == 2
-    one_line_error(capsys, "val", "not a directory")
+    assert_one_line_error(capsys, "val", "not a directory")
     empty = image_tree(tmp_path / "empty", empty_class=True)
     assert run_script(main_test, base + ["--data-root", str(empty)]) == 2
-    one_line_error(capsys, "no usable images", "b")
+    assert_one_line_error(capsys, "no usable images", "b")
     broken = image_tree(tmp_path / "broken", unreadable=True)
     assert run_script(main_test, base + ["--data-root", str(broken)]) == 2
-    one_line_error(capsys, "broken.png")
+    assert_one_line_error(capsys, "broken.png")
 
 
 # --- the neuron, property-based -------------------------------------------------------------

@@ -8,20 +8,11 @@ import main_test
 import main_train
 from conftest import run_script
 from test_convert import REFERENCE_LEVELS, reference_state_dict
+from helpers import assert_one_line_error
 
 
 def read_json(path):
     return json.loads(path.read_text())
-
-
-def assert_one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def test_digits_checkpoint_is_self_describing(digits_run):
