@@ -121,8 +121,9 @@ def pascal_emit(count, level, start, stop, amplitude):
     if not 0 <= start <= stop <= level:
         raise ValueError(f"emit steps {start}..{stop} must lie within 0..{level}")
     steps = torch.arange(start, stop, dtype=count.dtype, device=count.device)
-    spikes = torch.empty((stop - start, *count.shape), dtype=amplitude.dtype,
-                         device=count.device)
+    # each step laid out like count (NCHW or channels_last), steps outermost
+    spikes = torch.empty_strided((stop - start, *count.shape), (count.numel(), *count.stride()),
+                                 dtype=amplitude.dtype, device=count.device)
     torch.lt(steps.view(-1, *([1] * count.dim())), count, out=spikes)
     return spikes.mul_(amplitude)
 
@@ -219,7 +220,7 @@ class PascalNeuron(nn.Module):
         if self.sim == "counts":
             return self._forward_counts(x_seq, amplitude)
         num_steps_in = x_seq.shape[0]
-        v = torch.full_like(x_seq[0], 0.5, memory_format=torch.contiguous_format)
+        v = torch.full_like(x_seq[0], 0.5)
         count = torch.zeros_like(v)  # integer values held in v's dtype: exact, no conversions
         pascal_accumulate_(v, count, x_seq, amplitude)
         accumulated = count.clone() if self._recorder is not None else None
