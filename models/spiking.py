@@ -102,10 +102,11 @@ def pascal_correct_(v, count, num_steps):
     corrections = torch.floor(v).clamp_(-num_steps, num_steps)
     v.sub_(corrections)
     _add_count_(count, corrections)
-    rounded_up = v >= 1  # after a full excitatory run only when all num_steps were used
+    # The rounding case lands on exactly 1.0 (never above); rare, so test cheaply first.
+    rounded_up = v == 1
     if rounded_up.any():
-        rounded_up &= corrections > -num_steps  # an inhibitory run left a step over
-        rounded_up &= corrections < 0
+        rounded_up &= corrections < 0  # from an inhibitory run ...
+        rounded_up &= corrections > -num_steps  # ... that left a step over
         late = rounded_up.to(v.dtype)
         v.sub_(late)
         _add_count_(count, late)
