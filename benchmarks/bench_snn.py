@@ -205,8 +205,14 @@ def training_step(model, optimizer, x, y):
     optimizer.step()
 
 
+TRAIN_STEPS_PER_REP = 3  # a single step is short enough for scheduler noise to dominate
+
+
 def time_training(arch, model, x, reps, device):
-    """QCFS training step time over the ReLU twin's (same weights, same batch)."""
+    """QCFS training step time over the ReLU twin's (same weights, same batch).
+
+    Each repetition times ``TRAIN_STEPS_PER_REP`` consecutive SGD steps of each network.
+    """
     qcfs = models.create_model(arch, num_classes=NUM_CLASSES, levels=models.get_levels(model))
     qcfs.load_state_dict(model.state_dict())
     relu = relu_twin(arch)
@@ -217,7 +223,10 @@ def time_training(arch, model, x, reps, device):
     for name, net in (("qcfs", qcfs), ("relu", relu)):
         net.to(device).train()
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
-        steps[name] = lambda net=net, optimizer=optimizer: training_step(net, optimizer, x, y)
+        def run(net=net, optimizer=optimizer):
+            for _ in range(TRAIN_STEPS_PER_REP):
+                training_step(net, optimizer, x, y)
+        steps[name] = run
     times = time_interleaved(steps, reps, device)
     ratios = [q / r for q, r in zip(times["qcfs"], times["relu"], strict=True)]
     return statistics.median(times["qcfs"]) / statistics.median(times["relu"]), spread(ratios)

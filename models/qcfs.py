@@ -23,7 +23,7 @@ class _QCFSFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, threshold, level):
-        step = threshold / level
+        step = threshold.reshape(()) / level  # 0-dim: the cheapest broadcast
         y = torch.div(x, step).add_(0.5).floor_().clamp_(0, level).mul_(step)
         ctx.save_for_backward(x, y, threshold)
         return y
