@@ -37,6 +37,9 @@ class SpikingNetwork(nn.Module):
     (image, step) pairs; by default ``step_budget`` is the batch size, which keeps the
     simulator's peak memory close to the ANN's on the same batch, whatever the levels.
     Chunks are independent (images never interact), so the result does not depend on them.
+    Each chunk reads every layer's weights again, so a larger budget trades memory for speed
+    where large weights meet short trains (benchmarks/README.md: VGG-16 at the reference
+    levels, budget 2 x batch: 1.21x instead of 1.45x the ideal time, 2.1-2.6x the ANN's memory).
     """
 
     def __init__(self, body, sim="step", step_budget=None):
