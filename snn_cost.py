@@ -168,6 +168,14 @@ class _SpikeTag:
     def __init__(self, source, counts, chain=()):
         self.source, self.counts, self.chain = source, counts, chain
 
+    @classmethod
+    def cat(cls, tags):
+        """The tag of consecutive image chunks joined (``models.convert.cat_trains``)."""
+        if any(t is None or (t.source, t.chain) != (tags[0].source, tags[0].chain)
+               for t in tags):
+            raise ValueError("cannot join spike tags of different sources")
+        return cls(tags[0].source, torch.cat([t.counts for t in tags]), tags[0].chain)
+
 
 @dataclass
 class _Weighted:

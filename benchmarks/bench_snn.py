@@ -65,9 +65,9 @@ def get_args_parser(add_help=True):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's default for this machine)")
     parser.add_argument("--step-budget", type=int, default=None,
-                        help="SpikingNetwork step_budget: (image, step) pairs one train may "
-                             "hold; the step simulator runs the batch in chunks of "
-                             "step_budget // max level images (default: the batch size)")
+                        help="SpikingNetwork step_budget: each layer of the step simulator "
+                             "runs in chunks whose tensors stay within the ANN's largest layer "
+                             "at this many images (default: the batch size)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
@@ -321,7 +321,7 @@ def bench_row(arch, config, levels, args, device, measure_memory):
                     for name, t in times.items()},
         "overhead_spread": spread(overheads),
         "counts_over_ann_spread": spread(counts_ratios),
-        "snn_chunk_images": step_snn.chunk_size(args.batch),
+        "snn_chunk_images": [size for _, size in step_snn.chunk_plan(x)],
     }
     if not args.no_train:
         row["train_qcfs_over_relu"], row["train_spread"] = time_training(

@@ -5,12 +5,13 @@ import math
 import torch
 from torch import nn
 
+from .chunking import forward_chain, plan_segments, profile_units, run_segments
 from .qcfs import QCFS, qcfs_layers
 from .resnet import ResidualAdd
 from .spiking import (SIM_MODES, ChannelScale, LayerStats, PascalNeuron, SeqAffine, SeqMap,
                       SpikingAdd)
 
-__all__ = ["SpikingNetwork", "convert_to_snn", "check_thresholds"]
+__all__ = ["SpikingNetwork", "check_thresholds", "convert_to_snn"]
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -31,15 +32,16 @@ class SpikingNetwork(nn.Module):
     its window sum and each neuron takes its count from the closed form; see
     :mod:`models.spiking`). Both give the same logits and emitted spike counts.
 
-    Memory: a layer fed an L-step train holds L activation maps per image where the ANN holds
-    one. The step simulator therefore runs the batch in chunks of
-    ``max(1, step_budget // max_level)`` images, so no train holds more than ``step_budget``
-    (image, step) pairs; by default ``step_budget`` is the batch size, which keeps the
-    simulator's peak memory close to the ANN's on the same batch, whatever the levels.
-    Chunks are independent (images never interact), so the result does not depend on them.
-    Each chunk reads every layer's weights again, so a larger budget trades memory for speed
-    where large weights meet short trains (benchmarks/README.md: VGG-16 at the reference
-    levels, budget 2 x batch: 1.21x instead of 1.45x the ideal time, 2.1-2.6x the ANN's memory).
+    Memory: a layer fed a T-step train holds T activation maps per image where the ANN holds
+    one. The step simulator bounds this layer by layer. The network's forward chain (see
+    :func:`forward_chain`) is cut into segments, and each segment runs in chunks of as many
+    images as keep its largest tensors (input plus output, each ``T x map size`` per image)
+    within what the ANN's largest layer holds for ``step_budget`` images (default: the
+    batch). Layers with long trains on large maps thus run in small chunks, the layers after
+    them (short trains or small maps, often the ones with the largest weights) on larger
+    chunks or the whole batch, so their weights are read once per chunk of *their* size.
+    Chunks are independent (images never interact), so the result does not depend on them;
+    :meth:`chunk_plan` shows the segments. ``step_budget`` trades memory for speed.
     """
 
     def __init__(self, body, sim="step", step_budget=None):
@@ -54,23 +56,36 @@ class SpikingNetwork(nn.Module):
         for _, neuron in self.neurons():
             neuron.sim = sim
         self.max_level = max((m.level for _, m in self.neurons()), default=1)
+        self.units = forward_chain(body)
+        self._plans = {}  # (batch, image shape, dtype, device, budget) -> segments
 
     def neurons(self):
         """``[(name, PascalNeuron), ...]`` in forward order, named as the ANN's QCFS layers."""
         return [(m.name, m) for m in self.body.modules() if isinstance(m, PascalNeuron)]
 
-    def chunk_size(self, batch):
-        """Images per chunk of the step simulator for a batch of ``batch`` images."""
-        if self.sim == "counts":
-            return batch  # every train is one step long
-        budget = batch if self.step_budget is None else self.step_budget
-        return min(batch, max(1, budget // self.max_level))
+    def chunk_plan(self, x):
+        """``[(unit names, images per chunk), ...]``: the segments the step simulator runs
+        the batch ``x`` in, in forward order, with increasing chunk sizes."""
+        names = {m: name or "body" for name, m in self.body.named_modules()}
+        return [([names[u] for u in units], size) for units, size in self._segments(x)]
+
+    def _segments(self, x):
+        batch = x.shape[0]
+        if self.sim == "counts" or batch == 0:
+            return [(self.units, max(1, batch))]  # counts: every train is one step long
+        key = (batch, tuple(x.shape[1:]), x.dtype, x.device, self.step_budget)
+        if key not in self._plans:  # planned once per batch shape (~0.1 s for VGG-16)
+            profiles, ann_work = profile_units(self.body, self.units, x)
+            budget = batch if self.step_budget is None else self.step_budget
+            starts = plan_segments(profiles, batch, budget * ann_work)
+            stops = [start for start, _ in starts[1:]] + [len(self.units)]
+            self._plans[key] = [(self.units[start:stop], size)
+                                for (start, size), stop in zip(starts, stops)]
+        return self._plans[key]
 
     @torch.inference_mode()
     def forward(self, x):
-        chunks = x.split(self.chunk_size(x.shape[0]))
-        outputs = [self.body(chunk.unsqueeze(0)).sum(0) for chunk in chunks]  # (T_last, b, K)
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return run_segments(x, self._segments(x)).sum(0)  # (T_last, B, K) -> (B, K)
 
     def forward_with_stats(self, x, keep_counts=False):
         """``(logits, [LayerStats, ...])``; with ``keep_counts`` each entry also holds the
@@ -85,11 +100,11 @@ class SpikingNetwork(nn.Module):
         finally:
             for m in neurons:
                 m._recorder = None
-        # every chunk records one entry per neuron call, in the same order
-        entries = recorder["stats"]
-        num_chunks = math.ceil(x.shape[0] / self.chunk_size(x.shape[0]))
-        per_chunk = len(entries) // num_chunks
-        return logits, [LayerStats.concat(entries[i::per_chunk]) for i in range(per_chunk)]
+        # one entry per neuron call and chunk; each neuron sees the chunks in batch order
+        per_layer = {}
+        for entry in recorder["stats"]:
+            per_layer.setdefault(entry.name, []).append(entry)
+        return logits, [LayerStats.concat(parts) for parts in per_layer.values()]
 
 
 def check_thresholds(ann):

@@ -70,10 +70,15 @@ class ResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(512, num_classes)
 
+    def forward_chain(self):
+        """The modules ``forward`` applies, in order (the spiking simulator chunks by them)."""
+        return [self.conv1, self.conv2_x, self.conv3_x, self.conv4_x, self.conv5_x,
+                self.avgpool, self.flatten, self.fc]
+
     def forward(self, x):
-        x = self.conv1(x)
-        x = self.conv5_x(self.conv4_x(self.conv3_x(self.conv2_x(x))))
-        return self.fc(self.flatten(self.avgpool(x)))
+        for module in self.forward_chain():
+            x = module(x)
+        return x
 
 
 def resnet18(num_classes, variant, act_layer):

@@ -90,3 +90,14 @@ def assert_one_line_error(capsys, *fragments):
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def multi_segment_snn(model, x, **kwargs):
+    """``convert_to_snn(model)`` with the smallest step budget whose chunk plan for ``x`` has
+    several segments, the first one chunked (so chunks are joined between segments)."""
+    for budget in range(1, 8 * x.shape[0] + 1):
+        snn = models.convert_to_snn(model, step_budget=budget, **kwargs)
+        sizes = [size for _, size in snn.chunk_plan(x)]
+        if len(sizes) > 1 and sizes[0] < x.shape[0]:
+            return snn
+    raise AssertionError("no step budget gives a multi-segment chunk plan")

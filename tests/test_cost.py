@@ -15,17 +15,20 @@ import models
 import snn_cost
 from conftest import run_script
 from get_Teff import latency_steps, layer_fan_ins, teff
-from helpers import ann_levels, live_model
+from helpers import ann_levels, live_model, multi_segment_snn
 from models import QCFS, convert_to_snn
 from models.baseline import IFNeuron, convert_to_if, if_step_
 from models.resnet import ResidualAdd
 from snn_cost import CostMeter, energy_pj, spike_reach
 
 
-def measure(ann, x, sim="step"):
+def measure(ann, x, sim="step", chunked=False):
     """Run the converted ``ann`` on ``x`` under a CostMeter; returns (meter, report)."""
     ann = ann.double().eval()
-    snn = convert_to_snn(ann, **({"sim": sim} if sim != "step" else {}))
+    if chunked:  # counted across chunks joined between segments
+        snn = multi_segment_snn(ann, x.double(), sim=sim)
+    else:
+        snn = convert_to_snn(ann, **({"sim": sim} if sim != "step" else {}))
     with CostMeter(snn) as meter:
         _, stats = snn.forward_with_stats(x.double())
         meter.add_layer_stats(stats)
@@ -215,14 +218,15 @@ def independent_counts(model, x):
     return accumulates, additions
 
 
-@pytest.mark.parametrize("arch, levels, size", [
-    ("vgg_small", [4, 2, 8, 1, 3], 32),
-    ("resnet18", [2, 1, 2, 1, 3, 1, 2, 2, 1, 2, 1, 1, 2, 1, 2, 1, 2], 8),
+@pytest.mark.parametrize("arch, levels, size, chunked", [
+    ("vgg_small", [4, 2, 8, 1, 3], 32, False),
+    ("vgg_small", [4, 2, 8, 1, 3], 32, True),  # chunked segments: tags joined between them
+    ("resnet18", [2, 1, 2, 1, 3, 1, 2, 2, 1, 2, 1, 1, 2, 1, 2, 1, 2], 8, False),
 ])
-def test_meter_matches_independent_count_on_real_architectures(arch, levels, size):
-    model, x = live_model(arch, levels, images=2, size=size)
+def test_meter_matches_independent_count_on_real_architectures(arch, levels, size, chunked):
+    model, x = live_model(arch, levels, images=4 if chunked else 2, size=size)
     expected, additions = independent_counts(model, x)
-    meter, _ = measure(model, x)
+    meter, _ = measure(model, x, chunked=chunked)
     measured = {name: w.operations for name, w in meter.weighted.items() if w.source}
     if arch == "vgg_small":  # classifier.4 / .7 are fed by classifier neurons, not pools
         expected = {k: v for k, v in expected.items() if k in measured}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models
-from helpers import live_model
+from helpers import live_model, multi_segment_snn
 from models import convert_to_snn, list_models
 from models.spiking import pascal_correct_
 from test_convert import REFERENCE_LEVELS
@@ -122,10 +122,10 @@ def test_closed_form_correction_is_bit_identical_to_the_loop(dtype):
 @pytest.mark.parametrize("arch, levels", [("vgg_small", [16, 1, 8, 2, 3]),
                                           ("resnet18", REFERENCE_LEVELS["resnet18"])])
 def test_batch_chunks_give_the_same_result(arch, levels):
-    model, x = live_model(arch, levels, images=3, seed=2)
+    model, x = live_model(arch, levels, images=4, seed=2)
     whole = convert_to_snn(model, step_budget=10**6)
-    chunked = convert_to_snn(model, step_budget=2 * whole.max_level)  # chunks of 2 + 1 images
-    assert chunked.chunk_size(3) == 2 and whole.chunk_size(3) == 3
+    chunked = multi_segment_snn(model, x)  # several segments, the first chunked
+    assert [size for _, size in whole.chunk_plan(x)] == [4]
     logits, stats = whole.forward_with_stats(x, keep_counts=True)
     chunk_logits, chunk_stats = chunked.forward_with_stats(x, keep_counts=True)
     assert_logits_close(chunk_logits, logits)
@@ -134,12 +134,57 @@ def test_batch_chunks_give_the_same_result(arch, levels):
         assert c.as_dict() == s.as_dict()
 
 
-def test_default_budget_holds_about_one_batch_of_steps():
+def test_chunk_plan_gives_long_trains_small_chunks_and_the_rest_the_batch():
     model = models.create_model("vgg16", num_classes=10, levels=REFERENCE_LEVELS["vgg16"])
     snn = convert_to_snn(model)
-    assert snn.max_level == 8
-    assert [snn.chunk_size(b) for b in (1, 7, 32, 256)] == [1, 1, 4, 32]
-    assert convert_to_snn(model, sim="counts").chunk_size(32) == 32
+    x = torch.zeros(32, 3, 32, 32)
+    plan = snn.chunk_plan(x)
+    sizes = [size for _, size in plan]
+    # layer1 emits 8 steps of the 32x32 maps: its conv on them holds 8x the ANN's tensors
+    assert plan[0][0][0] == "layer1.0" and sizes[0] == 4
+    # from stage 3 on, trains are short or maps small: one chunk, weights read once
+    assert "layer3.0" in plan[-1][0] and sizes[-1] == 32
+    assert all(b % a == 0 for a, b in zip(sizes, sizes[1:])), sizes  # equal sub-chunks
+    assert [name for names, _ in plan for name in names] == [
+        name for name, _ in _named_units(snn)]
+    assert convert_to_snn(model, sim="counts").chunk_plan(x)[0][1] == 32
+    assert convert_to_snn(model).chunk_plan(x[:1])[0][1] == 1
+
+
+def _named_units(snn):
+    names = {m: n for n, m in snn.body.named_modules()}
+    return [(names[u], u) for u in snn.units]
+
+
+def test_step_simulator_tensors_stay_within_the_anns_at_the_same_batch():
+    """Measured, not planned: the largest (inputs + output) of any module call during the
+    real forward, against the same for the ANN on the same batch (default budget)."""
+    model, x = live_model("vgg16", 8, images=16, seed=3, dtype=torch.float32)
+
+    def largest_call(net, run):
+        largest = [0]
+
+        def hook(module, args, output):
+            tensors = [t for t in (*args, output) if torch.is_tensor(t)]
+            largest[0] = max(largest[0], sum(t.numel() for t in tensors))
+
+        handles = [m.register_forward_hook(hook) for m in net.modules()
+                   if not m._modules and m is not net]  # leaves
+        try:
+            run()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return largest[0]
+
+    with torch.no_grad():
+        ann_largest = largest_call(model, lambda: model(x))
+    snn = convert_to_snn(model)
+    snn_largest = largest_call(snn.body, lambda: snn(x))
+    unchunked = convert_to_snn(model, step_budget=10**6)
+    unchunked_largest = largest_call(unchunked.body, lambda: unchunked(x))
+    assert snn_largest <= ann_largest  # the budget: the ANN's largest layer at this batch
+    assert unchunked_largest >= 8 * ann_largest  # the 8-step trains the budget avoids
 
 
 def test_fused_qcfs_gradient_matches_autograd_of_the_formula():
