@@ -13,9 +13,13 @@ segments around it hold at the same time:
 - a segment boundary's *buffer*: the output of the segment before it, gathered for one chunk
   of the segment after it, is held while the earlier segments run.
 
-:func:`plan_segments` picks, among chunk sizes ``ceil(batch / 2**k)``, the segmentation whose
-modelled peak (a segment's chunk x its largest work, plus every buffer held around it) stays
-within the limit and that re-reads the fewest weights.
+:func:`plan_segments` picks, among chunk sizes ``ceil(batch / 2**k)``, the segmentation that
+re-reads the fewest weights while every segment's chunk x its largest work stays within the
+limit and the buffers held around it within a quarter of it.
+
+Speed is not monotonic in chunk size on a CPU: a chunk so large that its trains exceed the C
+allocator's mmap threshold pays fresh page faults on every call (see benchmarks/README.md),
+so the limit, not the largest possible chunk, is the right target.
 """
 import math
 from collections import OrderedDict
@@ -119,10 +123,10 @@ def plan_segments(profiles, batch, limit):
     """``[(first unit index, chunk size), ...]`` in forward order, chunk sizes increasing.
 
     Minimises the weights re-read (each unit's ``cost`` times its number of chunk calls)
-    subject to the modelled peak staying within ``limit`` elements: while a segment runs,
-    it holds its chunk x its largest unit work, and every later segment holds the buffer in
-    which the output of the segment before it is gathered (its chunk x that output). When
-    no plan fits (a single image already exceeds the limit), every unit runs image by image.
+    subject to: a segment's chunk x its largest unit work is at most ``limit`` elements, and
+    the buffers held while it runs -- for every later segment, its chunk x the output of the
+    segment before it, gathered there -- at most ``BUFFER_SHARE * limit``. When no plan fits
+    (a single image already exceeds the limit), every unit runs image by image.
     """
     n = len(profiles)
     sizes = sorted({math.ceil(batch / 2 ** k) for k in range(max(batch, 1).bit_length() + 1)})

@@ -33,15 +33,17 @@ class SpikingNetwork(nn.Module):
     :mod:`models.spiking`). Both give the same logits and emitted spike counts.
 
     Memory: a layer fed a T-step train holds T activation maps per image where the ANN holds
-    one. The step simulator bounds this layer by layer. The network's forward chain (see
-    :func:`forward_chain`) is cut into segments, and each segment runs in chunks of as many
-    images as keep its largest tensors (input plus output, each ``T x map size`` per image)
-    within what the ANN's largest layer holds for ``step_budget`` images (default: the
-    batch). Layers with long trains on large maps thus run in small chunks, the layers after
-    them (short trains or small maps, often the ones with the largest weights) on larger
-    chunks or the whole batch, so their weights are read once per chunk of *their* size.
-    Chunks are independent (images never interact), so the result does not depend on them;
-    :meth:`chunk_plan` shows the segments. ``step_budget`` trades memory for speed.
+    one, so the step simulator runs the batch in chunks, segment by segment
+    (:mod:`models.chunking`). The forward chain (``nn.Sequential`` children, or a module's
+    ``forward_chain()``: VGG and ResNet have one) is cut into segments; each runs chunks of
+    as many images as keep every layer call's tensors (inputs + output, all steps) within
+    what the ANN's largest layer call holds for ``step_budget`` images (default: the batch),
+    with at most a quarter of that again held in buffers between segments. Long trains on
+    large maps thus run in small chunks and the layers after them (short trains or small
+    maps, often the largest weights) in large ones, so their weights are read few times. The
+    plan is made once per batch shape from a one-image probe; :meth:`chunk_plan` shows it.
+    Chunks are independent (images never interact), so the result does not depend on them.
+    A larger ``step_budget`` trades memory for speed.
     """
 
     def __init__(self, body, sim="step", step_budget=None):
