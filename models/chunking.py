@@ -15,7 +15,8 @@ segments around it hold at the same time:
 
 :func:`plan_segments` picks, among chunk sizes ``ceil(batch / 2**k)``, the segmentation that
 re-reads the fewest weights while every segment's chunk x its largest work stays within the
-limit and the buffers held around it within a quarter of it.
+limit and the buffers held around it within a sixteenth of it (cuts go where little is
+held: after a pool, or after short trains).
 
 Speed is not monotonic in chunk size on a CPU: a chunk so large that its trains exceed the C
 allocator's mmap threshold pays fresh page faults on every call (see benchmarks/README.md),
@@ -35,7 +36,7 @@ __all__ = ["UnitProfile", "cat_trains", "forward_chain", "plan_segments", "profi
            "run_segments"]
 
 # Boundary buffers may hold at most this share of the limit, on top of a segment's work.
-BUFFER_SHARE = 0.25
+BUFFER_SHARE = 1 / 16
 # What one extra chunk call of a module costs, in weight elements read: the per-call
 # dispatch and Python overhead (tens of microseconds) next to reading weights (~1 ns each).
 MODULE_CALL_COST = 50_000

@@ -38,7 +38,7 @@ class SpikingNetwork(nn.Module):
     ``forward_chain()``: VGG and ResNet have one) is cut into segments; each runs chunks of
     as many images as keep every layer call's tensors (inputs + output, all steps) within
     what the ANN's largest layer call holds for ``step_budget`` images (default: the batch),
-    with at most a quarter of that again held in buffers between segments. Long trains on
+    with at most a sixteenth of that again held in buffers between segments. Long trains on
     large maps thus run in small chunks and the layers after them (short trains or small
     maps, often the largest weights) in large ones, so their weights are read few times. The
     plan is made once per batch shape from a one-image probe; :meth:`chunk_plan` shows it.
