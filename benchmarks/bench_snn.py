@@ -36,6 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
+from models.chunking import run_segments  # noqa: E402
 
 # Per-layer levels of the published reference code (spec section 2).
 REFERENCE_LEVELS = {
@@ -68,6 +69,9 @@ def get_args_parser(add_help=True):
                         help="SpikingNetwork step_budget: each layer of the step simulator "
                              "runs in chunks whose tensors stay within the ANN's largest layer "
                              "at this many images (default: the batch size)")
+    parser.add_argument("--compare-whole-chunks", action="store_true",
+                        help="also time the step simulator with the whole network in chunks "
+                             "of batch // max level images (the rule before segment plans)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
@@ -300,8 +304,16 @@ def bench_row(arch, config, levels, args, device, measure_memory):
         with torch.inference_mode():
             model(x)
 
-    times = time_interleaved({"ann": ann, "snn": lambda: step_snn(x),
-                              "counts": lambda: counts_snn(x)}, args.reps, device)
+    functions = {"ann": ann, "snn": lambda: step_snn(x), "counts": lambda: counts_snn(x)}
+    if args.compare_whole_chunks:
+        whole_chunk = max(1, args.batch // step_snn.max_level)
+
+        def whole():
+            with torch.inference_mode():
+                run_segments(x, [(step_snn.units, whole_chunk)]).sum(0)
+
+        functions["whole_chunks"] = whole
+    times = time_interleaved(functions, args.reps, device)
     median = {name: statistics.median(t) for name, t in times.items()}
     overheads = [s / (a * ratio) for s, a in zip(times["snn"], times["ann"], strict=True)]
     counts_ratios = [c / a for c, a in zip(times["counts"], times["ann"], strict=True)]
@@ -323,6 +335,10 @@ def bench_row(arch, config, levels, args, device, measure_memory):
         "counts_over_ann_spread": spread(counts_ratios),
         "snn_chunk_images": [size for _, size in step_snn.chunk_plan(x)],
     }
+    if args.compare_whole_chunks:
+        row["whole_chunks_images"] = whole_chunk
+        row["whole_chunks_overhead"] = median["whole_chunks"] / (median["ann"] * ratio)
+        row["whole_chunks_over_snn"] = median["whole_chunks"] / median["snn"]
     if not args.no_train:
         row["train_qcfs_over_relu"], row["train_spread"] = time_training(
             arch, model, x, args.reps, device)
@@ -385,6 +401,12 @@ def print_table(result):
               f"{row['counts_over_ann']:>10.3f} {_fmt(row['train_qcfs_over_relu'], '>9.3f')} "
               f"{_fmt(row['peak_mem_ann_mb'], '>8.1f')} {_fmt(row['peak_mem_snn_mb'], '>8.1f')} "
               f"{_fmt(mem_ratio, '>7.2f')}")
+    for row in result["rows"]:
+        if "whole_chunks_overhead" in row:
+            print(f"{row['arch']} {row['levels']}: segment plan {row['snn_chunk_images']} "
+                  f"overhead {row['overhead']:.3f}; whole network in chunks of "
+                  f"{row['whole_chunks_images']}: overhead {row['whole_chunks_overhead']:.3f} "
+                  f"({row['whole_chunks_over_snn']:.2f}x the plan's time)")
     print("overhead = SNN time / (ANN time x R); R = sum T_in*MACs / sum MACs; "
           "mem in MB (peak minus after-load, fresh process)")
 

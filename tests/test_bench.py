@@ -21,7 +21,8 @@ def bench():
 def test_quick_run_writes_the_documented_json(bench, tmp_path):
     out = tmp_path / "bench.json"
     args = bench.get_args_parser().parse_args(
-        ["--quick", "--archs", "vgg_small", "--threads", "2", "--json", str(out)])
+        ["--quick", "--archs", "vgg_small", "--threads", "2", "--compare-whole-chunks",
+         "--json", str(out)])
     bench.main(args)
     result = json.loads(out.read_text())
     assert {"device", "threads", "rows"} <= set(result)
@@ -32,6 +33,8 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path):
         assert row["arch"] == "vgg_small" and row["batch"] == 4
         assert row["ann_img_s"] > 0 and row["snn_img_s"] > 0 and row["counts_img_s"] > 0
         assert row["train_qcfs_over_relu"] > 0
+        assert row["whole_chunks_overhead"] > 0 and row["whole_chunks_images"] >= 1
+        assert row["snn_chunk_images"][-1] <= row["batch"]
     uniform4, uniform16 = result["rows"]
     # vgg_small, 5 QCFS layers at uniform L: every layer after the first is applied L times
     assert 1 < uniform4["ideal_ratio"] < 4 and 1 < uniform16["ideal_ratio"] < 16
