@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import models
-from utils import DATASETS, UsageError, default_checkpoint_dir
+from utils import DATASETS, UsageError, default_checkpoint_dir, stretch_cosine_schedule
 
 FORMAT_VERSION = 1
 
@@ -171,6 +171,20 @@ def _create(model_args, path):
                                    variant=model_args.get("variant", "cifar"))
     except (KeyError, TypeError) as error:
         raise UsageError(f"{path} has malformed model_args ({error})") from None
+
+
+def restore_training_state(restored, optimizer, scheduler, scaler, epochs, logger):
+    """Load optimizer, cosine schedule and AMP scaler state from the checkpoint ``restored``;
+    a schedule saved for another number of epochs is stretched to ``epochs``. Returns
+    ``(epochs finished, best top-1)``."""
+    optimizer.load_state_dict(restored["optimizer"])
+    scheduler.load_state_dict(restored["scheduler"])
+    if scheduler.T_max != epochs:
+        logger.info(f"schedule length changed from {scheduler.T_max} to {epochs} epochs")
+        stretch_cosine_schedule(scheduler, epochs)
+    if scaler is not None and restored.get("scaler"):
+        scaler.load_state_dict(restored["scaler"])
+    return int(restored["epoch"]), float(restored["best_acc1"])
 
 
 def rng_state():

@@ -16,8 +16,8 @@ import models
 from al_metric import DEFAULT_THRESHOLDS, al_metric, level_histogram, npy_metrics, suggest_level
 from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
 from data import get_dataset, make_loader
-from utils import (DATASETS, ArgumentParser, UsageError, env_data_root, parse_levels, progress,
-                   resolve_device, run_main)
+from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
+                   env_data_root, parse_levels, progress, resolve_device, run_main)
 
 
 def get_args_parser(add_help=True):
@@ -60,12 +60,8 @@ def get_args_parser(add_help=True):
                        help="draw each layer's level histogram with its metric and suggested L")
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
-    group.add_argument("-dev", "--device", default=None,
-                       help="cpu, cuda, cuda:N or a GPU index (default: cuda if available)")
-    group.add_argument("-j", "--workers", type=int, default=2,
-                       help="data-loading workers (default: 2)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    group.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    add_device_args(group)
+    add_output_flags(group)
     return parser
 
 

@@ -37,11 +37,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 import models
 from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, load_checkpoint_file,
-                        model_from_checkpoint, plain, rng_state, save_checkpoint)
+                        model_from_checkpoint, plain, restore_training_state, rng_state,
+                        save_checkpoint)
 from data import check_image_folder, image_folder, imagenet_transforms, make_loader
 from main_train import Diverged, epoch_seed, train_one_epoch, write_csv_row
-from utils import (ArgumentParser, UsageError, default_checkpoint_dir, parse_levels, progress,
-                   run_main, seed_everything, setup_logging, stretch_cosine_schedule)
+from utils import (ArgumentParser, UsageError, add_level_args, add_output_flags,
+                   default_checkpoint_dir, parse_levels, progress, run_main, seed_everything,
+                   setup_logging)
 
 DATASET = "imagenet"  # model_args["dataset"]: what main_test.py's -data names
 KILL_RANK_ENV = "PASCAL_TEST_KILL_RANK"
@@ -59,13 +61,7 @@ def get_args_parser(add_help=True):
                        help="architecture (default: resnet34)")
     group.add_argument("--variant", default="imagenet", choices=list(models.VARIANTS),
                        help="network stem/classifier variant (default: imagenet)")
-    group.add_argument("--levels", default=None,
-                       help="quantization level L: one int for all layers, or a comma-separated "
-                            "list with one entry per QCFS layer (default: 4)")
-    group.add_argument("-L", "--level", type=int, default=None,
-                       help="uniform level, same as --levels N (reference spelling)")
-    group.add_argument("--init-threshold", type=float, default=4.0,
-                       help="initial QCFS threshold lambda (default: 4.0)")
+    add_level_args(group)
     group.add_argument("--image-size", type=int, default=224,
                        help="training crop and validation centre crop (default: 224; validation "
                             "resizes to size*256/224 first)")
@@ -124,8 +120,7 @@ def get_args_parser(add_help=True):
     group.add_argument("-j", "--workers", type=int, default=4,
                        help="data-loading worker processes per training process (default: 4)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    group.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    add_output_flags(group)
     return parser
 
 
@@ -338,14 +333,8 @@ def train(args, rank, world_size, device):
     scaler = torch.amp.GradScaler("cuda") if args.amp else None
     start_epoch, best_acc1 = 0, 0.0
     if restored is not None:
-        optimizer.load_state_dict(restored["optimizer"])
-        scheduler.load_state_dict(restored["scheduler"])
-        if scheduler.T_max != args.epochs:
-            logger.info(f"schedule length changed from {scheduler.T_max} to {args.epochs} epochs")
-            stretch_cosine_schedule(scheduler, args.epochs)
-        if scaler is not None and restored.get("scaler"):
-            scaler.load_state_dict(restored["scaler"])
-        start_epoch, best_acc1 = int(restored["epoch"]), float(restored["best_acc1"])
+        start_epoch, best_acc1 = restore_training_state(restored, optimizer, scheduler, scaler,
+                                                        args.epochs, logger)
         logger.info(f"resuming run {args.id} after epoch {start_epoch} (best {best_acc1:.2f}%)")
     if start_epoch >= args.epochs:
         raise UsageError(f"run {args.id} already finished {start_epoch} epochs: raise --epochs "

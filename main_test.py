@@ -18,8 +18,9 @@ import snn_cost
 from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
 from data import get_dataset, make_loader
 from models.baseline import convert_to_if
-from utils import (DATASETS, ArgumentParser, UsageError, env_data_root, parse_levels, progress,
-                   resolve_device, run_main, setup_logging)
+from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
+                   env_data_root, parse_levels, progress, resolve_device, run_main,
+                   setup_logging)
 
 
 def get_args_parser(add_help=True):
@@ -94,12 +95,8 @@ def get_args_parser(add_help=True):
                        help="accuracy against T (default: {id}_baseline.png next to the "
                             "checkpoint)")
     group = parser.add_argument_group("machine")
-    group.add_argument("-dev", "--device", default=None,
-                       help="cpu, cuda, cuda:N or a GPU index (default: cuda if available)")
-    group.add_argument("-j", "--workers", type=int, default=2,
-                       help="data-loading workers (default: 2)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    group.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    add_device_args(group)
+    add_output_flags(group)
     return parser
 
 

@@ -14,14 +14,13 @@ import torch
 import torch.nn.functional as F
 
 import models
-from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, list_ids,
-                        load_checkpoint_file, model_from_checkpoint, plain, rng_state,
-                        save_checkpoint, set_rng_state)
+from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format,
+                        load_checkpoint_file, model_from_checkpoint, plain,
+                        restore_training_state, rng_state, save_checkpoint, set_rng_state)
 from data import SeededAugmentation, epoch_order, get_dataset, make_loader
-from utils import (DATASETS, ArgumentParser, GracefulInterrupt, UsageError,
-                   default_checkpoint_dir, env_data_root, parse_levels, progress,
-                   resolve_device, run_main, seed_everything, setup_logging,
-                   stretch_cosine_schedule)
+from utils import (DATASETS, ArgumentParser, GracefulInterrupt, UsageError, add_device_args,
+                   add_level_args, add_output_flags, default_checkpoint_dir, env_data_root, parse_levels, progress,
+                   resolve_device, run_main, seed_everything, setup_logging)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
 DEFAULTS = {
@@ -45,13 +44,7 @@ def get_args_parser(add_help=True):
                        help="dataset (default: cifar10; digits ships with scikit-learn)")
     group.add_argument("-arch", "--arch", default="vgg16", choices=models.list_models(),
                        help="architecture (default: vgg16)")
-    group.add_argument("--levels", default=None,
-                       help="quantization level L: one int for all layers, or a comma-separated "
-                            "list with one entry per QCFS layer (default: 4)")
-    group.add_argument("-L", "--level", type=int, default=None,
-                       help="uniform level, same as --levels N (reference spelling)")
-    group.add_argument("--init-threshold", type=float, default=4.0,
-                       help="initial QCFS threshold lambda (default: 4.0)")
+    add_level_args(group)
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
     group.add_argument("--download", action="store_true",
@@ -105,15 +98,11 @@ def get_args_parser(add_help=True):
     group.add_argument("--overwrite", action="store_true",
                        help="start over even if run {id} already has a checkpoint")
     group = parser.add_argument_group("machine")
-    group.add_argument("-dev", "--device", default=None,
-                       help="cpu, cuda, cuda:N or a GPU index (default: cuda if available)")
-    group.add_argument("-j", "--workers", type=int, default=2,
-                       help="data-loading worker processes (default: 2)")
+    add_device_args(group)
     group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     group.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (bit-reproducible on CUDA too; slower)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    group.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    add_output_flags(group)
     return parser
 
 
@@ -331,14 +320,8 @@ def main(args):
     start_epoch, best_acc1, adaptive, partial = 0, 0.0, None, None
     if restored is not None:
         adaptive = restored.get("adaptive")
-        optimizer.load_state_dict(restored["optimizer"])
-        scheduler.load_state_dict(restored["scheduler"])
-        if scheduler.T_max != args.epochs:
-            logger.info(f"schedule length changed from {scheduler.T_max} to {args.epochs} epochs")
-            stretch_cosine_schedule(scheduler, args.epochs)
-        if scaler is not None and restored.get("scaler"):
-            scaler.load_state_dict(restored["scaler"])
-        start_epoch, best_acc1 = int(restored["epoch"]), float(restored["best_acc1"])
+        start_epoch, best_acc1 = restore_training_state(restored, optimizer, scheduler, scaler,
+                                                        args.epochs, logger)
         if restored.get("partial_epoch"):
             partial = EpochProgress(**restored["partial_epoch"])
         set_rng_state(restored["rng"])

@@ -100,6 +100,31 @@ def resolve_device(spec=None):
     return device
 
 
+def add_level_args(group):
+    """``--levels``, ``-L/--level`` and ``--init-threshold`` of the training scripts."""
+    group.add_argument("--levels", default=None,
+                       help="quantization level L: one int for all layers, or a comma-separated "
+                            "list with one entry per QCFS layer (default: 4)")
+    group.add_argument("-L", "--level", type=int, default=None,
+                       help="uniform level, same as --levels N (reference spelling)")
+    group.add_argument("--init-threshold", type=float, default=4.0,
+                       help="initial QCFS threshold lambda (default: 4.0)")
+
+
+def add_device_args(group):
+    """``-dev/--device`` and ``-j/--workers`` of the single-process scripts."""
+    group.add_argument("-dev", "--device", default=None,
+                       help="cpu, cuda, cuda:N or a GPU index (default: cuda if available)")
+    group.add_argument("-j", "--workers", type=int, default=2,
+                       help="data-loading worker processes (default: 2)")
+
+
+def add_output_flags(group):
+    """``--no-progress`` and ``--debug``, shared by every script."""
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
 def parse_levels(text):
     """``"4"`` -> 4; ``"8,4,4,1"`` -> [8, 4, 4, 1]; anything else raises UsageError."""
     if text is None:
