@@ -170,7 +170,7 @@ class _SpikeTag:
 
     @classmethod
     def cat(cls, tags):
-        """The tag of consecutive image chunks joined (``models.convert.cat_trains``)."""
+        """The tag of consecutive image chunks joined (``models.chunking.run_segments``)."""
         if any(t is None or (t.source, t.chain) != (tags[0].source, tags[0].chain)
                for t in tags):
             raise ValueError("cannot join spike tags of different sources")

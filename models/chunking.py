@@ -32,7 +32,7 @@ from torch import nn
 
 from .spiking import PascalNeuron, nominal_steps
 
-__all__ = ["UnitProfile", "cat_trains", "forward_chain", "plan_segments", "profile_units",
+__all__ = ["UnitProfile", "forward_chain", "plan_segments", "profile_units",
            "run_segments"]
 
 # Boundary buffers may hold at most this share of the limit, on top of a segment's work.
@@ -204,16 +204,6 @@ def run_segments(x, segments, k=None):
         attributes.append(dict(getattr(h, "__dict__", {})))
         del h
     _join_attributes(out, attributes)
-    return out
-
-
-def cat_trains(parts):
-    """Concatenate trains ``(T, b, ...)`` of consecutive image chunks along the batch,
-    carrying their Python attributes over as the chunked simulator does."""
-    if len(parts) == 1:
-        return parts[0]
-    out = torch.cat(parts, dim=1)
-    _join_attributes(out, [dict(getattr(p, "__dict__", {})) for p in parts])
     return out
 
 

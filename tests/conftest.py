@@ -1,9 +1,15 @@
 """Fixtures shared by the script tests: one small trained digits checkpoint, CIFAR-format data."""
 import pickle
 
-import numpy as np
 import pytest
-import torch
+
+try:
+    import numpy as np
+    import torch
+except ImportError as error:  # the usual cause: pytest run outside the installed environment
+    raise pytest.UsageError(
+        f"{error}: the tests need the packages of requirements.txt; install them (README, "
+        "Install) and run pytest with that environment's python3") from None
 
 import main_test
 import main_train
