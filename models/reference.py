@@ -30,8 +30,8 @@ def translate_reference_keys(state_dict):
 def load_reference_state_dict(model, state_dict):
     """Load a reference-code checkpoint (bare or under ``model_state_dict``) into ``model``.
 
-    Keys follow the reference layout (``../shared/data/reference_state_dict_keys_cifar10.json``
-    in the project's shared data): thresholds named ``thresh`` (or QCFS's ``up``), one per
+    Keys follow the reference layout (``tests/data/reference_state_dict_keys_cifar10.json``
+    lists them for the CIFAR-10 models): thresholds named ``thresh`` (or QCFS's ``up``), one per
     QCFS layer. The checkpoint carries no levels: set them on ``model`` first.
 
     Raises:

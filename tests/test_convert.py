@@ -18,8 +18,8 @@ REFERENCE_LEVELS = {
                  16, 8, 16, 8, 16, 8, 8, 8, 8, 8, 8],
 }
 PAPER_ARCHS = ["vgg16", "resnet18", "resnet34"]
-KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "data" / \
-    "reference_state_dict_keys_cifar10.json"
+# Key names and shapes of state_dicts the reference code saves (copied into the repository).
+KEYS_JSON = Path(__file__).resolve().parent / "data" / "reference_state_dict_keys_cifar10.json"
 
 
 def level_sets(arch):
@@ -126,7 +126,7 @@ def test_generic_sequential_with_standalone_batchnorm():
 
 
 def reference_state_dict(arch, generator):
-    """Random values in the reference code's key layout (from the shared JSON)."""
+    """Random values in the reference code's key layout (tests/data)."""
     layout = json.loads(KEYS_JSON.read_text())[arch]
     state = {}
     for key, shape in layout.items():
