@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from get_Teff import latency_steps, layer_fan_ins, teff, teff_reference
 from models.spiking import PascalNeuron, SeqAffine, SeqMap, SpikingAdd
+from models.timing import latency_steps, layer_fan_ins, teff, teff_reference
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "CostMeter", "spike_reach", "dense_macs", "energy_pj",
            "timing_summary", "build_report", "format_report", "write_report_json",

@@ -14,7 +14,7 @@ import main_test
 import models
 import snn_cost
 from conftest import run_script
-from get_Teff import latency_steps, layer_fan_ins, teff
+from models.timing import latency_steps, layer_fan_ins, teff
 from helpers import ann_levels, live_model, multi_segment_snn
 from models import QCFS, convert_to_snn
 from models.baseline import IFNeuron, convert_to_if, if_step_

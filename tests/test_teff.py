@@ -7,8 +7,8 @@ import torch
 
 import models
 from utils import run_main
-from get_Teff import (get_args_parser, latency_steps, layer_fan_ins, main, teff,
-                      teff_reference)
+from get_Teff import get_args_parser, main
+from models.timing import latency_steps, layer_fan_ins, teff, teff_reference
 
 VGG16_LEVELS = "8,4,4,1,4,4,1,1,1,1,1,4,8,8,8"
 RESNET18_LEVELS = "4,4,4,1,4,4,4,1,4,1,1,1,1,1,1,1,4"
