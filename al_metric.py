@@ -1,10 +1,15 @@
-"""The AL metric of an activation histogram (spec section 4) and our metric-to-level rule."""
+"""The AL metric of an activation histogram (spec section 4), our metric-to-level rule, and the
+per-layer statistics of a QCFS network they are computed from."""
 import math
 
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_THRESHOLDS", "al_metric", "level_histogram", "suggest_level", "npy_metrics"]
+from models import qcfs_layers
+from utils import progress
+
+__all__ = ["DEFAULT_THRESHOLDS", "al_metric", "level_histogram", "suggest_level", "npy_metrics",
+           "collect_level_counts", "layer_metrics", "format_table"]
 
 # This project's own metric -> level thresholds (the paper's were not available to us). For
 # 5 bins the metric runs from 0 (flat histogram) to 41.4375 (everything in one bin); two
@@ -148,3 +153,57 @@ def npy_metrics(paths, bins=5):
         counts, _ = np.histogram(values, bins)
         results.append({"path": str(path), "counts": counts.tolist(), **al_metric(counts, bins)})
     return results
+
+
+@torch.no_grad()
+def collect_level_counts(model, loader, device, max_batches=None, show_progress=False):
+    """Stream, for every QCFS layer, how many outputs took each level 0..L.
+
+    No activation is stored: each batch adds ``bincount(levels)`` per layer. Returns
+    ``{layer name: int64 array of L + 1 counts}`` in forward order.
+    """
+    layers = qcfs_layers(model)
+    counts = {name: torch.zeros(m.level + 1, dtype=torch.int64, device=device)
+              for name, m in layers}
+    handles = []
+    for name, module in layers:
+        def hook(mod, inputs, output, name=name):
+            counts[name] += torch.bincount(mod.quantize(inputs[0]).flatten(),
+                                           minlength=mod.level + 1)
+        handles.append(module.register_forward_hook(hook))
+    model.eval()
+    try:
+        for index, (images, _) in enumerate(progress(loader, show_progress, desc="statistics")):
+            if max_batches and index >= max_batches:
+                break
+            model(images.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: c.cpu().numpy() for name, c in counts.items()}
+
+
+def layer_metrics(model, level_counts, bins=5, max_level=None, thresholds=DEFAULT_THRESHOLDS):
+    """One row per QCFS layer: histogram, A, b, metric and the suggested level."""
+    layers = qcfs_layers(model)
+    max_level = max_level or max(m.level for _, m in layers)
+    rows = []
+    for name, module in layers:
+        histogram = level_histogram(level_counts[name], module.threshold, module.level, bins)
+        metric = al_metric(histogram, bins)
+        rows.append({"name": name, "level": module.level,
+                     "threshold": float(module.threshold.detach()),
+                     "level_counts": [int(c) for c in level_counts[name]],
+                     "histogram": [int(h) for h in histogram], **metric,
+                     "suggested_level": suggest_level(metric["metric"], max_level, thresholds)})
+    return rows
+
+
+def format_table(rows):
+    lines = [f"{'layer':<32} {'L':>3} {'histogram (5 bins)':<34} {'A':>5} {'b':>8} "
+             f"{'metric':>8} {'->L':>4}"]
+    for r in rows:
+        hist = " ".join(str(h) for h in r["histogram"])
+        lines.append(f"{r['name']:<32} {r['level']:>3} {hist:<34} {r['A']:>5.2f} {r['b']:>8.3f} "
+                     f"{r['metric']:>8.3f} {r['suggested_level']:>4}")
+    return "\n".join(lines)

@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Subset
 
 import models
-from al_metric import DEFAULT_THRESHOLDS, al_metric, level_histogram, npy_metrics, suggest_level
+from al_metric import (DEFAULT_THRESHOLDS, collect_level_counts, format_table, layer_metrics,
+                       npy_metrics)
 from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
 from data import get_dataset, make_loader
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
-                   env_data_root, parse_levels, progress, resolve_device, run_main)
+                   env_data_root, parse_levels, parse_thresholds, resolve_device, run_main)
 
 
 def get_args_parser(add_help=True):
@@ -65,73 +65,6 @@ def get_args_parser(add_help=True):
     return parser
 
 
-@torch.no_grad()
-def collect_level_counts(model, loader, device, max_batches=None, show_progress=False):
-    """Stream, for every QCFS layer, how many outputs took each level 0..L.
-
-    No activation is stored: each batch adds ``bincount(levels)`` per layer. Returns
-    ``{layer name: int64 array of L + 1 counts}`` in forward order.
-    """
-    layers = models.qcfs_layers(model)
-    counts = {name: torch.zeros(m.level + 1, dtype=torch.int64, device=device)
-              for name, m in layers}
-    handles = []
-    for name, module in layers:
-        def hook(mod, inputs, output, name=name):
-            counts[name] += torch.bincount(mod.quantize(inputs[0]).flatten(),
-                                           minlength=mod.level + 1)
-        handles.append(module.register_forward_hook(hook))
-    model.eval()
-    try:
-        for index, (images, _) in enumerate(progress(loader, show_progress, desc="statistics")):
-            if max_batches and index >= max_batches:
-                break
-            model(images.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: c.cpu().numpy() for name, c in counts.items()}
-
-
-def layer_metrics(model, level_counts, bins=5, max_level=None, thresholds=DEFAULT_THRESHOLDS):
-    """One row per QCFS layer: histogram, A, b, metric and the suggested level."""
-    layers = models.qcfs_layers(model)
-    max_level = max_level or max(m.level for _, m in layers)
-    rows = []
-    for name, module in layers:
-        histogram = level_histogram(level_counts[name], module.threshold, module.level, bins)
-        metric = al_metric(histogram, bins)
-        rows.append({"name": name, "level": module.level,
-                     "threshold": float(module.threshold.detach()),
-                     "level_counts": [int(c) for c in level_counts[name]],
-                     "histogram": [int(h) for h in histogram], **metric,
-                     "suggested_level": suggest_level(metric["metric"], max_level, thresholds)})
-    return rows
-
-
-def parse_thresholds(text):
-    if text is None:
-        return DEFAULT_THRESHOLDS
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--thresholds must be three numbers t1,t2,t3, got {text!r}") from None
-    if len(values) != 3 or not all(math.isfinite(v) for v in values) or \
-            not values[0] < values[1] < values[2]:
-        raise UsageError(f"--thresholds must be three increasing numbers, got {text!r}")
-    return values
-
-
-def format_table(rows):
-    lines = [f"{'layer':<32} {'L':>3} {'histogram (5 bins)':<34} {'A':>5} {'b':>8} "
-             f"{'metric':>8} {'->L':>4}"]
-    for r in rows:
-        hist = " ".join(str(h) for h in r["histogram"])
-        lines.append(f"{r['name']:<32} {r['level']:>3} {hist:<34} {r['A']:>5.2f} {r['b']:>8.3f} "
-                     f"{r['metric']:>8.3f} {r['suggested_level']:>4}")
-    return "\n".join(lines)
-
-
 def plot_histograms(rows, path, title=""):
     """One bar chart per layer of the fraction of outputs at each level, with metric and L."""
     import matplotlib
@@ -167,7 +100,7 @@ def main(args):
             print(f"{result['path']}: histogram {result['counts']}  A {result['A']:.4f}  "
                   f"b {result['b']:.4f}  metric {result['metric']:.4f}")
         return 0
-    thresholds = parse_thresholds(args.thresholds)
+    thresholds = parse_thresholds(args.thresholds, DEFAULT_THRESHOLDS)
     if args.max_level is not None and args.max_level < 1:
         raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
     device = resolve_device(args.device)

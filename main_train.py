@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 
 import models
+from al_metric import DEFAULT_THRESHOLDS, collect_level_counts, format_table, layer_metrics
 from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format,
                         load_checkpoint_file, model_from_checkpoint, plain,
                         restore_training_state, rng_state, save_checkpoint, set_rng_state)
 from data import SeededAugmentation, epoch_order, get_dataset, make_loader
 from utils import (DATASETS, ArgumentParser, GracefulInterrupt, UsageError, add_device_args,
-                   add_level_args, add_output_flags, default_checkpoint_dir, env_data_root, parse_levels, progress,
-                   resolve_device, run_main, seed_everything, setup_logging)
+                   add_level_args, add_output_flags, default_checkpoint_dir, env_data_root,
+                   parse_levels, parse_thresholds, progress, resolve_device, run_main,
+                   seed_everything, setup_logging)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
 DEFAULTS = {
@@ -129,8 +131,7 @@ def resolve_args(args):
         if args.phase1_epochs is None or not 1 <= args.phase1_epochs < args.epochs:
             raise UsageError(f"--adaptive needs --phase1-epochs N with 1 <= N < -epochs "
                              f"({args.epochs}), got {args.phase1_epochs}")
-        from get_stats import parse_thresholds
-        args.thresholds = parse_thresholds(args.thresholds)
+        args.thresholds = parse_thresholds(args.thresholds, DEFAULT_THRESHOLDS)
         if args.max_level is not None and args.max_level < 1:
             raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
     elif args.phase1_epochs is not None:
@@ -278,7 +279,6 @@ def build_run(args, logger):
 
 def choose_levels(model, args, device, logger):
     """Phase 1 -> 2 of the adaptive schedule: AL metric per layer, then the level rule."""
-    from get_stats import collect_level_counts, format_table, layer_metrics
     from torch.utils.data import Subset
     stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False)
     stats_set = Subset(stats_set, range(min(len(stats_set),

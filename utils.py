@@ -12,7 +12,8 @@ import torch
 
 __all__ = ["ArgumentParser", "UsageError", "GracefulInterrupt", "ignore_signals_in_worker",
            "run_main", "setup_logging", "seed_everything", "resolve_device", "parse_levels",
-           "progress", "stretch_cosine_schedule", "DATASETS", "default_checkpoint_dir"]
+           "parse_thresholds", "progress", "stretch_cosine_schedule", "DATASETS",
+           "default_checkpoint_dir"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
@@ -142,6 +143,20 @@ def parse_levels(text):
     if any(v < 1 for v in values):
         raise UsageError(f"--levels must be integers >= 1, got {text!r}")
     return values[0] if len(values) == 1 else values
+
+
+def parse_thresholds(text, default):
+    """``"t1,t2,t3"`` -> three increasing floats (``default`` for None); else UsageError."""
+    if text is None:
+        return default
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--thresholds must be three numbers t1,t2,t3, got {text!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or \
+            not values[0] < values[1] < values[2]:
+        raise UsageError(f"--thresholds must be three increasing numbers, got {text!r}")
+    return values
 
 
 def stretch_cosine_schedule(scheduler, epochs):

@@ -9,7 +9,8 @@ import get_stats
 import get_Teff
 import main_test
 import main_train
-from al_metric import level_histogram, suggest_level
+import models
+from al_metric import collect_level_counts, level_histogram, suggest_level
 from checkpoint import load_checkpoint_file, model_from_checkpoint
 from conftest import run_script
 from data import get_dataset, make_loader
@@ -20,10 +21,10 @@ def test_streamed_histogram_equals_numpy_on_materialized_outputs(digits_run):
     path = folder / f"{run_id}.pth"
     model, _ = model_from_checkpoint(load_checkpoint_file(path), path)
     loader = make_loader(get_dataset("digits", "", "train", augment=False), 100, False)
-    counts = get_stats.collect_level_counts(model, loader, torch.device("cpu"), max_batches=3)
+    counts = collect_level_counts(model, loader, torch.device("cpu"), max_batches=3)
     outputs = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, []).append(o))
-             for n, m in get_stats.models.qcfs_layers(model)]
+             for n, m in models.qcfs_layers(model)]
     with torch.no_grad():
         for index, (images, _) in enumerate(loader):
             if index == 3:
@@ -31,7 +32,7 @@ def test_streamed_histogram_equals_numpy_on_materialized_outputs(digits_run):
             model(images)
     for h in hooks:
         h.remove()
-    for name, module in get_stats.models.qcfs_layers(model):
+    for name, module in models.qcfs_layers(model):
         values = torch.cat([o.flatten() for o in outputs[name]]).numpy()
         expected, _ = np.histogram(values, 5)
         streamed = level_histogram(counts[name], module.threshold, module.level, 5)
