@@ -8,12 +8,17 @@ A checkpoint is a dict of tensors and plain Python values (loadable with
     state_dict      the unwrapped model state_dict
     optimizer, scheduler, scaler   state dicts (training checkpoints)
     epoch           number of completed epochs
-    best_acc1       best test top-1 so far (percent)
-    rng             {"python", "numpy", "torch", "cuda"} generator states
+    partial_epoch   position and running totals inside an interrupted epoch, or None
+    best_acc1       best held-out ("test") top-1 so far (percent)
+    test_acc1, test_images   held-out top-1 of this epoch and the images it counts
+    adaptive        the adaptive level switch's record, or None
+    world_size      processes that trained it
     args            the command-line arguments as a plain dict
+
+Older checkpoints may also hold ``rng`` (generator states, no longer needed: every training
+step is seeded from its position) or ``val_images``; both are ignored.
 """
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -185,35 +190,6 @@ def restore_training_state(restored, optimizer, scheduler, scaler, epochs, logge
     if scaler is not None and restored.get("scaler"):
         scaler.load_state_dict(restored["scaler"])
     return int(restored["epoch"]), float(restored["best_acc1"])
-
-
-def rng_state():
-    """Generator states as tensors and plain Python values (weights_only-safe)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(_as_tuple(state["python"]))
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value):
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_as_tuple(v) for v in value)
-    return value
 
 
 def plain(value):

@@ -167,9 +167,20 @@ class SeededAugmentation(Dataset):
             return self.dataset[index]
 
 
-def epoch_order(num_items, seed):
-    """The shuffled sample order of one epoch, a pure function of ``seed``."""
-    return torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+def shard_order(num_items, seed, rank=0, world_size=1):
+    """This process's share of one epoch's shuffled sample order.
+
+    The epoch's order is ``randperm(num_items)`` drawn from ``seed`` alone, padded by repeating
+    its first indices to a multiple of ``world_size`` (as DistributedSampler does); process
+    ``rank`` takes every ``world_size``-th entry from position ``rank``. So after ``s`` steps of
+    ``b`` images on every process, the processes together have consumed exactly the first
+    ``s * b * world_size`` entries of the epoch's order, whatever the number of processes: a
+    run resumes at a step by skipping ``s * b`` entries of its share.
+    """
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed)).tolist()
+    if world_size > 1 and num_items % world_size:
+        order += order[:world_size - num_items % world_size]
+    return order[rank::world_size]
 
 
 def check_image_folder(root):

@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["ArgumentParser", "UsageError", "GracefulInterrupt", "ignore_signals_in_worker",
-           "run_main", "setup_logging", "seed_everything", "resolve_device", "parse_levels",
+__all__ = ["ArgumentParser", "UsageError", "ignore_signals_in_worker", "run_main",
+           "setup_logging", "silent_logger", "seed_everything", "resolve_device", "parse_levels",
            "parse_thresholds", "progress", "stretch_cosine_schedule", "DATASETS",
-           "default_checkpoint_dir"]
+           "default_checkpoint_dir", "add_optimisation_args", "add_adaptive_args",
+           "add_run_args", "add_training_machine_args", "check_training_args"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
@@ -70,6 +71,15 @@ def setup_logging(log_file=None, quiet=False):
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
+    return logger
+
+
+def silent_logger():
+    """A logger that drops everything: what processes other than rank 0 log to."""
+    logger = logging.getLogger("pascal.silent")
+    logger.handlers.clear()
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
     return logger
 
 
@@ -191,51 +201,118 @@ def env_data_root():
     return os.environ.get("PASCAL_DATA", "./data")
 
 
-class GracefulInterrupt:
-    """Turn the first SIGINT/SIGTERM into a request checked between training steps.
+# --- the flags both training scripts share (main_train.py, main.py) ------------------------
 
-    The first signal sets ``requested`` (the signal number); the loop finishes its step, saves
-    a resumable checkpoint and exits. A second signal exits at once (status 128 + signal):
-    checkpoints are written atomically, so no file is left half-written. Use as a context
-    manager around the training loop (main process only).
+def add_optimisation_args(group, epochs_help, batch_help, lr_help, weight_decay):
+    """``-epochs``, ``-b``, ``-lr``, ``-wd``, ``--momentum``, ``--amp``, ``--skip-nonfinite``.
 
-    Test hook: ``PASCAL_SIGNAL_AT="E:S[:N]"`` makes the run send itself SIGTERM N times
-    (default 1) right after step S of epoch E (both 1-based), so tests interrupt a run at an
-    exact point instead of racing a timer.
-    """
+    Defaults of epochs, batch size and learning rate are the script's (None here, filled in
+    from its dataset); the help texts say what they are."""
+    group.add_argument("-epochs", "--epochs", type=int, default=None, help=epochs_help)
+    group.add_argument("-b", "--batch-size", type=int, default=None, help=batch_help)
+    group.add_argument("-lr", "--lr", "--learning-rate", dest="lr", type=float, default=None,
+                       help=lr_help)
+    group.add_argument("-wd", "--wd", "--weight-decay", dest="weight_decay", type=float,
+                       default=weight_decay, help=f"SGD weight decay (default: {weight_decay:g})")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision on CUDA; QCFS arithmetic stays float32 (default: off)")
+    group.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip batches whose loss is NaN/inf (on any process) instead of "
+                            "stopping (default: stop, keeping the last good checkpoint)")
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.requested = None
-        self._previous = {}
-        self._self_signal = None
-        spec = os.environ.get("PASCAL_SIGNAL_AT")
-        if spec:
-            parts = [int(p) for p in spec.split(":")]
-            self._self_signal = (parts[0], parts[1], parts[2] if len(parts) > 2 else 1)
+def add_adaptive_args(parser):
+    """The two-phase layerwise schedule: ``--adaptive`` and its tuning flags."""
+    group = parser.add_argument_group("adaptive layerwise levels (two-phase schedule)")
+    group.add_argument("--adaptive", action="store_true",
+                       help="train --phase1-epochs with uniform levels, choose per-layer levels "
+                            "from the AL metric, continue to -epochs (default: off)")
+    group.add_argument("--phase1-epochs", type=int, default=None,
+                       help="epochs before the levels are chosen (required with --adaptive)")
+    group.add_argument("--max-level", type=int, default=None,
+                       help="level of the least concentrated layers (default: the largest "
+                            "phase-1 level)")
+    group.add_argument("--thresholds", default=None,
+                       help="metric cut points t1,t2,t3 of the level rule (default: 20,30,38)")
+    group.add_argument("--stats-batches", type=int, default=20,
+                       help="training batches (evaluation transforms, global batch size) the "
+                            "metric is measured on (default: 20)")
 
-    def __enter__(self):
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
+def add_run_args(group, default_id, default_dir):
+    """Run id, checkpoint folder, resuming, initial weights and overwriting."""
+    group.add_argument("--id", default=None,
+                       help="run id: checkpoints are {checkpoint-dir}/{id}.pth and {id}_best.pth "
+                            f"(default: {default_id})")
+    group.add_argument("-suffix", "--suffix", default="",
+                       help="appended to the id as {id}_{suffix} (default: none)")
+    group.add_argument("--checkpoint-dir", default=None,
+                       help=f"where checkpoints, the log and the CSV go (default: {default_dir})")
+    group.add_argument("--resume_from_ckpt", "--resume-from-ckpt", type=int, default=0,
+                       choices=[0, 1], help="1: continue the run {id} from its latest checkpoint "
+                                            "(default: 0)")
+    group.add_argument("--resume", default=None, metavar="PATH|auto",
+                       help="continue the run saved in PATH (full state); auto: continue "
+                            "{id}.pth if it exists, else start a new run (for relaunched and "
+                            "elastic jobs; a worker restarted by torchrun always does this)")
+    group.add_argument("--initial-checkpoint", default=None, metavar="PATH",
+                       help="start a new run from the weights and thresholds in PATH (ours or "
+                            "the reference code's), fresh optimizer and schedule")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start over even if run {id} already has a checkpoint")
 
-    def _handle(self, signum, frame):
-        if self.requested is not None:
-            os._exit(128 + signum)
-        self.requested = signum
 
-    def after_step(self, epoch, step):
-        """Called after each completed step (0-based ``epoch`` and ``step``)."""
-        if self._self_signal and self._self_signal[:2] == (epoch + 1, step + 1):
-            for _ in range(self._self_signal[2]):
-                os.kill(os.getpid(), signal.SIGTERM)
-        return self.requested is not None
+def add_training_machine_args(group, workers):
+    """``-dev``, ``-j``, ``--seed``, ``--deterministic`` of the training scripts."""
+    group.add_argument("-dev", "--device", default=None,
+                       help="cpu, cuda or cuda:N; with several processes on a node, cuda means "
+                            "cuda:LOCAL_RANK for each (default: cuda if available)")
+    group.add_argument("-j", "--workers", type=int, default=workers,
+                       help=f"data-loading worker processes per training process "
+                            f"(default: {workers})")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms (bit-reproducible on CUDA too; slower)")
+
+
+def check_training_args(args, thresholds_default):
+    """Validate the shared training flags once, before any expensive work (UsageError)."""
+    for flag, value, low in (("-epochs", args.epochs, 1), ("-b", args.batch_size, 1),
+                             ("-j", args.workers, 0)):
+        if value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    if args.level is not None and args.levels is not None:
+        raise UsageError("give either -L N or --levels, not both")
+    args.levels = parse_levels(args.levels if args.levels is not None else args.level)
+    if not args.init_threshold > 0:
+        raise UsageError(f"--init-threshold must be > 0, got {args.init_threshold}")
+    if args.resume == "auto" and args.overwrite:
+        raise UsageError("--resume auto continues an existing run and --overwrite starts it "
+                         "over: give only one")
+    if args.resume and args.resume_from_ckpt:
+        raise UsageError("--resume and --resume_from_ckpt=1 both name the run to continue: "
+                         "give only one")
+    if args.resume and args.resume != "auto" and args.initial_checkpoint:
+        raise UsageError("--resume continues a run and --initial-checkpoint starts a new one: "
+                         "give only one")
+    if args.resume_from_ckpt and args.initial_checkpoint:
+        raise UsageError("--resume_from_ckpt=1 and --initial-checkpoint exclude each other: "
+                         "give only one")
+    if args.adaptive:
+        if args.phase1_epochs is None or not 1 <= args.phase1_epochs < args.epochs:
+            raise UsageError(f"--adaptive needs --phase1-epochs N with 1 <= N < -epochs "
+                             f"({args.epochs}), got {args.phase1_epochs}")
+        args.thresholds = parse_thresholds(args.thresholds, thresholds_default)
+        if args.max_level is not None and args.max_level < 1:
+            raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
+        if args.stats_batches < 1:
+            raise UsageError(f"--stats-batches must be >= 1, got {args.stats_batches}")
+    elif args.phase1_epochs is not None:
+        raise UsageError("--phase1-epochs only makes sense with --adaptive")
+    if args.suffix:
+        args.id = f"{args.id}_{args.suffix}"
+    return args
 
 
 def ignore_signals_in_worker(worker_id):

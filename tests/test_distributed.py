@@ -1,9 +1,10 @@
-"""main.py on a generated ImageFolder tree: torchrun, the reference spawn launch, one process.
+"""main.py on a generated ImageFolder tree: torchrun, the reference spawn launch, one process;
+elastic restarts and preemption, with faults injected from outside (real signals to the real
+process ids, found as children of the launcher in /proc; killed processes).
 
 The multi-process runs are real subprocesses (2 CPU processes, gloo), as a user starts them;
 single-process runs call ``main(args)`` in-process like the other script tests.
 """
-import copy
 import json
 import math
 import os
@@ -18,19 +19,25 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Subset
 
+import engine
 import main as main_imagenet
 import main_test
+from al_metric import DEFAULT_THRESHOLDS, collect_level_counts, layer_metrics
 from checkpoint import load_checkpoint_file, model_from_checkpoint
+from data import image_folder, imagenet_transforms, make_loader
 from conftest import run_script
 from helpers import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 12, 5
+NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 40, 5
 NUM_VAL = NUM_CLASSES * VAL_PER_CLASS + 1  # 21: odd, so a padding sampler would count 22
-# vgg_small learns the coloured classes within one epoch of 6 steps with these settings, so
-# the checkpoints make distinct, well-separated predictions (not a constant network)
-COMMON = ["-a", "vgg_small", "--image-size", "32", "-b", "8", "--lr", "0.1",
+BATCH = 8
+STEPS = NUM_CLASSES * TRAIN_PER_CLASS // BATCH  # 20 steps per epoch
+# vgg_small learns the coloured classes within one epoch with these settings, so the
+# checkpoints make distinct, well-separated predictions (not a constant network)
+COMMON = ["-a", "vgg_small", "--image-size", "32", "-b", str(BATCH), "--lr", "0.1",
           "--init-threshold", "1", "-j", "0", "--no-progress"]
 CPU = COMMON + ["-dev", "cpu"]  # the gloo runs stay on the CPU on a machine with GPUs too
 LAUNCH_TIMEOUT = 120  # seconds; the acceptance bound for a job with a dead worker
@@ -71,36 +78,138 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def launch(argv, torchrun=False, env=None, nproc=2):
-    """Run main.py as a user would; returns ``(returncode, seconds, output)``.
-
-    The job gets its own process group so that, should it outlive LAUNCH_TIMEOUT, the test
-    kills every process it started (launcher and workers) and fails instead of hanging.
-    """
+def start(argv, torchrun=False, nproc=2, max_restarts=0):
+    """Start main.py as a user would, in its own session; returns the Popen."""
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-                                "MASTER_ADDR", "MASTER_PORT", main_imagenet.KILL_RANK_ENV)}
-    environment.update({"OMP_NUM_THREADS": "1", **(env or {})})
+                                "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")}
+    environment["OMP_NUM_THREADS"] = "1"
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-              f"--nproc_per_node={nproc}"] if torchrun else [sys.executable]
-    started = time.monotonic()
-    process = subprocess.Popen(prefix + [str(REPO / "main.py")] + argv, cwd=REPO,
-                               env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+              f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}"] \
+        if torchrun else [sys.executable]
+    return subprocess.Popen(prefix + [str(REPO / "main.py")] + argv, cwd=REPO,
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def finish(process, timeout=LAUNCH_TIMEOUT):
+    """Wait for the job; past ``timeout`` kill it and every process it started, and fail."""
     try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        for pid in descendants(process.pid) + [process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         output, _ = process.communicate()
-        pytest.fail(f"main.py still running after {LAUNCH_TIMEOUT}s:\n{output[-3000:]}")
-    return process.returncode, time.monotonic() - started, output
+        pytest.fail(f"main.py still running after {timeout}s:\n{output[-3000:]}")
+    return process.returncode, output
 
 
-def spawn_argv(nproc=2, backend="gloo"):
-    """The reference README's launch line; on CPUs, gloo and --nproc N processes."""
-    return ["--dist-url", f"tcp://127.0.0.1:{free_port()}", "--dist-backend", backend,
-            "--multiprocessing-distributed", "--world-size", "1", "--rank", "0"] + \
-        (["--nproc", str(nproc)] if nproc else [])
+def launch(argv, torchrun=False, nproc=2):
+    """Run main.py to the end; returns ``(returncode, seconds, output)``."""
+    started = time.monotonic()
+    status, output = finish(start(argv, torchrun, nproc))
+    return status, time.monotonic() - started, output
+
+
+def children(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def descendants(pid):
+    found = []
+    for child in children(pid):
+        found += [child] + descendants(child)
+    return found
+
+
+def training_workers(launcher):
+    """``{rank: pid}`` of the training processes a launcher started: its children that run
+    main.py (torchrun sets RANK in their environment; spawned workers are numbered in start
+    order, which is their local rank)."""
+    workers = {}
+    for pid in sorted(children(launcher)):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read()
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environment = dict(item.split(b"=", 1) for item in handle.read().split(b"\0")
+                                   if b"=" in item)
+        except OSError:
+            continue
+        if b"RANK" in environment:
+            workers[int(environment[b"RANK"])] = pid
+        elif b"spawn_main" in command:
+            workers[len(workers)] = pid
+    return workers
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pending_shared_signals(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("ShdPnd:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def wait_until(condition, process, what, timeout=LAUNCH_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the job ended before {what}:\n{process.communicate()[0][-3000:]}")
+        if time.monotonic() > deadline:
+            finish(process, timeout=0.1)
+        time.sleep(0.005)
+
+
+def wait_for_workers(process, count=2):
+    workers = {}
+
+    def found():
+        workers.update(training_workers(process.pid))
+        return len(workers) >= count
+
+    wait_until(found, process, f"{count} training processes started")
+    return workers
+
+
+def signal_all(pids, signum):
+    for pid in pids:
+        os.kill(pid, signum)
+
+
+def assert_same_training_state(path_a, path_b):
+    """Every state_dict tensor (parameters, buffers, thresholds) and every momentum buffer."""
+    a = torch.load(path_a, weights_only=True)
+    b = torch.load(path_b, weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["partial_epoch"] is b["partial_epoch"] is None
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    momentum_a, momentum_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert momentum_a.keys() == momentum_b.keys() and momentum_a
+    for key, state in momentum_a.items():
+        assert torch.equal(state["momentum_buffer"], momentum_b[key]["momentum_buffer"]), key
 
 
 def evaluate_checkpoint(image_root, folder, run_id, dtype, mode="both"):
@@ -113,15 +222,15 @@ def evaluate_checkpoint(image_root, folder, run_id, dtype, mode="both"):
     return json.loads(output.read_text())
 
 
-def check_run(image_root, folder, run_id, epochs=1):
-    """A finished run's checkpoint: self-describing, exact as SNN, and its reported val
+def check_run(image_root, folder, run_id, epochs=1, levels=None):
+    """A finished run's checkpoint: self-describing, exact as SNN, and its reported test
     accuracy is that of a single-process evaluation over every val image exactly once."""
     checkpoint = torch.load(folder / f"{run_id}.pth", weights_only=True)
     assert checkpoint["model_args"] == {"arch": "vgg_small", "variant": "imagenet",
-                                        "num_classes": NUM_CLASSES, "levels": [4] * 5,
-                                        "dataset": "imagenet"}
+                                        "num_classes": NUM_CLASSES,
+                                        "levels": levels or [4] * 5, "dataset": "imagenet"}
     assert checkpoint["epoch"] == epochs and checkpoint["args"]["image_size"] == 32
-    assert checkpoint["val_images"] == NUM_VAL
+    assert checkpoint["test_images"] == NUM_VAL
     log = (folder / f"{run_id}.log").read_text()
     assert f"acc {checkpoint['test_acc1']:.2f}% ({NUM_VAL} images)" in log
 
@@ -136,48 +245,155 @@ def check_run(image_root, folder, run_id, epochs=1):
     return checkpoint, exact
 
 
+def run_argv(folder, run_id, image_root, epochs=3, *extra):
+    return CPU + ["--epochs", str(epochs), "--id", run_id, "--checkpoint-dir", str(folder),
+                  "--resume", "auto", *extra, str(image_root)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(image_root, tmp_path_factory):
+    """A 3-epoch, 2-process torchrun run that nothing interrupts: what every interrupted and
+    resumed run must end equal to."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    status, _, output = launch(run_argv(folder, "full", image_root), torchrun=True)
+    assert status == 0, output
+    return folder / "full.pth"
+
+
 def test_torchrun_two_cpu_processes(image_root, tmp_path, one_thread):
     status, seconds, output = launch(CPU + ["--epochs", "1", "--id", "tr",
-                                               "--checkpoint-dir", str(tmp_path),
-                                               str(image_root)], torchrun=True)
+                                            "--checkpoint-dir", str(tmp_path),
+                                            str(image_root)], torchrun=True)
     assert status == 0, output
     assert "2 process(es) (torchrun, gloo)" in output, output
-    assert "batch 8 (4 per process)" in output
+    assert f"batch {BATCH} ({BATCH // 2} per process)" in output
     _, exact = check_run(image_root, tmp_path, "tr")
     assert exact["ann_top1"] > 40  # learned something (chance: 25 %)
 
 
 def test_reference_spawn_launch_two_cpu_processes(image_root, tmp_path, one_thread):
     status, seconds, output = launch(CPU + ["--epochs", "1", "--id", "sp",
-                                               "--checkpoint-dir", str(tmp_path)] +
+                                            "--checkpoint-dir", str(tmp_path)] +
                                      spawn_argv() + [str(image_root)])
     assert status == 0, output
     assert "2 process(es) (--multiprocessing-distributed, gloo)" in output, output
     check_run(image_root, tmp_path, "sp")
 
 
-@pytest.mark.parametrize("torchrun", [True, False], ids=["torchrun", "spawn"])
-def test_dead_worker_fails_the_job_and_keeps_the_checkpoint(image_root, tmp_path, torchrun,
-                                                            one_thread):
-    argv = CPU + ["--epochs", "2", "--id", "k", "--checkpoint-dir", str(tmp_path)] + \
-        ([] if torchrun else spawn_argv()) + [str(image_root)]
-    status, seconds, output = launch(argv, torchrun=torchrun,
-                                     env={main_imagenet.KILL_RANK_ENV: "1"})
-    assert status != 0, output
-    assert seconds < LAUNCH_TIMEOUT
-    checkpoint = load_checkpoint_file(tmp_path / "k.pth")
-    assert checkpoint["epoch"] == 1  # rank 1 died in epoch 2; epoch 1's file is whole
-    model, model_args = model_from_checkpoint(checkpoint, tmp_path / "k.pth",
-                                              dataset="imagenet")
-    assert model_args["num_classes"] == NUM_CLASSES
-    if not torchrun:
-        return
-    # the same job started again continues at epoch 2 from the surviving checkpoint
-    status, _, output = launch(argv + ["--resume_from_ckpt=1"], torchrun=True)
+def spawn_argv(nproc=2, backend="gloo"):
+    """The reference README's launch line; on CPUs, gloo and --nproc N processes."""
+    return ["--dist-url", f"tcp://127.0.0.1:{free_port()}", "--dist-backend", backend,
+            "--multiprocessing-distributed", "--world-size", "1", "--rank", "0"] + \
+        (["--nproc", str(nproc)] if nproc else [])
+
+
+def test_elastic_restart_resumes_and_matches_an_uninterrupted_run(image_root, tmp_path,
+                                                                  uninterrupted):
+    """torchrun --max-restarts=1: rank 1 killed in epoch 2; the group restarts, resumes from
+    the epoch-1 checkpoint and ends where the uninterrupted run ends, bit for bit."""
+    process = start(run_argv(tmp_path, "el", image_root), torchrun=True, max_restarts=1)
+    path = tmp_path / "el.pth"
+    workers = wait_for_workers(process)
+    wait_until(path.exists, process, "the epoch-1 checkpoint appeared")
+    signal_all(workers.values(), signal.SIGSTOP)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    os.kill(workers[1], signal.SIGKILL)
+    os.kill(workers[0], signal.SIGCONT)
+    status, output = finish(process)
     assert status == 0, output
-    assert "resuming run k after epoch 1" in output and "epoch 2/2" in output
-    assert "epoch 1/2" not in output.split("resuming")[1]
-    check_run(image_root, tmp_path, "k", epochs=2)
+    assert "restarted by torchrun (restart 1): resuming run el after epoch 1" in output, output
+    log = (tmp_path / "el.log").read_text()
+    assert "restarted by torchrun (restart 1)" in log and "epoch 3/3" in log
+    assert_same_training_state(path, uninterrupted)
+
+
+@pytest.mark.parametrize("torchrun", [True, False], ids=["torchrun", "spawn"])
+def test_sigterm_to_the_launcher_saves_mid_epoch_and_the_relaunch_matches(
+        image_root, tmp_path, uninterrupted, torchrun):
+    """A scheduler's preemption: SIGTERM to the launcher in the middle of epoch 2. Every
+    process stops after the same step, rank 0 writes a mid-epoch checkpoint, the job exits
+    non-zero; the same command again finishes the run, equal to the uninterrupted one."""
+    argv = run_argv(tmp_path, "pre", image_root) + ([] if torchrun else spawn_argv())
+    process = start(argv, torchrun=torchrun)
+    path = tmp_path / "pre.pth"
+    workers = list(wait_for_workers(process).values())
+    wait_until(path.exists, process, "the epoch-1 checkpoint appeared")
+    # let the workers spend some CPU time in epoch 2 (an epoch takes several times this),
+    # so that the signal lands between its first and last steps
+    used = {pid: cpu_seconds(pid) for pid in workers}
+    wait_until(lambda: all(cpu_seconds(pid) - used[pid] >= 0.06 for pid in workers), process,
+               "epoch 2 was under way")
+    signal_all(workers, signal.SIGSTOP)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    os.kill(process.pid, signal.SIGTERM)
+    # the launcher forwards SIGTERM to every (stopped) worker: wait until it is pending
+    wait_until(lambda: all(pending_shared_signals(pid) & (1 << (signal.SIGTERM - 1))
+                           for pid in workers), process, "SIGTERM reached the workers")
+    signal_all(workers, signal.SIGCONT)
+    status, output = finish(process)
+    assert status != 0, output
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 1 and 0 < saved["partial_epoch"]["step"] < STEPS, \
+        saved["partial_epoch"]
+    assert "interrupted (signal 15) at epoch 2" in output, output
+    assert not list(tmp_path.glob(".pre.pth.tmp-*"))
+
+    if not torchrun:
+        argv = run_argv(tmp_path, "pre", image_root) + spawn_argv()  # a fresh port
+    status, output = finish(start(argv, torchrun=torchrun))
+    assert status == 0, output
+    assert f"resuming run pre after epoch 1 + {saved['partial_epoch']['step']} steps of " \
+           "epoch 2" in output, output
+    assert_same_training_state(path, uninterrupted)
+
+
+@pytest.mark.parametrize("torchrun", [True, False], ids=["torchrun", "spawn"])
+def test_a_killed_worker_ends_the_job_and_the_last_checkpoint_stays(image_root, tmp_path,
+                                                                    torchrun):
+    """No restarts: rank 1 killed in epoch 2 ends the whole job within seconds; nothing is
+    written after the collective error, so the epoch-1 checkpoint stays and loads."""
+    argv = CPU + ["--epochs", "3", "--id", "k", "--checkpoint-dir", str(tmp_path)] + \
+        ([] if torchrun else spawn_argv()) + [str(image_root)]
+    process = start(argv, torchrun=torchrun)
+    path = tmp_path / "k.pth"
+    workers = wait_for_workers(process)
+    wait_until(path.exists, process, "the epoch-1 checkpoint appeared")
+    before = path.read_bytes()
+    started = time.monotonic()
+    os.kill(workers[1], signal.SIGKILL)
+    status, output = finish(process)
+    assert status != 0, output
+    assert time.monotonic() - started < LAUNCH_TIMEOUT
+    assert path.read_bytes() == before  # epoch 2 never completed
+    checkpoint = load_checkpoint_file(path)
+    assert checkpoint["partial_epoch"] is None
+    model, model_args = model_from_checkpoint(checkpoint, path, dataset="imagenet")
+    assert model_args["num_classes"] == NUM_CLASSES
+
+
+def test_adaptive_levels_under_ddp(image_root, tmp_path):
+    """--adaptive with 2 processes: rank 0 computes the AL metric, every rank takes (and
+    checks) the same levels, they are stored, and the result is exact as an SNN."""
+    argv = CPU + ["--epochs", "2", "--adaptive", "--phase1-epochs", "1", "--levels", "8",
+                  "--stats-batches", "4", "--id", "ad", "--checkpoint-dir", str(tmp_path),
+                  str(image_root)]
+    status, _, output = launch(argv, torchrun=True)
+    assert status == 0, output
+    checkpoint = torch.load(tmp_path / "ad.pth", weights_only=True)
+    levels = checkpoint["model_args"]["levels"]
+    assert checkpoint["adaptive"]["levels"] == levels
+    assert f"-> {levels} (the same on all 2 processes)" in output, output
+
+    # the levels are the AL rule's on the phase-1 weights: recompute them independently,
+    # on the same 4 x 8 training images with evaluation transforms
+    phase1 = load_checkpoint_file(tmp_path / "ad_phase1.pth")
+    model, _ = model_from_checkpoint(phase1, tmp_path / "ad_phase1.pth")
+    stats = Subset(image_folder(image_root, "train", imagenet_transforms(False, 32)),
+                   range(4 * BATCH))
+    counts = collect_level_counts(model, make_loader(stats, 4, False), torch.device("cpu"))
+    rows = layer_metrics(model, counts, 5, None, DEFAULT_THRESHOLDS)
+    assert levels == [row["suggested_level"] for row in rows]
+    check_run(image_root, tmp_path, "ad", epochs=2, levels=levels)
 
 
 def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_path,
@@ -185,55 +401,55 @@ def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_p
     common = CPU + ["--epochs", "2", "--checkpoint-dir", str(tmp_path)]
     assert run_script(main_imagenet, common + ["--id", "full", str(image_root)]) == 0
 
-    original = main_imagenet.train_one_epoch
-    seen = {}
+    # a real SIGTERM to this process at the start of step 3 of epoch 2: the step finishes,
+    # a mid-epoch checkpoint is written, the run exits 128 + 15
+    real_seed = engine.step_seed
 
-    def interrupted(model, loader, optimizer, device, epoch, *args, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt  # stopped at the start of epoch 2
-        return original(model, loader, optimizer, device, epoch, *args, **kwargs)
+    def signal_at(seed, epoch, step, rank):
+        if (epoch, step) == (1, 3):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_seed(seed, epoch, step, rank)
 
-    def recording(model, loader, optimizer, device, epoch, *args, **kwargs):
-        seen[epoch] = {"optimizer": copy.deepcopy(optimizer.state_dict()),
-                       "lr": optimizer.param_groups[0]["lr"]}
-        return original(model, loader, optimizer, device, epoch, *args, **kwargs)
-
-    monkeypatch.setattr(main_imagenet, "train_one_epoch", interrupted)
-    assert run_script(main_imagenet, common + ["--id", "split", str(image_root)]) == 130
-    after_one = torch.load(tmp_path / "split.pth", weights_only=True)
-    assert after_one["epoch"] == 1
-    monkeypatch.setattr(main_imagenet, "train_one_epoch", recording)
+    monkeypatch.setattr(engine, "step_seed", signal_at)
+    assert run_script(main_imagenet, common + ["--id", "split", str(image_root)]) == 143
+    after = torch.load(tmp_path / "split.pth", weights_only=True)
+    assert after["epoch"] == 1 and after["partial_epoch"]["step"] == 4
+    monkeypatch.setattr(engine, "step_seed", real_seed)
     assert run_script(main_imagenet, common + ["--id", "split", "--resume",
                                                str(tmp_path / "split.pth"),
                                                str(image_root)]) == 0
-
-    assert list(seen) == [1]  # continued at the next epoch, not from scratch
-    restored = seen[1]["optimizer"]
-    assert restored["param_groups"][0]["lr"] == after_one["optimizer"]["param_groups"][0]["lr"]
-    assert seen[1]["lr"] == pytest.approx(0.05)  # cosine over 2 epochs from 0.1
-    for key, state in after_one["optimizer"]["state"].items():
-        assert torch.equal(restored["state"][key]["momentum_buffer"],
-                           state["momentum_buffer"]), key
-    full = torch.load(tmp_path / "full.pth", weights_only=True)
-    split = torch.load(tmp_path / "split.pth", weights_only=True)
-    assert split["epoch"] == 2
-    for key, value in full["state_dict"].items():  # same data order, augmentation, updates
-        assert torch.equal(value, split["state_dict"][key]), key
-    assert "resuming run split after epoch 1" in (tmp_path / "split.log").read_text()
+    assert "resuming run split after epoch 1 + 4 steps of epoch 2" in \
+        (tmp_path / "split.log").read_text()
+    assert_same_training_state(tmp_path / "full.pth", tmp_path / "split.pth")
 
     # the reference workflow: a finished run continued with new per-layer levels to more
     # epochs (phase 2) follows the cosine of the new length from where it stands, not the
     # finished schedule's final rate of 0
-    seen.clear()
     assert run_script(main_imagenet, CPU + ["--epochs", "3", "--checkpoint-dir", str(tmp_path),
                                             "--id", "full", "--resume_from_ckpt=1",
                                             "--levels", "2,4,4,8,1", str(image_root)]) == 0
-    assert list(seen) == [2]
-    assert seen[2]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 2 / 3)) / 2)
+    rows = (tmp_path / "full_epochs.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["epoch", "lr"] and rows[-1].startswith("3,")
+    assert float(rows[-1].split(",")[1]) == pytest.approx(0.1 * (1 + math.cos(math.pi * 2 / 3))
+                                                          / 2)
     phase2 = torch.load(tmp_path / "full.pth", weights_only=True)
     assert phase2["epoch"] == 3 and phase2["model_args"]["levels"] == [2, 4, 4, 8, 1]
     # an existing run is neither overwritten nor resumed silently
     assert run_script(main_imagenet, common + ["--id", "split", str(image_root)]) == 2
+
+
+def test_data_root_flag_and_device_spellings(image_root, tmp_path, capsys, one_thread):
+    argv = CPU + ["--epochs", "1", "--id", "dr", "--checkpoint-dir", str(tmp_path)]
+    assert run_script(main_imagenet, argv + ["--data-root", str(image_root)]) == 0
+    assert torch.load(tmp_path / "dr.pth", weights_only=True)["epoch"] == 1
+    assert run_script(main_imagenet, argv + ["--overwrite"]) == 2
+    assert_one_line_error(capsys, "no data folder", "--data-root")
+    assert run_script(main_imagenet, argv + ["--overwrite", "--data-root", str(tmp_path),
+                                             str(image_root)]) == 2
+    assert_one_line_error(capsys, "given twice")
+    for device, fragment in (("meta", "not supported"), ("cuda:x", "unknown device")):
+        assert run_script(main_imagenet, COMMON + ["-dev", device, str(image_root)]) == 2
+        assert_one_line_error(capsys, fragment)
 
 
 def test_bad_data_folders_give_one_line_and_exit_2(tmp_path, capsys):
@@ -266,7 +482,7 @@ def test_bad_data_folders_give_one_line_and_exit_2(tmp_path, capsys):
     for root, fragments in cases:
         # a tree wrongly accepted would train one short epoch, not 90 of ResNet-34
         assert run_script(main_imagenet, CPU + ["--epochs", "1", "--checkpoint-dir",
-                                                   str(tmp_path / "ck"), str(root)]) == 2, root
+                                                str(tmp_path / "ck"), str(root)]) == 2, root
         assert_one_line_error(capsys, *fragments)
     assert not (tmp_path / "ck").exists()
 
@@ -284,7 +500,8 @@ def test_reference_nccl_line_without_gpus_suggests_gloo(image_root, tmp_path, ca
     assert_one_line_error(capsys, "--nproc")
     for flags, fragment in ((["--amp"], "--amp"), (["--sync-bn"], "--sync-bn"),
                             (["--world-size", "2"], "--multiprocessing-distributed"),
-                            (["--nproc", "2"], "--nproc_per_node")):
+                            (["--nproc", "2"], "--nproc_per_node"),
+                            (["-dev", "cuda"], "CUDA is not available")):
         assert run_script(main_imagenet, flags + [str(image_root)]) == 2
         assert_one_line_error(capsys, fragment)
 
@@ -320,4 +537,4 @@ def test_single_gpu_amp_in_process(image_root, tmp_path):
     assert run_script(main_imagenet, argv) == 0
     checkpoint = torch.load(tmp_path / "amp.pth", weights_only=True)
     assert checkpoint["args"]["amp"] and checkpoint["scaler"]["scale"] > 0
-    assert checkpoint["val_images"] == NUM_VAL
+    assert checkpoint["test_images"] == NUM_VAL

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import checkpoint
+import engine
 import main_test
 import main_train
 from conftest import run_script
@@ -23,11 +25,8 @@ TRAIN = ["-data", "digits", "-arch", "vgg_small", "-epochs", "2", "-b", "128", "
          "--no-progress", "--levels", "4,2,8,4,3"]
 
 
-def train_subprocess(folder, run_id, *extra, signal_at=None):
+def train_subprocess(folder, run_id, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    env.pop("PASCAL_SIGNAL_AT", None)
-    if signal_at:
-        env["PASCAL_SIGNAL_AT"] = signal_at
     return subprocess.run([sys.executable, str(ROOT / "main_train.py"), *TRAIN, "--id", run_id,
                            "--checkpoint-dir", str(folder), *extra], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -47,30 +46,85 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(uninterrupted):
+def signal_at(monkeypatch, epoch, step, *signals):
+    """Send real signals to this process when step ``step`` of epoch ``epoch`` (both 1-based)
+    begins, in-process runs only; each is handled before the next is sent."""
+    real = engine.step_seed
+
+    def seed(run_seed, epoch_index, step_index, rank):
+        if (epoch_index + 1, step_index + 1) == (epoch, step):
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return real(run_seed, epoch_index, step_index, rank)
+
+    monkeypatch.setattr(engine, "step_seed", seed)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(uninterrupted, tmp_path,
+                                                              monkeypatch, capsys):
     folder, full = uninterrupted
-    stopped = train_subprocess(folder, "cut", signal_at="2:3")
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
-    assert "interrupted" in stopped.stdout and "resume with:" in stopped.stdout
-    assert "--resume_from_ckpt=1" in stopped.stdout
-    saved = torch.load(folder / "cut.pth", weights_only=True)
+    argv = TRAIN + ["--id", "cut", "--checkpoint-dir", str(tmp_path)]
+    # SIGTERM twice (a scheduler may signal a worker directly and through its launcher): the
+    # second is ignored; the step in hand finishes and a resumable checkpoint is written
+    signal_at(monkeypatch, 2, 3, signal.SIGTERM, signal.SIGTERM)
+    assert run_script(main_train, argv) == 128 + signal.SIGTERM
+    out = capsys.readouterr().out
+    assert "interrupted (signal 15) at epoch 2, step 3" in out and "--resume auto" in out
+    saved = torch.load(tmp_path / "cut.pth", weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] == 3
-    resumed = train_subprocess(folder, "cut", "--resume_from_ckpt=1")
+    monkeypatch.undo()
+    # resumed in a fresh process, as a user would
+    resumed = train_subprocess(tmp_path, "cut", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "after epoch 1 + 3 steps of epoch 2" in resumed.stdout
-    final = torch.load(folder / "cut.pth", weights_only=True)
+    final = torch.load(tmp_path / "cut.pth", weights_only=True)
     assert final["epoch"] == 2 and final["partial_epoch"] is None
     assert_same_weights(final["state_dict"], full)
 
 
-def test_second_signal_exits_at_once_and_keeps_the_checkpoint(uninterrupted):
-    folder, _ = uninterrupted
-    stopped = train_subprocess(folder, "twice", signal_at="2:3:2")
-    assert stopped.returncode == 128 + signal.SIGTERM
-    assert "resume with" not in stopped.stdout  # no time taken to save: it left at once
-    saved = torch.load(folder / "twice.pth", weights_only=True)  # epoch-1 checkpoint, intact
-    assert saved["epoch"] == 1
-    assert not list(folder.glob(".twice.pth.tmp-*"))
+def test_second_sigint_stops_at_once_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    argv = TRAIN + ["--id", "twice", "--checkpoint-dir", str(tmp_path)]
+    handler = signal.getsignal(signal.SIGINT)
+    signal_at(monkeypatch, 2, 3, signal.SIGINT, signal.SIGINT)
+    assert run_script(main_train, argv) == 130
+    assert "resumable checkpoint" not in capsys.readouterr().out  # left at once, saved nothing
+    saved = torch.load(tmp_path / "twice.pth", weights_only=True)  # epoch-1 checkpoint, intact
+    assert saved["epoch"] == 1 and saved["partial_epoch"] is None
+    assert not list(tmp_path.glob(".twice.pth.tmp-*"))
+    assert signal.getsignal(signal.SIGINT) is handler  # the run's handlers are gone
+
+
+def test_sigterm_from_outside_the_process_mid_epoch(uninterrupted, tmp_path):
+    """The same as a scheduler does it: SIGTERM to the training process's pid, from another
+    process, while it trains; the run stops after a step and resumes to the same weights."""
+    folder, full = uninterrupted
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    process = subprocess.Popen([sys.executable, str(ROOT / "main_train.py"), *TRAIN, "--id",
+                                "ext", "--checkpoint-dir", str(tmp_path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    path = tmp_path / "ext.pth"
+    deadline = time.monotonic() + 300
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # into epoch 2 by 0.3 s of CPU time (an epoch of 12 steps takes several seconds)
+    used = cpu_seconds(process.pid)
+    while cpu_seconds(process.pid) - used < 0.3 and process.poll() is None and \
+            time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 1 and 0 < saved["partial_epoch"]["step"] < 12, output
+    resumed = train_subprocess(tmp_path, "ext", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(torch.load(path, weights_only=True)["state_dict"], full)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch):
@@ -90,7 +144,7 @@ def test_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch
 
 def nan_at(monkeypatch, epoch, step):
     """Make the loss NaN at one step (1-based epoch and step) of the in-process run."""
-    real = main_train.F.cross_entropy
+    real = engine.F.cross_entropy
     calls = {"n": 0}
     steps_per_epoch = 12  # 1,437 digits / batch 128
 
@@ -103,7 +157,7 @@ def nan_at(monkeypatch, epoch, step):
             return value * float("nan")
         return value
 
-    monkeypatch.setattr(main_train.F, "cross_entropy", loss)
+    monkeypatch.setattr(engine.F, "cross_entropy", loss)
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):

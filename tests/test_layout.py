@@ -1,0 +1,87 @@
+"""The layout users rely on: scripts import no script, product code has no test switches,
+and tests read nothing outside the repository."""
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {"main_train", "main", "main_test", "get_stats", "get_Teff"}
+# Every environment variable product code reads, and why: anything else would be a switch.
+ALLOWED_ENVIRONMENT = {
+    "PASCAL_DATA": "default data folder",
+    "RANK": "torchrun", "WORLD_SIZE": "torchrun", "LOCAL_RANK": "torchrun",
+    "LOCAL_WORLD_SIZE": "torchrun", "MASTER_ADDR": "torchrun", "MASTER_PORT": "torchrun",
+    "TORCHELASTIC_RESTART_COUNT": "torchrun restarts",
+    "TORCHELASTIC_USE_AGENT_STORE": "torchrun's store",
+    "OMP_NUM_THREADS": "CPU threads per process",
+    "CUBLAS_WORKSPACE_CONFIG": "--deterministic on CUDA",
+}
+
+
+def product_files():
+    files = [p for p in REPO.glob("*.py")] + list((REPO / "models").glob("*.py")) + \
+        list((REPO / "benchmarks").glob("*.py"))
+    assert len(files) > 10
+    return sorted(files)
+
+
+def imported_modules(tree):
+    """Top-level module names of every import, at module level or inside functions."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module":
+            if node.args and isinstance(node.args[0], ast.Constant):
+                names.add(str(node.args[0].value).split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", product_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_product_module_imports_a_script(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    wrong = imported_modules(tree) & (SCRIPTS - {path.stem})
+    assert not wrong, f"{path.name} imports the script(s) {sorted(wrong)}: move the shared " \
+                      "part into a library module"
+
+
+def test_the_import_walk_sees_imports_inside_functions():
+    tree = ast.parse("def f():\n    from get_stats import x\n    import main_train as m\n")
+    assert imported_modules(tree) == {"get_stats", "main_train"}
+
+
+@pytest.mark.parametrize("path", product_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_product_code_reads_only_documented_environment_variables(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    read = set()
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Subscript) and _is_environ(node.value):
+            key = node.slice
+        elif isinstance(node, ast.Call) and node.args and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "setdefault",
+                                                                              "pop")
+                 and _is_environ(node.func.value))
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "getenv")):
+            key = node.args[0]
+        if key is not None:
+            assert isinstance(key, ast.Constant), f"{path.name}: environment read by a " \
+                                                  f"computed name (line {node.lineno})"
+            read.add(key.value)
+    unknown = read - set(ALLOWED_ENVIRONMENT)
+    assert not unknown, f"{path.name} reads {sorted(unknown)} from the environment"
+
+
+def _is_environ(node):
+    return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+
+def test_tests_read_nothing_outside_the_repository():
+    # spelled in pieces so that this file does not match itself
+    outside = ("." + "./shared", "parents" + "[2]")
+    for path in (REPO / "tests").glob("*.py"):
+        text = path.read_text()
+        assert not any(fragment in text for fragment in outside), path.name
