@@ -371,6 +371,23 @@ def test_a_killed_worker_ends_the_job_and_the_last_checkpoint_stays(image_root, 
     assert model_args["num_classes"] == NUM_CLASSES
 
 
+def test_a_nonfinite_loss_is_agreed_by_every_process(image_root, tmp_path):
+    """A learning rate of 1e9 diverges within a few steps. Every process sees the agreed
+    decision: all stop (status 3, nothing written), or with --skip-nonfinite all skip the
+    same steps and the run completes (no process waits in a gradient exchange)."""
+    argv = CPU + ["--lr", "1e9", "--epochs", "1", "--checkpoint-dir", str(tmp_path)]
+    status, _, output = launch(argv + ["--id", "nan", str(image_root)], torchrun=True)
+    assert status != 0 and "exitcode  : 3" in output, output
+    assert "training stopped: loss is nan at epoch 1" in output, output
+    assert not (tmp_path / "nan.pth").exists()
+    status, _, output = launch(argv + ["--id", "skip", "--skip-nonfinite", str(image_root)],
+                               torchrun=True)
+    assert status == 0, output
+    rows = (tmp_path / "skip_epochs.csv").read_text().splitlines()
+    skipped = int(rows[1].split(",")[rows[0].split(",").index("skipped_batches")])
+    assert 0 < skipped <= STEPS and f"({skipped} non-finite batches skipped)" in output
+
+
 def test_adaptive_levels_under_ddp(image_root, tmp_path):
     """--adaptive with 2 processes: rank 0 computes the AL metric, every rank takes (and
     checks) the same levels, they are stored, and the result is exact as an SNN."""
