@@ -111,13 +111,16 @@ def is_own_format(checkpoint):
     return "model_args" in checkpoint and "state_dict" in checkpoint
 
 
-def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None):
+def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None,
+                          variant=None):
     """Rebuild the model a checkpoint describes and load its weights.
 
-    Our checkpoints carry ``model_args``; ``arch``/``dataset`` given on the command line must
-    agree with them, and ``levels`` (if given) override the stored ones. A checkpoint written
-    by the reference PASCAL code carries no levels, so ``levels``, ``arch`` and ``dataset``
-    are required for it. Returns ``(model, model_args)``.
+    Our checkpoints carry ``model_args``; ``arch``/``dataset``/``variant`` given on the command
+    line must agree with them, and ``levels`` (if given) override the stored ones. A checkpoint
+    written by the reference PASCAL code carries no levels, so ``levels``, ``arch`` and
+    ``dataset`` are required for it; its variant (stem and classifier) is read from its tensor
+    shapes unless ``variant`` is given (the reference builds every ResNet with the CIFAR stem,
+    ImageNet included). Returns ``(model, model_args)``.
     """
     if is_own_format(checkpoint):
         model_args = dict(checkpoint["model_args"])
@@ -131,6 +134,9 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
                 DATASETS.get(dataset, (None,))[0] != model_args["num_classes"]:
             raise UsageError(f"{path} was trained on {stored} ({model_args['num_classes']} "
                              f"classes); -data {dataset} has a different number of classes")
+        if variant is not None and variant != model_args.get("variant", "cifar"):
+            raise UsageError(f"{path} holds the {model_args.get('variant', 'cifar')} variant of "
+                             f"{model_args['arch']}, not {variant}: drop --variant")
         if levels is not None:
             model_args["levels"] = levels
         model = _create(model_args, path)
@@ -149,17 +155,38 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
     if levels is None:
         raise UsageError(f"{path} was written by the reference code and carries no levels: pass "
                          "--levels (one per QCFS layer, as its self.list / mylist)")
-    num_classes, variant = DATASETS[dataset]
+    num_classes = DATASETS[dataset][0]
+    variant = variant or reference_variant(checkpoint, arch, num_classes, dataset, path)
     model_args = {"arch": arch, "variant": variant, "num_classes": num_classes,
-                  "levels": levels, "dataset": dataset}
+                  "levels": levels, "dataset": dataset, "dropout": 0.0}
     model = _create(model_args, path)
     try:
         models.load_reference_state_dict(model, checkpoint)
     except ValueError as error:
-        raise UsageError(f"{path} does not match {arch} for {dataset}: {error}") from None
+        raise UsageError(f"{path} does not match the {variant} variant of {arch} for "
+                         f"{dataset}: {error}") from None
     model_args["levels"] = models.get_levels(model)
     _check_thresholds(model, path)
     return model, model_args
+
+
+def reference_variant(checkpoint, arch, num_classes, dataset, path):
+    """The variant whose keys and shapes a reference-code state_dict fits (the dataset's own
+    variant first), or a one-line UsageError saying how it fits neither."""
+    translated = models.reference.translate_reference_keys(checkpoint)
+    own_first = sorted(models.VARIANTS, key=lambda v: v != DATASETS[dataset][1])
+    problems = {}
+    for variant in own_first:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            model = models.create_model(arch, num_classes=num_classes, levels=1,
+                                        variant=variant, dropout=0.0)
+        problem = models.reference.state_dict_mismatch(model.state_dict(), translated)
+        if problem is None:
+            return variant
+        problems[variant] = problem
+    details = "; ".join(f"{variant}: {problem}" for variant, problem in problems.items())
+    raise UsageError(f"{path} fits neither variant of {arch} with {num_classes} classes "
+                     f"({details}): check -arch and -data")
 
 
 def _check_thresholds(model, path):
@@ -171,9 +198,11 @@ def _check_thresholds(model, path):
 
 def _create(model_args, path):
     try:
+        # no "dropout": written before it was recorded, rebuilt with the layout of then
         return models.create_model(model_args["arch"], num_classes=model_args["num_classes"],
                                    levels=model_args["levels"],
-                                   variant=model_args.get("variant", "cifar"))
+                                   variant=model_args.get("variant", "cifar"),
+                                   dropout=model_args.get("dropout"))
     except (KeyError, TypeError) as error:
         raise UsageError(f"{path} has malformed model_args ({error})") from None
 

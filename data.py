@@ -15,8 +15,33 @@ DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split never changes
 DIGITS_TEST_FRACTION = 0.2
 
 
+class Cutout:
+    """Zero a ``size`` x ``size`` square of a ``(C, H, W)`` tensor, centred on a pixel drawn
+    uniformly from the whole image and clipped at the border (as the reference code's Cutout:
+    near a border the erased area is smaller; centred in a corner, a quarter of the square).
+    torchvision's RandomErasing always erases a full square inside the image, so it differs.
+    Draws from torch's generator (seeded per sample in training)."""
+
+    def __init__(self, size=16):
+        self.size = int(size)
+
+    def __call__(self, image):  # (C, H, W)
+        height, width = image.shape[-2:]
+        y = int(torch.randint(height, ()))
+        x = int(torch.randint(width, ()))
+        top, left = max(0, y - self.size // 2), max(0, x - self.size // 2)
+        bottom, right = min(height, y + self.size // 2), min(width, x + self.size // 2)
+        image = image.clone()
+        image[..., top:bottom, left:right] = 0
+        return image
+
+    def __repr__(self):
+        return f"Cutout(size={self.size})"
+
+
 def cifar_transforms(dataset, train):
-    """The paper's CIFAR recipe: crop 32 pad 4, flip, AutoAugment (CIFAR-10 policy), Cutout 16."""
+    """The reference CIFAR recipe: crop 32 pad 4, flip, AutoAugment (CIFAR-10 policy, fill 128),
+    normalise, Cutout 16 (random centre, clipped at the border)."""
     from torchvision import transforms as T
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if dataset == "cifar10" else \
         (CIFAR100_MEAN, CIFAR100_STD)
@@ -24,16 +49,18 @@ def cifar_transforms(dataset, train):
         return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     return T.Compose([
         T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
-        T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), T.ToTensor(), T.Normalize(mean, std),
-        # Cutout: one 16x16 square (a quarter of a 32x32 image) set to zero, always.
-        T.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0),
+        T.AutoAugment(T.AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128]),
+        T.ToTensor(), T.Normalize(mean, std), Cutout(16),
     ])
 
 
 def imagenet_transforms(train, image_size=224):
+    """Training: RandomResizedCrop, flip, ColorJitter(0.2, 0.2, 0.2, 0.1) (the reference's),
+    normalise. Evaluation: resize to size * 8/7 (256 for 224), centre crop, normalise."""
     from torchvision import transforms as T
     if train:
         return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(),
+                          T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
                           T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     resize = int(round(image_size * 256 / 224))
     return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(),

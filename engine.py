@@ -200,6 +200,11 @@ def prepare_run(args, spec, ctx, logger):
                              "optimizer state): use --initial-checkpoint to start a new run "
                              "from its weights")
         _check_same_run(restored["model_args"], args.arch, spec, source)
+        stored = restored["model_args"].get("dropout")
+        if args.dropout is not None and args.dropout != stored:
+            raise UsageError(f"{source} was trained with dropout {stored} (None: the layout "
+                             f"before dropout was recorded), not {args.dropout}: drop --dropout "
+                             "to continue it")
         model, model_args = model_from_checkpoint(restored, source)
         if args.levels is not None:
             old = model_args["levels"]
@@ -209,18 +214,29 @@ def prepare_run(args, spec, ctx, logger):
                             "(phase 2: same optimizer, schedule and epoch counter)")
             model_args["levels"] = new
     elif args.initial_checkpoint:
+        # weights from any dataset with the same classes (model_from_checkpoint checks arch,
+        # class count and shapes), rebuilt as a new run of this version: its dropout layout
         checkpoint = load_checkpoint_file(args.initial_checkpoint)
-        # weights from any dataset with the same classes: model_from_checkpoint checks arch,
-        # class count and shapes; the new run's data is recorded below
-        model, model_args = model_from_checkpoint(
+        source, source_args = model_from_checkpoint(
             checkpoint, args.initial_checkpoint, arch=args.arch, dataset=spec.dataset,
             levels=args.levels)
+        dropout = 0.0 if args.dropout is None else args.dropout
+        variant = source_args.get("variant", spec.variant)
+        model = models.create_model(args.arch, num_classes=source_args["num_classes"],
+                                    levels=source_args["levels"], variant=variant,
+                                    dropout=dropout)
+        model.load_state_dict(source.state_dict())
+        model_args = models.model_args_of(model, args.arch, variant, source_args["num_classes"],
+                                          dropout)
         logger.info(f"initial weights and thresholds from {args.initial_checkpoint}")
     else:
         levels = 4 if args.levels is None else args.levels
+        dropout = 0.0 if args.dropout is None else args.dropout
         model = models.create_model(args.arch, num_classes=spec.num_classes, levels=levels,
-                                    variant=spec.variant, init_threshold=args.init_threshold)
-        model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes)
+                                    variant=spec.variant, init_threshold=args.init_threshold,
+                                    dropout=dropout)
+        model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes,
+                                          dropout)
     model_args["dataset"] = spec.dataset
     model.to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,

@@ -29,7 +29,7 @@ from checkpoint import checkpoint_path
 from data import check_image_folder, image_folder, imagenet_transforms
 from distributed import (detach_from_terminal, free_port, init_process_group, launch_mode,
                          process_device, spawn)
-from utils import (ArgumentParser, UsageError, add_adaptive_args, add_level_args,
+from utils import (ArgumentParser, UsageError, add_adaptive_args, add_model_args,
                    add_optimisation_args, add_output_flags, add_run_args,
                    add_training_machine_args, check_training_args, default_checkpoint_dir,
                    run_main, seed_everything, setup_logging, silent_logger)
@@ -52,7 +52,7 @@ def get_args_parser(add_help=True):
                        help="architecture (default: resnet34)")
     group.add_argument("--variant", default="imagenet", choices=list(models.VARIANTS),
                        help="network stem/classifier variant (default: imagenet)")
-    add_level_args(group)
+    add_model_args(group)
     group.add_argument("--image-size", type=int, default=224,
                        help="training crop and validation centre crop (default: 224; validation "
                             "resizes to size*256/224 first)")

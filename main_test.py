@@ -43,6 +43,12 @@ def get_args_parser(add_help=True):
     group.add_argument("--levels", default=None,
                        help="per-layer levels (required for reference-code checkpoints; "
                             "default: the checkpoint's)")
+    group.add_argument("--variant", default=None, choices=list(models.VARIANTS),
+                       help="stem and classifier of a reference-code checkpoint (default: read "
+                            "from its tensor shapes)")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="ImageFolder data: evaluate at this size (resize to size*8/7, centre "
+                            "crop size; default: the checkpoint's training size, else 224)")
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
     group.add_argument("--num-images", type=int, default=None,
@@ -209,6 +215,8 @@ def main(args):
     levels = parse_levels(args.levels)
     if args.num_images is not None and args.num_images < 1:
         raise UsageError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.image_size is not None and args.image_size < 8:
+        raise UsageError(f"--image-size must be >= 8, got {args.image_size}")
     if args.report and args.mode == "ann":
         raise UsageError("--report counts the spiking network's operations: drop --mode ann")
     if args.baseline and args.mode == "snn":
@@ -223,7 +231,8 @@ def main(args):
     path, checkpoint_dir = resolve_checkpoint(args)
     checkpoint = load_checkpoint_file(path, checkpoint_dir)
     model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
-                                              dataset=args.dataset, levels=levels)
+                                              dataset=args.dataset, levels=levels,
+                                              variant=args.variant)
     if model_args.get("dataset") not in (None, args.dataset):
         logger.info(f"note: checkpoint trained on {model_args['dataset']}, evaluating on "
                     f"{args.dataset}")
@@ -240,7 +249,7 @@ def main(args):
         snn = models.convert_to_snn(model, sim=args.sim)
 
     test_set = get_dataset(args.dataset, args.data_root or env_data_root(), "test",
-                           image_size=_image_size(checkpoint))
+                           image_size=args.image_size or _image_size(checkpoint))
     if args.num_images is not None:
         test_set = Subset(test_set, range(min(args.num_images, len(test_set))))
     loader = make_loader(test_set, args.batch_size, False, args.workers, device=device)

@@ -13,8 +13,8 @@ import engine
 import models
 from al_metric import DEFAULT_THRESHOLDS
 from data import get_dataset
-from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args, add_level_args,
-                   add_optimisation_args, add_output_flags, add_run_args,
+from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args,
+                   add_model_args, add_optimisation_args, add_output_flags, add_run_args,
                    add_training_machine_args, check_training_args, default_checkpoint_dir,
                    env_data_root, resolve_device, run_main, seed_everything, setup_logging)
 
@@ -35,7 +35,7 @@ def get_args_parser(add_help=True):
                        help="dataset (default: cifar10; digits ships with scikit-learn)")
     group.add_argument("-arch", "--arch", default="vgg16", choices=models.list_models(),
                        help="architecture (default: vgg16)")
-    add_level_args(group)
+    add_model_args(group)
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
     group.add_argument("--download", action="store_true",

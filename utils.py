@@ -111,8 +111,9 @@ def resolve_device(spec=None):
     return device
 
 
-def add_level_args(group):
-    """``--levels``, ``-L/--level`` and ``--init-threshold`` of the training scripts."""
+def add_model_args(group):
+    """``--levels``, ``-L/--level``, ``--init-threshold`` and ``--dropout`` of the training
+    scripts."""
     group.add_argument("--levels", default=None,
                        help="quantization level L: one int for all layers, or a comma-separated "
                             "list with one entry per QCFS layer (default: 4)")
@@ -120,6 +121,9 @@ def add_level_args(group):
                        help="uniform level, same as --levels N (reference spelling)")
     group.add_argument("--init-threshold", type=float, default=4.0,
                        help="initial QCFS threshold lambda (default: 4.0)")
+    group.add_argument("--dropout", type=float, default=None,
+                       help="VGG: probability of the Dropout after every activation (default: "
+                            "0, as the reference; a resumed run keeps its own)")
 
 
 def add_device_args(group):

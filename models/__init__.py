@@ -29,7 +29,8 @@ def list_models():
     return list(_REGISTRY)
 
 
-def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4.0):
+def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4.0,
+                 dropout=0.0):
     """Build a QCFS network.
 
     Args:
@@ -40,10 +41,13 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
             resnet34: 33), the same meaning as the reference code's per-layer list.
         variant: ``"cifar"`` (32x32 inputs) or ``"imagenet"``.
         init_threshold: initial value of every QCFS threshold (lambda), > 0.
+        dropout: probability of the Dropout after every activation of a VGG (the reference's
+            default, 0); ResNets have no dropout layers. None rebuilds a VGG as checkpoints
+            written before ``model_args`` recorded the dropout (``vgg.LEGACY_DROPOUT``).
 
     Raises:
         ValueError: unknown arch or variant, bad levels (wrong count, < 1, non-integer),
-            or a non-positive initial threshold.
+            a non-positive initial threshold, or dropout outside [0, 1) (or not 0 for a ResNet).
     """
     if arch not in _REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)}")
@@ -54,12 +58,28 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
     if not float(init_threshold) > 0:
         raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
     act_layer = functools.partial(QCFS, level=1, init_threshold=float(init_threshold))
-    model = _REGISTRY[arch](num_classes, variant, act_layer)
+    if arch in vgg.LEGACY_DROPOUT:
+        if dropout is None:
+            model = _REGISTRY[arch](num_classes, variant, act_layer,
+                                    legacy_dropout=vgg.LEGACY_DROPOUT[arch])
+        else:
+            model = _REGISTRY[arch](num_classes, variant, act_layer,
+                                    dropout=_check_dropout(dropout))
+    else:
+        if dropout:
+            raise ValueError(f"{arch} has no dropout layers; got dropout {dropout!r}")
+        model = _REGISTRY[arch](num_classes, variant, act_layer)
     set_levels(model, levels)
     return model
 
 
-def model_args_of(model, arch, variant, num_classes):
+def _check_dropout(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def model_args_of(model, arch, variant, num_classes, dropout=0.0):
     """The ``model_args`` dict that rebuilds ``model`` with :func:`create_model`."""
     return {"arch": arch, "variant": variant, "num_classes": num_classes,
-            "levels": get_levels(model)}
+            "levels": get_levels(model), "dropout": dropout}

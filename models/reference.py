@@ -1,7 +1,7 @@
 """Load state_dicts written by the reference PASCAL code (and QCFS-style names) into our models."""
 import torch
 
-__all__ = ["load_reference_state_dict", "translate_reference_keys"]
+__all__ = ["load_reference_state_dict", "state_dict_mismatch", "translate_reference_keys"]
 
 # Threshold names used by the reference PASCAL code (``thresh``) and by QCFS (``up``).
 _THRESHOLD_SUFFIXES = (".relu.up", ".thresh", ".up")
@@ -27,6 +27,20 @@ def translate_reference_keys(state_dict):
     return translated
 
 
+def state_dict_mismatch(own, translated):
+    """None if ``translated`` (reference keys already translated) has exactly the keys and
+    shapes of the state_dict ``own``; else a one-line description of the difference."""
+    missing = sorted(set(own) - set(translated))
+    unexpected = sorted(set(translated) - set(own))
+    if missing or unexpected:
+        return (f"missing keys {_short(missing)}; unexpected keys {_short(unexpected)}")
+    wrong = [f"{k} {tuple(translated[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if tuple(translated[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        return f"shapes do not match: {_short(wrong)} (checkpoint vs model)"
+    return None
+
+
 def load_reference_state_dict(model, state_dict):
     """Load a reference-code checkpoint (bare or under ``model_state_dict``) into ``model``.
 
@@ -38,18 +52,10 @@ def load_reference_state_dict(model, state_dict):
         ValueError: listing missing and unexpected keys, or mismatched shapes.
     """
     translated = translate_reference_keys(state_dict)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(translated))
-    unexpected = sorted(set(translated) - set(own))
-    if missing or unexpected:
-        raise ValueError(
-            "the checkpoint does not match the model: "
-            f"missing keys {_short(missing)}; unexpected keys {_short(unexpected)}")
-    wrong = [f"{k} {tuple(translated[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if tuple(translated[k].shape) != tuple(own[k].shape)]
-    if wrong:
-        raise ValueError(f"the checkpoint's shapes do not match the model: {_short(wrong)} "
-                         "(checkpoint vs model; wrong arch or number of classes?)")
+    problem = state_dict_mismatch(model.state_dict(), translated)
+    if problem is not None:
+        raise ValueError(f"the checkpoint does not match the model: {problem} (wrong arch, "
+                         "variant or number of classes?)")
     model.load_state_dict(translated)
     return model
 

@@ -9,27 +9,37 @@ SMALL_STAGES = ((16,), (32,), (64,))
 
 
 class VGG(nn.Module):
-    """VGG with stages ``layer1..layerN`` and a three-layer classifier.
+    """VGG with stages ``layer1..layerN`` and a three-layer classifier, as the reference builds it.
 
     Module names follow the reference PASCAL code (``layer1.0`` conv, ``layer1.1`` BN,
-    ``layer1.2`` QCFS, ..., ``classifier.1`` first linear layer), so its checkpoints map onto
-    this class one to one. ``pool`` sits between the convolutions and the classifier:
-    identity for the CIFAR VGG-16 (32x32 inputs reach 1x1 after five pools), an adaptive
-    average pool otherwise (7x7 for ImageNet, as torchvision's VGG); all are linear, so the
-    spiking conversion stays exact.
+    ``layer1.2`` QCFS, ``layer1.3`` dropout, ..., ``classifier.1`` first linear layer), so its
+    checkpoints map onto this class one to one. Every activation is followed by a Dropout of
+    probability ``dropout`` (the reference's default is 0), and initialisation is the
+    reference's: convolutions Kaiming normal (fan_out, ReLU gain), BatchNorm weight 1 and bias
+    0, every Linear bias 0 (Linear weights keep PyTorch's default).
+
+    ``legacy_dropout=(conv_p, fc_p)`` rebuilds the layout of checkpoints written before the
+    dropout was recorded: a Dropout(conv_p) only between the convolutions of a stage (none
+    before a pool) and Dropout(fc_p) after the hidden linear layers. The parameters sit at the
+    same indices in both layouts.
+
+    ``pool`` sits between the convolutions and the classifier: identity for the CIFAR VGG-16
+    (32x32 inputs reach 1x1 after five pools), an adaptive average pool otherwise (7x7 for
+    ImageNet, as torchvision's VGG); all are linear, so the spiking conversion stays exact.
     """
 
-    def __init__(self, stages, num_classes, hidden, act_layer=QCFS, pool=None,
-                 conv_dropout=0.1, fc_dropout=0.5):
+    def __init__(self, stages, num_classes, hidden, act_layer=QCFS, pool=None, dropout=0.0,
+                 legacy_dropout=None):
         super().__init__()
+        conv_p, fc_p = (dropout, dropout) if legacy_dropout is None else legacy_dropout
         in_channels = 3
         for index, channels in enumerate(stages, start=1):
             layers = []
             for position, out_channels in enumerate(channels):
-                if position > 0:
-                    layers.append(nn.Dropout(conv_dropout))
                 layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1),
                            nn.BatchNorm2d(out_channels), act_layer()]
+                if legacy_dropout is None or position < len(channels) - 1:
+                    layers.append(nn.Dropout(conv_p))
                 in_channels = out_channels
             layers.append(nn.AvgPool2d(2))
             self.add_module(f"layer{index}", nn.Sequential(*layers))
@@ -42,10 +52,20 @@ class VGG(nn.Module):
             pooled = size[0] * size[1]
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_channels * pooled, hidden), act_layer(), nn.Dropout(fc_dropout),
-            nn.Linear(hidden, hidden), act_layer(), nn.Dropout(fc_dropout),
+            nn.Linear(in_channels * pooled, hidden), act_layer(), nn.Dropout(fc_p),
+            nn.Linear(hidden, hidden), act_layer(), nn.Dropout(fc_p),
             nn.Linear(hidden, num_classes),
         )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
 
     def forward_chain(self):
         """The modules ``forward`` applies, in order (the spiking simulator chunks by them)."""
@@ -58,14 +78,17 @@ class VGG(nn.Module):
         return x
 
 
-def vgg16(num_classes, variant, act_layer):
-    if variant == "cifar":
-        return VGG(VGG16_STAGES, num_classes, hidden=4096, act_layer=act_layer)
-    return VGG(VGG16_STAGES, num_classes, hidden=4096, act_layer=act_layer,
-               pool=nn.AdaptiveAvgPool2d(7))
+# The dropout of VGG checkpoints written before model_args recorded it.
+LEGACY_DROPOUT = {"vgg16": (0.1, 0.5), "vgg_small": (0.0, 0.0)}
 
 
-def vgg_small(num_classes, variant, act_layer):
+def vgg16(num_classes, variant, act_layer, dropout=0.0, legacy_dropout=None):
+    pool = None if variant == "cifar" else nn.AdaptiveAvgPool2d(7)
+    return VGG(VGG16_STAGES, num_classes, hidden=4096, act_layer=act_layer, pool=pool,
+               dropout=dropout, legacy_dropout=legacy_dropout)
+
+
+def vgg_small(num_classes, variant, act_layer, dropout=0.0, legacy_dropout=None):
     """Three conv stages of 16/32/64 channels and a 128-unit classifier: 5 QCFS layers.
 
     For demos and tests (a training step costs ~1/50 of VGG-16's); not a paper model. The
@@ -73,4 +96,4 @@ def vgg_small(num_classes, variant, act_layer):
     with it the network reaches ~96 % on the bundled digits in 3 epochs.
     """
     return VGG(SMALL_STAGES, num_classes, hidden=128, act_layer=act_layer,
-               pool=nn.AdaptiveAvgPool2d(4), conv_dropout=0.0, fc_dropout=0.0)
+               pool=nn.AdaptiveAvgPool2d(4), dropout=dropout, legacy_dropout=legacy_dropout)
