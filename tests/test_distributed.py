@@ -228,7 +228,8 @@ def check_run(image_root, folder, run_id, epochs=1, levels=None):
     checkpoint = torch.load(folder / f"{run_id}.pth", weights_only=True)
     assert checkpoint["model_args"] == {"arch": "vgg_small", "variant": "imagenet",
                                         "num_classes": NUM_CLASSES,
-                                        "levels": levels or [4] * 5, "dataset": "imagenet"}
+                                        "levels": levels or [4] * 5, "dataset": "imagenet",
+                                        "dropout": 0.0}
     assert checkpoint["epoch"] == epochs and checkpoint["args"]["image_size"] == 32
     assert checkpoint["test_images"] == NUM_VAL
     log = (folder / f"{run_id}.log").read_text()
