@@ -49,6 +49,12 @@ def resolve_checkpoint(args):
     return checkpoint_path(checkpoint_dir, run_id), checkpoint_dir
 
 
+def trained_image_size(checkpoint):
+    """The image size a checkpoint was trained at (its ``args``), or None: the dataset's own."""
+    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    return int(args["image_size"]) if args.get("image_size") else None
+
+
 def list_ids(checkpoint_dir):
     """Run ids with a checkpoint in ``checkpoint_dir`` (``{id}.pth`` files, not ``_best``)."""
     folder = Path(checkpoint_dir)

@@ -39,18 +39,20 @@ class Cutout:
         return f"Cutout(size={self.size})"
 
 
-def cifar_transforms(dataset, train):
+def cifar_transforms(dataset, train, image_size=32):
     """The reference CIFAR recipe: crop 32 pad 4, flip, AutoAugment (CIFAR-10 policy, fill 128),
-    normalise, Cutout 16 (random centre, clipped at the border)."""
+    normalise, Cutout 16 (random centre, clipped at the border). Another ``image_size`` first
+    resizes the 32x32 images and scales the padding and the Cutout square with it."""
     from torchvision import transforms as T
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if dataset == "cifar10" else \
         (CIFAR100_MEAN, CIFAR100_STD)
+    resize = [] if image_size == 32 else [T.Resize(image_size)]
     if not train:
-        return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+        return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
     return T.Compose([
-        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+        *resize, T.RandomCrop(image_size, padding=image_size // 8), T.RandomHorizontalFlip(),
         T.AutoAugment(T.AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128]),
-        T.ToTensor(), T.Normalize(mean, std), Cutout(16),
+        T.ToTensor(), T.Normalize(mean, std), Cutout(image_size // 2),
     ])
 
 
@@ -70,19 +72,21 @@ def imagenet_transforms(train, image_size=224):
 class DigitsDataset(Dataset):
     """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with the package).
 
-    Upsampled to 32x32 (bilinear), repeated to 3 channels, scaled to [-1, 1]. The split is a
-    fixed stratified 80/20 split (``train_test_split(test_size=0.2, stratify=labels,
-    random_state=0)``): 1,437 training and 360 test images. Training augmentation: random
-    shifts of up to 2 pixels (zero-padded crop).
+    Upsampled to 32x32 (bilinear; ``image_size`` for another size), repeated to 3 channels,
+    scaled to [-1, 1]. The split is a fixed stratified 80/20 split (``train_test_split(
+    test_size=0.2, stratify=labels, random_state=0)``): 1,437 training and 360 test images.
+    Training augmentation: random shifts of up to 1/16 of the size (2 pixels at 32x32;
+    zero-padded crop).
     """
 
-    def __init__(self, train, augment=None):
+    def __init__(self, train, augment=None, image_size=32):
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        images = torch.nn.functional.interpolate(images, size=32, mode="bilinear",
+        images = torch.nn.functional.interpolate(images, size=image_size, mode="bilinear",
                                                  align_corners=False)
+        self.image_size, self.shift = image_size, max(1, image_size // 16)
         images = (images.repeat(1, 3, 1, 1) - 0.5) / 0.5
         labels = np.asarray(digits.target)
         train_idx, test_idx = train_test_split(
@@ -99,14 +103,18 @@ class DigitsDataset(Dataset):
     def __getitem__(self, i):
         image = self.images[i]
         if self.augment:
-            padded = torch.nn.functional.pad(image, (2, 2, 2, 2))
-            dy, dx = torch.randint(0, 5, (2,)).tolist()
-            image = padded[:, dy:dy + 32, dx:dx + 32]
+            size, shift = self.image_size, self.shift
+            padded = torch.nn.functional.pad(image, (shift,) * 4)
+            dy, dx = torch.randint(0, 2 * shift + 1, (2,)).tolist()
+            image = padded[:, dy:dy + size, dx:dx + size]
         return image, self.targets[i]
 
 
-def get_dataset(name, root, split, download=False, augment=None, image_size=224):
+def get_dataset(name, root, split, download=False, augment=None, image_size=None):
     """The ``split`` ("train" or "test") of dataset ``name``.
+
+    ``image_size``: the side of the images it yields (default: 32 for CIFAR and the digits,
+    224 for ImageFolder data).
 
     ``augment`` defaults to ``split == "train"``; ``augment=False`` gives the training images
     with evaluation transforms (what get_stats.py measures on).
@@ -116,20 +124,20 @@ def get_dataset(name, root, split, download=False, augment=None, image_size=224)
     train = split == "train"
     augment = train if augment is None else augment
     if name == "digits":
-        return DigitsDataset(train=train, augment=augment)
+        return DigitsDataset(train=train, augment=augment, image_size=image_size or 32)
     if name in ("cifar10", "cifar100"):
         from torchvision import datasets
         cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
         try:
             return cls(root, train=train, download=download,
-                       transform=cifar_transforms(name, augment))
+                       transform=cifar_transforms(name, augment, image_size or 32))
         except RuntimeError as error:
             raise UsageError(
                 f"{name} not found under {os.path.abspath(root)} ({error}): pass --download to "
                 "fetch it, set --data-root (or $PASCAL_DATA) to where it is, or try the bundled "
                 "dataset with -data digits") from None
     return image_folder(root, "train" if train else "val",
-                        imagenet_transforms(augment, image_size))
+                        imagenet_transforms(augment, image_size or 224))
 
 
 def image_folder(root, split, transform):

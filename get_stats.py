@@ -14,7 +14,8 @@ from torch.utils.data import Subset
 import models
 from al_metric import (DEFAULT_THRESHOLDS, collect_level_counts, format_table, layer_metrics,
                        npy_metrics)
-from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
+from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_checkpoint,
+                        trained_image_size)
 from data import get_dataset, make_loader
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
                    env_data_root, parse_levels, parse_thresholds, resolve_device, run_main)
@@ -111,7 +112,7 @@ def main(args):
                                               levels=parse_levels(args.levels))
     model.to(device)
     dataset = get_dataset(args.dataset, args.data_root or env_data_root(), args.split,
-                          augment=False)
+                          augment=False, image_size=trained_image_size(checkpoint))
     if args.batches:
         dataset = Subset(dataset, range(min(len(dataset), args.batches * args.batch_size)))
     loader = make_loader(dataset, args.batch_size, False, args.workers, device=device)

@@ -15,7 +15,8 @@ from torch.utils.data import Subset
 
 import models
 import snn_cost
-from checkpoint import load_checkpoint_file, model_from_checkpoint, resolve_checkpoint
+from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_checkpoint,
+                        trained_image_size)
 from data import get_dataset, make_loader
 from models.baseline import convert_to_if
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
@@ -47,8 +48,9 @@ def get_args_parser(add_help=True):
                        help="stem and classifier of a reference-code checkpoint (default: read "
                             "from its tensor shapes)")
     group.add_argument("--image-size", type=int, default=None,
-                       help="ImageFolder data: evaluate at this size (resize to size*8/7, centre "
-                            "crop size; default: the checkpoint's training size, else 224)")
+                       help="evaluate at this size (ImageFolder data: resize to size*8/7, centre "
+                            "crop size; default: the checkpoint's training size, else 32 for "
+                            "CIFAR and the digits and 224 for ImageFolder data)")
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
     group.add_argument("--num-images", type=int, default=None,
@@ -249,7 +251,7 @@ def main(args):
         snn = models.convert_to_snn(model, sim=args.sim)
 
     test_set = get_dataset(args.dataset, args.data_root or env_data_root(), "test",
-                           image_size=args.image_size or _image_size(checkpoint))
+                           image_size=args.image_size or trained_image_size(checkpoint))
     if args.num_images is not None:
         test_set = Subset(test_set, range(min(args.num_images, len(test_set))))
     loader = make_loader(test_set, args.batch_size, False, args.workers, device=device)
@@ -344,11 +346,6 @@ def run_baseline(model, loader, device, dtype, timesteps, result, args, path, lo
     logger.info(f"baseline plot written to {plot}")
     baseline["plot"] = str(plot)
     return baseline
-
-
-def _image_size(checkpoint):
-    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
-    return int(args.get("image_size") or 224)
 
 
 def report(result, logger):

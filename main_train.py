@@ -38,6 +38,9 @@ def get_args_parser(add_help=True):
     add_model_args(group)
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="resize the 32x32 images to this size, for architectures that need "
+                            "larger inputs (default: 32)")
     group.add_argument("--download", action="store_true",
                        help="download CIFAR if it is missing (default: never download)")
     add_optimisation_args(
@@ -62,6 +65,8 @@ def resolve_args(args):
             setattr(args, key, value)
     args.id = args.id or f"{args.arch}_{args.dataset}"
     check_training_args(args, DEFAULT_THRESHOLDS)
+    if args.image_size is not None and args.image_size < 8:
+        raise UsageError(f"--image-size must be >= 8, got {args.image_size}")
     args.device = resolve_device(args.device)
     if args.amp and args.device.type != "cuda":
         raise UsageError("--amp needs a CUDA device: drop --amp to train in float32 on the CPU")
@@ -72,10 +77,13 @@ def resolve_args(args):
 
 def main(args):
     args = resolve_args(args)
-    train_set = get_dataset(args.dataset, args.data_root, "train", download=args.download)
-    test_set = get_dataset(args.dataset, args.data_root, "test", download=args.download)
-    stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False) \
-        if args.adaptive else None
+    size = args.image_size
+    train_set = get_dataset(args.dataset, args.data_root, "train", download=args.download,
+                            image_size=size)
+    test_set = get_dataset(args.dataset, args.data_root, "test", download=args.download,
+                           image_size=size)
+    stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False,
+                            image_size=size) if args.adaptive else None
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
     seed_everything(args.seed)
