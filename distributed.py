@@ -12,14 +12,18 @@ import datetime
 import os
 import signal
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import engine
+from checkpoint import checkpoint_path
 from utils import UsageError
 
-__all__ = ["launch_mode", "free_port", "process_device", "init_process_group", "spawn"]
+__all__ = ["launch_mode", "free_port", "process_device", "init_process_group", "spawn",
+           "detach_from_terminal", "ProcessPlace", "run_worker"]
 
 
 def launch_mode(multiprocessing_distributed, world_size):
@@ -130,3 +134,69 @@ def detach_from_terminal():
     """Called first in a spawned worker: leave the launcher's process group, so terminal
     signals reach the launcher only, which forwards them once (see :func:`spawn`)."""
     os.setpgrp()
+
+
+class ProcessPlace:
+    """Rank, world size and local rank of this process in its launch (see the module doc)."""
+
+    def __init__(self, launch, local_rank=0, node_rank=0, nproc=1, nodes=1):
+        if launch == "torchrun":
+            self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        elif launch == "spawn":
+            self.rank, self.world_size = node_rank * nproc + local_rank, nodes * nproc
+            self.local_world_size = nproc
+        else:
+            self.rank, self.world_size, self.local_world_size = 0, 1, 1
+        self.local_rank = local_rank
+        self.distributed = launch != "single"
+
+
+def run_worker(train, args, place):
+    """Run ``train(args, ctx)`` in this process of the launch; returns the exit status.
+
+    Chooses the device (``-dev``; ``cuda`` means ``cuda:LOCAL_RANK``), joins the process group,
+    and turns failures into statuses: bad input is one line from rank 0 (status 2); a
+    collective that fails because a peer died or stopped answering is one line (status 1):
+    nothing was written, so the last completed checkpoint stands. Reads ``args``: launch,
+    device, dist_backend, dist_url, dist_timeout, checkpoint_dir, id, debug.
+    """
+    status = 1
+    try:
+        device = process_device(args.device, place.local_rank, place.local_world_size)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            # processes on one CPU machine share its cores; oversubscription slows all of them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.local_world_size))
+        if place.distributed:
+            init_process_group(args.dist_backend, args.launch, place.rank, place.world_size,
+                               args.dist_url, args.dist_timeout)
+        ctx = engine.DistContext(rank=place.rank, world_size=place.world_size, device=device,
+                                 distributed=place.distributed)
+        status = train(args, ctx)
+    except (UsageError, ValueError) as error:
+        if args.debug:
+            raise
+        if place.rank == 0:  # every rank meets the same bad input: one line, from rank 0
+            print(f"error: {error}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        status = 130
+    except RuntimeError as error:
+        if not place.distributed or args.debug:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: process {place.rank}: {first}; the last checkpoint, if any, is "
+              f"{checkpoint_path(args.checkpoint_dir, args.id)}", file=sys.stderr)
+        status = 1
+    finally:
+        if place.distributed and dist.is_initialized():
+            # A clean exit waits for every peer, so that no process tears down the group while
+            # another still uses it (without this, two-process gloo runs sometimes abort after
+            # finishing). After a failure the peers may be mid-collective: skip the barrier.
+            if status == 0:
+                dist.barrier(device_ids=[torch.cuda.current_device()]
+                             if args.dist_backend == "nccl" else None)
+            dist.destroy_process_group()
+    return status

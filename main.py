@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import engine
@@ -27,10 +26,10 @@ import models
 from al_metric import DEFAULT_THRESHOLDS
 from checkpoint import checkpoint_path
 from data import check_image_folder, image_folder, imagenet_transforms
-from distributed import (detach_from_terminal, free_port, init_process_group, launch_mode,
-                         process_device, spawn)
+from distributed import (ProcessPlace, detach_from_terminal, free_port, launch_mode,
+                         process_device, run_worker, spawn)
 from utils import (ArgumentParser, UsageError, add_adaptive_args, add_model_args,
-                   add_optimisation_args, add_output_flags, add_run_args,
+                   add_optimisation_args, add_output_flags, add_process_group_args, add_run_args,
                    add_training_machine_args, check_training_args, default_checkpoint_dir,
                    run_main, seed_everything, setup_logging, silent_logger)
 
@@ -80,11 +79,7 @@ def get_args_parser(add_help=True):
     group.add_argument("--dist-url", default=None,
                        help="rendezvous address tcp://HOST:PORT (default: a free local port; "
                             "required with several nodes)")
-    group.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"],
-                       help="process-group backend (default: nccl with CUDA, gloo without)")
-    group.add_argument("--dist-timeout", type=float, default=1800,
-                       help="seconds a collective waits for a missing process before the job "
-                            "fails; covers rank 0's adaptive level choice (default: 1800)")
+    add_process_group_args(group)
     group = parser.add_argument_group("machine")
     add_training_machine_args(group, workers=4)
     add_output_flags(group)
@@ -202,56 +197,8 @@ def worker(local_rank, args):
     torchrun: rank and world size from the environment. Spawn: ``--rank`` is the node rank,
     so the global rank is ``rank * nproc + local_rank``. Single: no process group.
     """
-    if args.launch == "torchrun":
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    elif args.launch == "spawn":
-        rank, world_size = args.rank * args.nproc + local_rank, args.world_size * args.nproc
-        local_world_size = args.nproc
-    else:
-        rank, world_size, local_world_size = 0, 1, 1
-    distributed = args.launch != "single"
-    status = 1
-    try:
-        device = process_device(args.device, local_rank, local_world_size)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        elif "OMP_NUM_THREADS" not in os.environ:
-            # processes on one CPU machine share its cores; oversubscription slows all of them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
-        if distributed:
-            init_process_group(args.dist_backend, args.launch, rank, world_size, args.dist_url,
-                               args.dist_timeout)
-        ctx = engine.DistContext(rank=rank, world_size=world_size, device=device,
-                                 distributed=distributed)
-        status = train(args, ctx)
-    except (UsageError, ValueError) as error:
-        if args.debug:
-            raise
-        if rank == 0:  # every rank meets the same bad input: one line, from rank 0
-            print(f"error: {error}", file=sys.stderr)
-        status = 2
-    except KeyboardInterrupt:
-        status = 130
-    except RuntimeError as error:
-        if not distributed or args.debug:
-            raise
-        # a collective failed: a peer died or stopped answering; nothing was written, so the
-        # last completed checkpoint stands
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: process {rank}: {first}; the last checkpoint, if any, is "
-              f"{checkpoint_path(args.checkpoint_dir, args.id)}", file=sys.stderr)
-        status = 1
-    finally:
-        if distributed and dist.is_initialized():
-            # A clean exit waits for every peer, so that no process tears down the group while
-            # another still uses it (without this, two-process gloo runs sometimes abort after
-            # finishing). After a failure the peers may be mid-collective: skip the barrier.
-            if status == 0:
-                dist.barrier(device_ids=[torch.cuda.current_device()]
-                             if args.dist_backend == "nccl" else None)
-            dist.destroy_process_group()
-    return status
+    place = ProcessPlace(args.launch, local_rank, args.rank, args.nproc or 1, args.world_size)
+    return run_worker(train, args, place)
 
 
 def train(args, ctx):

@@ -2,10 +2,12 @@
 
     python3 main_train.py -data=cifar10 -arch=vgg16 -epochs=200 --id=myid
     python3 main_train.py -data digits -arch vgg16 -epochs 8 --id quick
+    torchrun --standalone --nproc_per_node=4 main_train.py -data cifar100 -arch resnet18
 
-The training itself (resuming, signals, evaluation, checkpoints, the adaptive schedule) is
-the engine's (engine.py), shared with main.py.
+The training itself (resuming, signals, evaluation, checkpoints, the adaptive schedule, DDP)
+is the engine's (engine.py), shared with main.py.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import engine
 import models
 from al_metric import DEFAULT_THRESHOLDS
 from data import get_dataset
-from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args,
-                   add_model_args, add_optimisation_args, add_output_flags, add_run_args,
-                   add_training_machine_args, check_training_args, default_checkpoint_dir,
-                   env_data_root, resolve_device, run_main, seed_everything, setup_logging)
+from distributed import ProcessPlace, launch_mode, process_device, run_worker
+from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args, add_model_args,
+                   add_optimisation_args, add_output_flags, add_process_group_args,
+                   add_run_args, add_training_machine_args, check_training_args,
+                   default_checkpoint_dir, env_data_root, run_main, seed_everything,
+                   setup_logging, silent_logger)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
 DEFAULTS = {
@@ -55,6 +59,8 @@ def get_args_parser(add_help=True):
     group = parser.add_argument_group("machine")
     add_training_machine_args(group, workers=2)
     add_output_flags(group)
+    add_process_group_args(parser.add_argument_group(
+        "several processes (launched by torchrun; -b is the global batch)"))
     return parser
 
 
@@ -67,9 +73,20 @@ def resolve_args(args):
     check_training_args(args, DEFAULT_THRESHOLDS)
     if args.image_size is not None and args.image_size < 8:
         raise UsageError(f"--image-size must be >= 8, got {args.image_size}")
-    args.device = resolve_device(args.device)
-    if args.amp and args.device.type != "cuda":
+    args.launch = launch_mode(False, 1)
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    device = process_device(args.device, 0, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if args.amp and device.type != "cuda":
         raise UsageError("--amp needs a CUDA device: drop --amp to train in float32 on the CPU")
+    args.dist_backend = args.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
+    args.dist_url = None  # torchrun's environment
+    if args.launch == "torchrun":
+        if args.download:
+            raise UsageError("--download with several processes would download once per "
+                             "process: download with one process first, then launch")
+        if args.batch_size % processes:
+            raise UsageError(f"-b {args.batch_size} is the global batch and must be a multiple "
+                             f"of the {processes} processes")
     args.checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
     args.data_root = args.data_root or env_data_root()
     return args
@@ -77,6 +94,12 @@ def resolve_args(args):
 
 def main(args):
     args = resolve_args(args)
+    place = ProcessPlace(args.launch, int(os.environ.get("LOCAL_RANK", 0)))
+    return run_worker(train, args, place)
+
+
+def train(args, ctx):
+    """One training process (the only one, or one of torchrun's)."""
     size = args.image_size
     train_set = get_dataset(args.dataset, args.data_root, "train", download=args.download,
                             image_size=size)
@@ -84,18 +107,24 @@ def main(args):
                            image_size=size)
     stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False,
                             image_size=size) if args.adaptive else None
-    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
+    if ctx.is_main:
+        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
+    else:
+        logger = silent_logger()
     seed_everything(args.seed)
     if args.deterministic:
         engine.enable_determinism()
         logger.info("deterministic algorithms on (torch.use_deterministic_algorithms)")
     num_classes, variant = DATASETS[args.dataset]
     spec = engine.RunSpec(dataset=args.dataset, num_classes=num_classes, variant=variant)
-    ctx = engine.DistContext(device=args.device)
     run = engine.prepare_run(args, spec, ctx, logger)
+    describe = f"device {ctx.device}" + (
+        f", {ctx.world_size} processes (torchrun, {args.dist_backend}), batch "
+        f"{args.batch_size} ({args.batch_size // ctx.world_size} per process)"
+        if ctx.distributed else "")
     return engine.fit(args, ctx, run, train_set, test_set, stats_set, logger,
-                      describe=f"device {args.device}")
+                      describe=describe)
 
 
 if __name__ == "__main__":

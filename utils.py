@@ -14,7 +14,8 @@ __all__ = ["ArgumentParser", "UsageError", "ignore_signals_in_worker", "run_main
            "setup_logging", "silent_logger", "seed_everything", "resolve_device", "parse_levels",
            "parse_thresholds", "progress", "stretch_cosine_schedule", "DATASETS",
            "default_checkpoint_dir", "add_optimisation_args", "add_adaptive_args",
-           "add_run_args", "add_training_machine_args", "check_training_args"]
+           "add_run_args", "add_process_group_args", "add_training_machine_args",
+           "check_training_args"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
@@ -265,6 +266,16 @@ def add_run_args(group, default_id, default_dir):
                             "the reference code's), fresh optimizer and schedule")
     group.add_argument("--overwrite", action="store_true",
                        help="start over even if run {id} already has a checkpoint")
+
+
+def add_process_group_args(group):
+    """``--dist-backend`` and ``--dist-timeout``: the process group of a torchrun launch (and of
+    main.py's spawn launch)."""
+    group.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"],
+                       help="process-group backend (default: nccl with CUDA, gloo without)")
+    group.add_argument("--dist-timeout", type=float, default=1800,
+                       help="seconds a collective waits for a missing process before the job "
+                            "fails; covers rank 0's adaptive level choice (default: 1800)")
 
 
 def add_training_machine_args(group, workers):

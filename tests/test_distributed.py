@@ -272,6 +272,23 @@ def test_torchrun_two_cpu_processes(image_root, tmp_path, one_thread):
     assert exact["ann_top1"] > 40  # learned something (chance: 25 %)
 
 
+def test_main_train_under_torchrun(tmp_path):
+    """main_train.py runs the same engine under torchrun: the digits on 2 gloo processes."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    environment["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(REPO / "main_train.py"), "-data", "digits",
+                           "-arch", "vgg_small", "-epochs", "1", "-b", "128", "-j", "0",
+                           "--no-progress", "--id", "mt", "--checkpoint-dir", str(tmp_path)],
+                          cwd=REPO, env=environment, capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 processes (torchrun, gloo), batch 128 (64 per process)" in done.stdout
+    checkpoint = torch.load(tmp_path / "mt.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["world_size"] == 2
+    assert checkpoint["test_images"] == 360
+
+
 def test_reference_spawn_launch_two_cpu_processes(image_root, tmp_path, one_thread):
     status, seconds, output = launch(CPU + ["--epochs", "1", "--id", "sp",
                                             "--checkpoint-dir", str(tmp_path)] +
