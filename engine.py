@@ -356,14 +356,16 @@ def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
         return state
 
     if ctx.is_main:
+        restart = elastic_restart_count()
+        restarted = f"restarted by torchrun (restart {restart}): " if restart else ""
         if run.resumed_from is not None:
             where = f"epoch {run.start_epoch}" + (
                 f" + {run.partial.step} steps of epoch {run.start_epoch + 1}"
                 if run.partial else "")
-            restart = elastic_restart_count()
-            logger.info(("restarted by torchrun (restart {}): ".format(restart) if restart
-                         else "") + f"resuming run {args.id} after {where} "
+            logger.info(f"{restarted}resuming run {args.id} after {where} "
                         f"(best {best_acc1:.2f}%) from {run.resumed_from}")
+        elif restarted:
+            logger.info(f"{restarted}no checkpoint of run {args.id} yet: starting it over")
         logger.info(f"run {args.id}: {args.arch} on {run.model_args['dataset']}, levels "
                     f"{run.model_args['levels']}, {len(train_set)} train / {len(test_set)} test "
                     f"images" + (f", {describe}" if describe else ""))
