@@ -123,7 +123,10 @@ def spawn(worker, args, nprocs):
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not context.join():
+        # Wait in short slices: Python runs a signal handler in the main thread only, and a
+        # signal the kernel hands to another thread does not interrupt an endless wait
+        # (seen here: a SIGTERM not forwarded for minutes).
+        while not context.join(timeout=0.5):
             pass
     finally:
         for sig, handler in previous.items():

@@ -173,13 +173,24 @@ def pending_shared_signals(pid):
 
 
 def wait_until(condition, process, what, timeout=LAUNCH_TIMEOUT):
+    """Poll ``condition`` until it holds; if the job ends first, or an error occurs, or
+    ``timeout`` passes, stop the job and fail with its output."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the job ended before {what}:\n{process.communicate()[0][-3000:]}")
-        if time.monotonic() > deadline:
-            finish(process, timeout=0.1)
-        time.sleep(0.005)
+    try:
+        while not condition():
+            if process.poll() is not None:
+                pytest.fail(f"the job ended before {what}:\n{process.communicate()[0][-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{timeout}s passed")
+            time.sleep(0.005)
+    except (OSError, TimeoutError) as error:
+        for pid in descendants(process.pid) + [process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"waiting until {what}: {error!r}; the job said:\n"
+                    f"{process.communicate()[0][-4000:]}")
 
 
 def wait_for_workers(process, count=2):
