@@ -101,20 +101,23 @@ def init_process_group(backend, launch, rank, world_size, dist_url, timeout_seco
 
 
 def spawn(worker, args, nprocs):
-    """Start ``worker(local_rank, *args)`` in ``nprocs`` processes and wait for them.
+    """Start ``worker(local_rank, *args)`` in ``nprocs`` processes and wait for them; returns 0,
+    or 128 + signal when a forwarded signal stopped them.
 
     SIGTERM and SIGINT sent to this launcher are forwarded to every worker, so a scheduler's
     preemption or a Ctrl-C reaches the training processes (which stop at an agreed step and
     save), and none is left running when the launcher is asked to stop. The workers run in
     their own process groups (see :func:`detach_from_terminal`), so a Ctrl-C in the terminal
-    reaches them once, through here, as with torchrun. Raises what ``mp.ProcessContext.join``
-    raises when a worker fails.
+    reaches them once, through here, as with torchrun. Otherwise raises what
+    ``mp.ProcessContext.join`` raises when a worker fails.
     """
     context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False,
                                  start_method="spawn")
     pids = [process.pid for process in context.processes]
+    forwarded = []
 
     def forward(signum, frame):
+        forwarded.append(signum)
         for pid in pids:
             try:
                 os.kill(pid, signum)
@@ -123,14 +126,19 @@ def spawn(worker, args, nprocs):
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        # Wait in short slices: Python runs a signal handler in the main thread only, and a
-        # signal the kernel hands to another thread does not interrupt an endless wait
-        # (seen here: a SIGTERM not forwarded for minutes).
+        # Wait in short slices, so that a forwarded signal is handled promptly.
         while not context.join(timeout=0.5):
             pass
+    except mp.ProcessExitedException:
+        if not forwarded:
+            raise
+        # The workers stopped on the signal (status 128 + signal); join then terminates any
+        # worker still tearing down, which is no failure of the run.
+        return 128 + forwarded[0]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return 0
 
 
 def detach_from_terminal():

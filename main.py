@@ -165,12 +165,12 @@ def main(args):
     if args.launch != "spawn":
         return worker(int(os.environ.get("LOCAL_RANK", 0)), args)
     try:
-        spawn(spawned_worker, (args,), args.nproc)
+        return spawn(spawned_worker, (args,), args.nproc)
     except mp.ProcessExitedException as error:
-        # the other workers were stopped; status 2: the worker printed a usage error, 128+n:
-        # the workers stopped together on a signal and saved
+        # the other workers were stopped; status 2: a usage error, 3: divergence, 128 + n: a
+        # signal: the workers said so themselves
         status = error.exit_code if error.exit_code and error.exit_code > 0 else 1
-        if status != 2 and status < 128:
+        if status not in (2, 3) and status < 128:
             how = f"was killed by {error.signal_name}" if error.signal_name else \
                 f"exited with status {error.exit_code}"
             print(f"error: worker process {error.error_index} {how}; the other workers were "
@@ -180,7 +180,6 @@ def main(args):
     except mp.ProcessRaisedException as error:
         print(f"error: a worker process failed:\n{error}", file=sys.stderr)
         return 1
-    return 0
 
 
 def spawned_worker(local_rank, args):

@@ -184,13 +184,27 @@ def wait_until(condition, process, what, timeout=LAUNCH_TIMEOUT):
                 raise TimeoutError(f"{timeout}s passed")
             time.sleep(0.005)
     except (OSError, TimeoutError) as error:
+        states = {pid: process_state(pid) for pid in [process.pid] + descendants(process.pid)}
         for pid in descendants(process.pid) + [process.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        pytest.fail(f"waiting until {what}: {error!r}; the job said:\n"
+        pytest.fail(f"waiting until {what}: {error!r}; processes: {states}; the job said:\n"
                     f"{process.communicate()[0][-4000:]}")
+
+
+def process_state(pid):
+    """State, pending and caught signals and command of a process, for failure messages."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            lines = [line.split(":", 1) for line in handle]
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().replace(b"\0", b" ")[-80:].decode(errors="replace")
+    except OSError as error:
+        return repr(error)
+    keep = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "Threads")
+    return {key: value.strip() for key, value in lines if key in keep} | {"cmd": command}
 
 
 def wait_for_workers(process, count=2):
