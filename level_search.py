@@ -14,7 +14,9 @@ transforms; the test split is for reporting only):
    terms. :func:`pareto_frontier`, a dynamic programme over layers, finds every combination on
    the Pareto frontier of (T_eff, estimated loss) exactly: a partial combination is dropped
    only when another one is no worse in both (or it cannot fit the budget), and the T_eff
-   terms are summed in exact integer arithmetic (no grid, no rounding).
+   terms are summed in exact integer arithmetic (no grid, no rounding; a budget admits a
+   combination up to a relative 1e-12 that absorbs teff()'s own rounding, see
+   ``BUDGET_SLACK``).
 3. **Measured choice.** The estimate ignores interactions between layers, so the ``top_k``
    frontier points that fit the budget with the lowest estimated loss, the AL rule's levels and
    the uniform levels (the largest uniform candidate that fits) are evaluated on the
@@ -49,6 +51,12 @@ __all__ = ["DEFAULT_CALIBRATION_IMAGES", "DEFAULT_TOP_K", "LossTable", "Evaluati
 DEFAULT_CALIBRATION_IMAGES = 512
 DEFAULT_TOP_K = 5
 CALIBRATION_SEED = 0
+# A combination fits a budget when the exact sum of its T_eff terms is at most
+# budget * (1 + BUDGET_SLACK) * layers. teff() rounds its float sum, so without the slack the
+# T_eff it reports for a combination, given back as the budget (the AL rule's own T_eff, say),
+# could refuse that very combination. 1e-12 is far above that rounding (a few 1e-16) and far
+# below any difference between the T_eff of two level choices.
+BUDGET_SLACK = Fraction(1, 10**12)
 
 
 def default_candidates(max_level):
@@ -367,14 +375,18 @@ class _Costs:
     def teff(self, levels):
         return teff(list(levels), self.fan_ins)[0]
 
+    def limit(self, budget):
+        """The largest exact sum of per-layer terms that fits ``budget`` (see BUDGET_SLACK)."""
+        return Fraction(budget) * (1 + BUDGET_SLACK) * len(self.names)
+
     def fits(self, levels, budget):
-        """T_eff(levels) <= budget, comparing the exact mean of teff's per-layer terms."""
+        """T_eff(levels) <= budget, on the exact sum of teff's per-layer terms."""
         _, rows = teff(list(levels), self.fan_ins)
-        return sum(Fraction(row["term"]) for row in rows) <= Fraction(budget) * len(rows)
+        return sum(Fraction(row["term"]) for row in rows) <= self.limit(budget)
 
     def bound(self, budget):
-        """The largest integer cost sum whose mean is <= budget."""
-        return int(Fraction(budget) * len(self.names) * self.scale)
+        """The largest integer cost sum (terms times ``scale``) that fits ``budget``."""
+        return math.floor(self.limit(budget) * self.scale)
 
     def check_budget(self, budget):
         budget = float(budget)
