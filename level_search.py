@@ -39,7 +39,8 @@ from torch.utils.data import Subset
 
 from al_metric import collect_level_counts, layer_metrics
 from data import epoch_order, make_loader
-from models import get_levels, qcfs_layers, set_levels, validate_levels
+from models import QCFS, get_levels, qcfs_layers, set_levels, validate_levels
+from models.chunking import forward_chain
 from models.timing import layer_fan_ins, teff
 from utils import progress
 
@@ -162,6 +163,77 @@ class _Evaluator:
                               "images": seen}
         return self.measured[key]
 
+    @torch.no_grad()
+    def measure_layer_changes(self, candidates, show_progress=False):
+        """Measure every combination that differs from the original levels in one layer.
+
+        These are the loss table's entries, and they share work: the network runs as its
+        forward chain (:func:`models.chunking.forward_chain`), each batch's activations are
+        carried forward layer by layer once, and only the part of the chain from the changed
+        layer on is run per candidate. For VGG-16 that is about 2.5 times fewer operations
+        than a full pass per entry. A model whose chain does not reproduce its forward
+        exactly (checked on the first batch) gets full passes instead. Returns
+        ``{(layer index, level): measurement}``.
+        """
+        layers = qcfs_layers(self.model)
+        changes = [(index, level) for index in range(len(layers)) for level in candidates
+                   if level != self.original_levels[index]]
+        units = forward_chain(self.model)
+        unit_of = {id(module): position for position, unit in enumerate(units)
+                   for module in unit.modules() if isinstance(module, QCFS)}
+        positions = [unit_of.get(id(module)) for _, module in layers]
+        in_order = None not in positions and positions == sorted(positions)
+        if not in_order or not self._chain_reproduces_forward(units):
+            return {(index, level): self.measure(self._changed(index, level))
+                    for index, level in progress(changes, show_progress, desc="loss table")}
+        sums = {change: [0.0, 0, 0] for change in changes}  # loss sum, correct, seen
+        self.model.eval()
+        try:
+            for images, targets in progress(self.batches, show_progress, desc="loss table"):
+                x, position = images, 0
+                for index, (_, module) in enumerate(layers):
+                    start = unit_of[id(module)]
+                    for unit in units[position:start]:  # the shared prefix, once per batch
+                        x = unit(x)
+                    position = max(position, start)
+                    for level in candidates:
+                        if level == self.original_levels[index]:
+                            continue
+                        module.level = level
+                        logits = x
+                        for unit in units[start:]:
+                            logits = unit(logits)
+                        module.level = self.original_levels[index]
+                        total = sums[(index, level)]
+                        total[0] += float(F.cross_entropy(logits.double(), targets,
+                                                          reduction="sum"))
+                        total[1] += int((logits.argmax(1) == targets).sum())
+                        total[2] += len(targets)
+        finally:
+            self.close()
+        results = {}
+        for (index, level), (loss_sum, correct, seen) in sums.items():
+            self.num_evaluations += 1
+            results[(index, level)] = self.measured[tuple(self._changed(index, level))] = {
+                "loss": loss_sum / seen, "top1": 100.0 * correct / seen, "images": seen}
+        return results
+
+    def _changed(self, index, level):
+        changed = list(self.original_levels)
+        changed[index] = level
+        return changed
+
+    def _chain_reproduces_forward(self, units):
+        self.model.eval()
+        try:
+            images = self.batches[0][0]
+            chained = images
+            for unit in units:
+                chained = unit(chained)
+            return torch.equal(chained, self.model(images))
+        finally:
+            self.close()
+
     def close(self):
         set_levels(self.model, self.original_levels)
         self.model.train(self.was_training)
@@ -233,15 +305,13 @@ def _measure_table(evaluator, costs, show_progress):
     start = time.perf_counter()
     evaluations_before = evaluator.num_evaluations
     baseline = evaluator.measure(levels)
-    losses = {name: {} for name in costs.names}
-    jobs = [(index, name, level) for index, name in enumerate(costs.names)
-            for level in costs.candidates]
-    for index, name, level in progress(jobs, show_progress, desc="loss table"):
-        changed = list(levels)
-        changed[index] = level
-        losses[name][str(level)] = evaluator.measure(changed)["loss"]
-    for name, level in zip(costs.names, levels, strict=True):
-        losses[name][str(level)] = baseline["loss"]
+    changed = evaluator.measure_layer_changes(costs.candidates, show_progress)
+    losses = {}
+    for index, (name, level) in enumerate(zip(costs.names, levels, strict=True)):
+        row = {option: changed[(index, option)]["loss"] for option in costs.candidates
+               if option != level}
+        row[level] = baseline["loss"]
+        losses[name] = {str(option): row[option] for option in sorted(row)}
     return LossTable(layer_names=costs.names, fan_ins=costs.fan_ins, levels=levels,
                      candidates=costs.candidates, baseline_loss=baseline["loss"],
                      baseline_top1=baseline["top1"], losses=losses,
