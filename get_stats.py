@@ -178,9 +178,11 @@ def run_level_search(model, model_args, args, search, al_levels, path, device):
     pareto_budgets = []
     if args.pareto:
         pareto_budgets = search["budgets"] or default_budgets(model, candidates)
-    budgets = ([search["budget"]] if search["budget"] is not None else []) + pareto_budgets
-    for flag, budget in ([("--budget-teff", search["budget"])] if search["budget"] else []) + \
-            [("--budgets", budget) for budget in pareto_budgets]:
+    flagged = [("--budgets", budget) for budget in pareto_budgets]
+    if search["budget"] is not None:
+        flagged.insert(0, ("--budget-teff", search["budget"]))
+    budgets = [budget for _, budget in flagged]
+    for flag, budget in flagged:  # before the table is measured: that is the slow part
         if budget < lowest:
             raise UsageError(
                 f"T_eff budget {budget:g} is below {lowest:.4f}, the smallest T_eff candidates "
@@ -196,10 +198,11 @@ def run_level_search(model, model_args, args, search, al_levels, path, device):
                               args.batch_size, False, args.workers, device=device)
     tested = {}
 
-    def test(levels_):
-        key = tuple(levels_)
+    def test(combination):
+        key = tuple(combination)
         if key not in tested:
-            tested[key] = evaluate_levels(model, test_loader, levels_, show_progress, "test")
+            tested[key] = evaluate_levels(model, test_loader, combination, show_progress,
+                                          "test")
         return tested[key]
 
     table = results[0].table
