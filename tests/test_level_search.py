@@ -364,14 +364,30 @@ def tiny_resnet():
                          nn.Flatten(), nn.Linear(16, 10))
 
 
-@pytest.mark.parametrize("arch", ["vgg_small", "tiny_resnet"])
+class MisleadingChain(nn.Module):
+    """A model whose ``forward_chain`` omits part of its forward (the input is doubled): the
+    search must notice and measure with full passes."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward_chain(self):
+        return list(self.body)
+
+    def forward(self, x):
+        return self.body(2 * x)
+
+
+@pytest.mark.parametrize("arch", ["vgg_small", "tiny_resnet", "misleading_chain"])
 def test_loss_table_entries_equal_full_passes(arch):
     """The table runs only the chain after the changed layer per candidate; each entry must
     be the loss a full forward pass gives (same operations, so equal to the last bit; rel
     1e-12 leaves room only for the float64 sum)."""
     torch.manual_seed(0)
-    model = (models.create_model("vgg_small", num_classes=10, levels=8) if arch == "vgg_small"
-             else tiny_resnet()).eval()
+    model = {"vgg_small": lambda: models.create_model("vgg_small", num_classes=10, levels=8),
+             "tiny_resnet": tiny_resnet,
+             "misleading_chain": lambda: MisleadingChain(tiny_resnet())}[arch]().eval()
     models.set_levels(model, [4, 2, 8, 4, 3])
     images, labels = torch.randn(10, 3, 32, 32), torch.randint(0, 10, (10,))
     loader = calibration_loader(TensorDataset(images, labels), 10, batch_size=4)
@@ -381,7 +397,9 @@ def test_loss_table_entries_equal_full_passes(arch):
     table = measure_loss_table(model, loader, candidates=[1, 4])
     # the work before the first spiking layer is shared by every entry: the baseline pass
     # (3 batches), the chain-against-forward check on one batch (2 calls), then once per batch
-    assert len(calls) == 3 + 2 + 3
+    # (a misleading chain: full passes, 3 batches per entry)
+    entries = table.num_evaluations - 1
+    assert len(calls) == 3 + 2 + (3 * entries if arch == "misleading_chain" else 3)
     names = [name for name, _ in models.qcfs_layers(model)]
     current = models.get_levels(model)
     for index, name in enumerate(names):
