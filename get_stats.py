@@ -1,8 +1,12 @@
-"""AL metric of every QCFS layer of a checkpoint, and the per-layer levels it suggests.
+"""AL metric of every QCFS layer of a checkpoint, the per-layer levels it suggests, and the
+levels a measured search picks for a T_eff budget (docs/level-search.md).
 
     python3 get_stats.py -data=cifar10 -arch=vgg16 --id=myid [--batches N] [--bins 5]
+    python3 get_stats.py -data digits --id myid --budget-teff 3.0     # searched vs AL rule
+    python3 get_stats.py -data digits --id myid --pareto              # accuracy against T_eff
     python3 get_stats.py --npy layer1.npy layer2.npy          # the reference script's mode
 """
+import csv
 import json
 import math
 import sys
@@ -17,6 +21,10 @@ from al_metric import (DEFAULT_THRESHOLDS, collect_level_counts, format_table, l
 from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_checkpoint,
                         trained_image_size)
 from data import get_dataset, make_loader
+from level_search import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_TOP_K, calibration_loader,
+                          default_budgets, default_candidates, evaluate_levels, minimum_teff,
+                          sweep_budgets)
+from models.timing import teff
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
                    env_data_root, parse_levels, parse_thresholds, resolve_device, run_main)
 
@@ -47,13 +55,37 @@ def get_args_parser(add_help=True):
                        help="batch size (default: 128)")
     group.add_argument("--bins", type=int, default=5, help="histogram bins (default: 5)")
     group.add_argument("--max-level", type=int, default=None,
-                       help="level given to the least concentrated layers (default: the largest "
+                       help="level given to the least concentrated layers, and the largest "
+                            "default candidate of the level search (default: the largest "
                             "current level)")
     group.add_argument("--thresholds", default=None,
                        help="three increasing metric cut points t1,t2,t3 of the level rule "
                             f"(default: {','.join(f'{t:g}' for t in DEFAULT_THRESHOLDS)})")
     group.add_argument("--npy", nargs="+", default=None, metavar="FILE",
                        help="reference mode: print the metric of each saved activation array")
+    group = parser.add_argument_group(
+        "level search by T_eff budget (docs/level-search.md)")
+    group.add_argument("--budget-teff", type=float, default=None, metavar="X",
+                       help="search the levels with the least calibration loss at all-layer "
+                            "T_eff <= X and print them beside the AL rule's (default: no search)")
+    group.add_argument("--pareto", action="store_true",
+                       help="search a range of budgets (default: 9 evenly spaced from the "
+                            "smallest reachable T_eff to the checkpoint's own) and write test "
+                            "accuracy against T_eff as PNG, JSON and CSV")
+    group.add_argument("--budgets", default=None, metavar="A,B,C",
+                       help="the budgets of --pareto (default: the range above)")
+    group.add_argument("--candidates", default=None, metavar="1,2,4,8",
+                       help="levels every layer may take (default: powers of two up to "
+                            "--max-level)")
+    group.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                       help="training images (evaluation transforms) the search measures on, a "
+                            f"fixed random subset (default: {DEFAULT_CALIBRATION_IMAGES})")
+    group.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                       help="frontier points of lowest estimated loss re-measured per budget "
+                            f"(default: {DEFAULT_TOP_K})")
+    group.add_argument("--pareto-output", default=None, metavar="PREFIX",
+                       help="--pareto writes PREFIX.png, PREFIX.json and PREFIX.csv (default: "
+                            "next to the checkpoint, {id}_pareto)")
     group = parser.add_argument_group("output")
     group.add_argument("--json", default=None, metavar="FILE",
                        help="results as JSON (default: next to the checkpoint, {id}_stats.json)")
@@ -92,6 +124,204 @@ def plot_histograms(rows, path, title=""):
     plt.close(figure)
 
 
+def _parse_list(text, flag, kind, example):
+    """``"a,b,c"`` -> a list of ``kind`` (int or float); else a one-line UsageError."""
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 1 for v in values):
+        raise UsageError(f"{flag} must be comma-separated {kind.__name__}s >= 1 (e.g. "
+                         f"{example}), got {text!r}")
+    return values
+
+
+def check_search_args(args):
+    """The level-search options as ``{"budget", "budgets", "candidates"}``, or None when no
+    search was asked for; a one-line UsageError for anything unusable."""
+    if args.budgets is not None and not args.pareto:
+        raise UsageError("--budgets sets the budgets of --pareto: add --pareto, or use "
+                         "--budget-teff X for one budget")
+    if args.pareto_output is not None and not args.pareto:
+        raise UsageError("--pareto-output names the files of --pareto: add --pareto")
+    if args.budget_teff is None and not args.pareto:
+        return None
+    if args.npy:
+        raise UsageError("--budget-teff and --pareto search the levels of a checkpoint: pass "
+                         "--id or --checkpoint instead of --npy")
+    if args.budget_teff is not None and not (math.isfinite(args.budget_teff)
+                                             and args.budget_teff >= 1):
+        raise UsageError(f"--budget-teff must be a number >= 1 (T_eff is at least 1 step), "
+                         f"got {args.budget_teff}")
+    if args.calib_images < 1:
+        raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    budgets = (_parse_list(args.budgets, "--budgets", float, "2,3.5,5")
+               if args.budgets is not None else None)
+    candidates = (sorted(set(_parse_list(args.candidates, "--candidates", int, "1,2,4,8")))
+                  if args.candidates is not None else None)
+    return {"budget": args.budget_teff, "budgets": budgets, "candidates": candidates}
+
+
+def _format_levels(levels):
+    return ",".join(map(str, levels))
+
+
+def run_level_search(model, model_args, args, search, al_levels, path, device):
+    """``--budget-teff`` / ``--pareto``: search, report both choices on the test split, print
+    and write the files. Returns the JSON record."""
+    show_progress = not args.no_progress
+    levels = model_args["levels"]
+    max_level = args.max_level or max(levels)
+    candidates = search["candidates"] or default_candidates(max_level)
+    lowest = minimum_teff(model, candidates)
+    pareto_budgets = []
+    if args.pareto:
+        pareto_budgets = search["budgets"] or default_budgets(model, candidates)
+    flagged = [("--budgets", budget) for budget in pareto_budgets]
+    if search["budget"] is not None:
+        flagged.insert(0, ("--budget-teff", search["budget"]))
+    budgets = [budget for _, budget in flagged]
+    for flag, budget in flagged:  # before the table is measured: that is the slow part
+        if budget < lowest:
+            raise UsageError(
+                f"T_eff budget {budget:g} is below {lowest:.4f}, the smallest T_eff candidates "
+                f"{_format_levels(candidates)} reach on {model_args['arch']}: pass {flag} "
+                f">= {math.ceil(lowest * 10_000) / 10_000:.4f} or smaller --candidates")
+    root = args.data_root or env_data_root()
+    calibration = calibration_loader(get_dataset(args.dataset, root, "train", augment=False),
+                                     args.calib_images, args.batch_size, args.workers,
+                                     device=device)
+    results = sweep_budgets(model, calibration, budgets, candidates, max_level, al_levels,
+                            args.top_k, show_progress)
+    test_loader = make_loader(get_dataset(args.dataset, root, "test", augment=False),
+                              args.batch_size, False, args.workers, device=device)
+    tested = {}
+
+    def test(combination):
+        key = tuple(combination)
+        if key not in tested:
+            tested[key] = evaluate_levels(model, test_loader, combination, show_progress,
+                                          "test")
+        return tested[key]
+
+    table = results[0].table
+    evaluations = sum(r.num_evaluations for r in results)
+    print(f"level search: candidates {_format_levels(table.candidates)}, {table.num_images} "
+          f"calibration images (training split, evaluation transforms), top-{args.top_k}, "
+          f"{evaluations} evaluations, {sum(r.seconds for r in results):.1f} s")
+    record = {"candidates": table.candidates, "calibration_images": table.num_images,
+              "top_k": args.top_k, "num_evaluations": evaluations, "table": table.as_dict()}
+    if search["budget"] is not None:
+        record["budget"] = _report_budget(results[0], test)
+    if args.pareto:
+        prefix = (Path(args.pareto_output) if args.pareto_output
+                  else path.with_name(f"{path.stem}_pareto"))
+        swept = results[1:] if search["budget"] is not None else results
+        record["pareto"] = _report_pareto(swept, model, calibration, candidates, al_levels,
+                                          test, prefix, model_args, args)
+    return record
+
+
+def _report_budget(result, test):
+    """Print the searched levels beside the AL rule's and the uniform ones for one budget."""
+    rows = [("searched", result.levels, result.teff, result.calibration_loss,
+             result.calibration_top1)]
+    for name, entry in (("AL rule", result.al_rule),
+                        (f"uniform L={result.uniform.levels[0]}", result.uniform)):
+        rows.append((name + ("" if entry.fits else " (over budget)"), entry.levels, entry.teff,
+                     entry.calibration_loss, entry.calibration_top1))
+    print(f"levels for T_eff <= {result.budget_teff:g} (ANN before fine-tuning; chosen by "
+          "calibration loss, test split only reported):")
+    print(f"{'':<26} {'T_eff':>7} {'calib loss':>10} {'calib top1':>10} {'test top1':>9}  "
+          "levels")
+    report = {"result": result.as_dict(), "test": {}}
+    for (name, levels, value, loss, top1), key in zip(rows, ("searched", "al_rule", "uniform"),
+                                                      strict=True):
+        measured = test(levels)
+        report["test"][key] = measured
+        print(f"{name:<26} {value:>7.4f} {loss:>10.4f} {top1:>9.2f}% {measured['top1']:>8.2f}%  "
+              f"{_format_levels(levels)}")
+    print(f"searched levels: --levels {_format_levels(result.levels)}")
+    return report
+
+
+def _report_pareto(results, model, calibration, candidates, al_levels, test, prefix,
+                   model_args, args):
+    """Test accuracy (before fine-tuning) against T_eff: print, write JSON/CSV/PNG."""
+    measured = {tuple(e.levels): e for r in results for e in r.evaluated}
+
+    def point(kind, budget, levels, teff):
+        entry = measured.get(tuple(levels))
+        calibration_metrics = ({"loss": entry.calibration_loss, "top1": entry.calibration_top1}
+                               if entry is not None else
+                               evaluate_levels(model, calibration, levels))
+        tested = test(levels)
+        return {"kind": kind, "budget_teff": budget, "teff": teff, "levels": list(levels),
+                "calibration_loss": calibration_metrics["loss"],
+                "calibration_top1": calibration_metrics["top1"],
+                "test_loss": tested["loss"], "test_top1": tested["top1"]}
+
+    points = [point("searched", r.budget_teff, r.levels, r.teff) for r in results]
+    points.append(point("al_rule", None, al_levels, results[0].al_rule.teff))
+    fan_ins = results[0].table.fan_ins
+    for level in candidates:
+        points.append(point(f"uniform L={level}", None, [level] * len(fan_ins),
+                            teff([level] * len(fan_ins), fan_ins)[0]))
+    print(f"{'':<12} {'budget':>7} {'T_eff':>7} {'calib loss':>10} {'test top1':>9}  levels")
+    for p in points:
+        budget = f"{p['budget_teff']:.4f}" if p["budget_teff"] is not None else "-"
+        print(f"{p['kind']:<12} {budget:>7} {p['teff']:>7.4f} {p['calibration_loss']:>10.4f} "
+              f"{p['test_top1']:>8.2f}%  {_format_levels(p['levels'])}")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    files = {suffix: prefix.with_name(prefix.name + suffix) for suffix in (".json", ".csv",
+                                                                           ".png")}
+    files[".json"].write_text(json.dumps({
+        "arch": model_args["arch"], "dataset": args.dataset,
+        "checkpoint_levels": model_args["levels"], "candidates": list(candidates),
+        "budgets": [r.budget_teff for r in results], "points": points}, indent=2) + "\n")
+    with open(files[".csv"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(points[0]))
+        writer.writeheader()
+        for p in points:
+            writer.writerow({**p, "levels": _format_levels(p["levels"]),
+                             "budget_teff": "" if p["budget_teff"] is None else p["budget_teff"]})
+    plot_pareto(points, files[".png"], f"{model_args['arch']} on {args.dataset}: test accuracy "
+                                      "before fine-tuning against T_eff")
+    print(f"Pareto points written to {files['.json']}, {files['.csv']} and {files['.png']}")
+    return {"points": points, "files": [str(f) for f in files.values()]}
+
+
+def plot_pareto(points, path, title):
+    """Test top-1 against T_eff: the searched levels per budget, the AL rule, uniform levels."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    searched = sorted((p for p in points if p["kind"] == "searched"), key=lambda p: p["teff"])
+    axis.plot([p["teff"] for p in searched], [p["test_top1"] for p in searched], "o-",
+              color="tab:blue", label="searched (one point per budget)")
+    uniform = [p for p in points if p["kind"].startswith("uniform")]
+    axis.plot([p["teff"] for p in uniform], [p["test_top1"] for p in uniform], "s--",
+              color="tab:gray", label="uniform levels")
+    for p in uniform:
+        axis.annotate(p["kind"].split()[1], (p["teff"], p["test_top1"]), fontsize=7,
+                      textcoords="offset points", xytext=(4, -10))
+    for p in points:
+        if p["kind"] == "al_rule":
+            axis.plot(p["teff"], p["test_top1"], "*", markersize=14, color="tab:red",
+                      label="AL rule")
+    axis.set_xlabel("all-layer T_eff")
+    axis.set_ylabel("test top-1 (%), ANN before fine-tuning")
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main(args):
     if args.bins < 4:
         raise UsageError(f"--bins must be >= 4 (the metric divides by (bins-2)(bins-3)), "
@@ -104,6 +334,7 @@ def main(args):
     thresholds = parse_thresholds(args.thresholds, DEFAULT_THRESHOLDS)
     if args.max_level is not None and args.max_level < 1:
         raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
+    search = check_search_args(args)
     device = resolve_device(args.device)
     path, checkpoint_dir = resolve_checkpoint(args)
     checkpoint = load_checkpoint_file(path, checkpoint_dir)
@@ -125,12 +356,15 @@ def main(args):
     print(f"suggested levels: --levels {','.join(map(str, suggested))}")
     print("(metric -> level rule: this project's own, thresholds "
           f"{','.join(f'{t:g}' for t in thresholds)}; the paper's were not available)")
-    output = Path(args.json) if args.json else path.with_name(f"{path.stem}_stats.json")
-    output.write_text(json.dumps({
+    record = {
         "arch": model_args["arch"], "dataset": args.dataset, "split": args.split,
         "num_images": len(dataset), "bins": args.bins, "thresholds": list(thresholds),
-        "levels": model_args["levels"], "suggested_levels": suggested, "layers": rows},
-        indent=2) + "\n")
+        "levels": model_args["levels"], "suggested_levels": suggested, "layers": rows}
+    if search is not None:
+        record["level_search"] = run_level_search(model, model_args, args, search, suggested,
+                                                  path, device)
+    output = Path(args.json) if args.json else path.with_name(f"{path.stem}_stats.json")
+    output.write_text(json.dumps(record, indent=2) + "\n")
     print(f"results written to {output}")
     if args.plot:
         plot_histograms(rows, args.plot, f"{model_args['arch']} on {args.dataset}: QCFS output "
