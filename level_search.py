@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from al_metric import collect_level_counts, layer_metrics
-from data import epoch_order, make_loader
+from data import make_loader, shard_order
 from models import QCFS, get_levels, qcfs_layers, set_levels, validate_levels
 from models.chunking import forward_chain
 from models.timing import layer_fan_ins, teff
@@ -83,7 +83,7 @@ def calibration_loader(dataset, num_images=DEFAULT_CALIBRATION_IMAGES, batch_siz
     if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
         raise ValueError(f"the number of calibration images must be an integer >= 1, "
                          f"got {num_images!r}")
-    order = epoch_order(len(dataset), seed)[:num_images]
+    order = shard_order(len(dataset), seed)[:num_images]
     return make_loader(Subset(dataset, sorted(order)), batch_size, False, workers,
                        device=device)
 
