@@ -29,9 +29,9 @@ def measure(ann, x, sim="step", chunked=False):
         snn = multi_segment_snn(ann, x.double(), sim=sim)
     else:
         snn = convert_to_snn(ann, **({"sim": sim} if sim != "step" else {}))
-    with CostMeter(snn) as meter:
-        _, stats = snn.forward_with_stats(x.double())
-        meter.add_layer_stats(stats)
+    meter = CostMeter(snn)
+    _, stats = snn.forward_with_stats(x.double(), keep_counts=True)
+    meter.add(x.double(), stats)
     timing = {"T_eff": 0.0, "T_eff_reference": None, "latency_steps": 0, "mean_level": 0.0}
     return meter, snn_cost.build_report(meter, timing)
 
@@ -146,8 +146,8 @@ def test_energy_arithmetic_hand_example():
     counts = torch.tensor([[3.0, 0.0, 1.0, 4.0, 0.0, 2.0]])
     ann = nn.Sequential(nn.Linear(6, 6), spiking_input(), nn.Linear(6, 5))
     snn = convert_to_snn(ann.double())
-    with CostMeter(snn) as meter:
-        meter.add_layer_stats(snn.forward_with_stats(counts.double())[1])
+    meter = CostMeter(snn)
+    meter.add(counts.double(), snn.forward_with_stats(counts.double(), keep_counts=True)[1])
     report = snn_cost.build_report(meter, {"T_eff": 1.0, "T_eff_reference": None,
                                            "latency_steps": 1, "mean_level": 4.0},
                                    e_ac=2.0, e_mac=10.0)
@@ -342,7 +342,7 @@ def test_report_and_baseline_on_trained_digits(digits_run, tmp_path):
     levels = [4, 2, 8, 4, 3]
     model = models.create_model("vgg_small", num_classes=10, levels=levels)
     assert report["timing"]["T_eff"] == pytest.approx(teff(levels, layer_fan_ins(model))[0])
-    assert report["timing"]["latency_steps"] == latency_steps(levels)[0]
+    assert report["timing"]["latency_steps"] == latency_steps(model)[0]
     for row in rows[1:]:  # measured neuron updates: T_in + max(T_in, L) - 1 + L per neuron
         steps = row["num_steps_in"] + max(row["num_steps_in"], row["level"]) - 1 + row["level"]
         assert row["neuron_updates_per_image"] == row["neurons"] * steps
