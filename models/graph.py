@@ -320,7 +320,8 @@ def _classify(g, root):
             g.role, g.kind = "const", "const"  # e.g. a parameter reshaped or scaled
             return None
         g.role = "refused"
-        return "computes a tensor from sizes, which has no spiking counterpart"
+        return ("builds a tensor from constants and sizes at run time (e.g. a class token "
+                "expanded to the batch), which has no spiking counterpart")
 
     if node.op == "call_module":
         return _classify_module(g, g.module, tensor_kinds, spike_kind)
