@@ -541,7 +541,7 @@ def _convert_node(g, root, steps, layers, constants):
             op.fate = "scale every step, shift once per window"
     elif role == "add":
         function, method = node.target, node.target if node.op == "call_method" else None
-        subtract = method in ("sub", "sub_") or getattr(function, "__name__", "") in (
+        subtract = method == "sub" or getattr(function, "__name__", "") in (
             "sub", "isub")
         op.sign = -1 if subtract else 1
         op.fate = "window sums added (first operand's length), constants once per window"

@@ -344,12 +344,16 @@ def _classify(g, root):
     function = target if node.op == "call_function" else None
     method = target if node.op == "call_method" else None
 
-    if function in _ADD_FUNCTIONS or method in ("add", "sub", "add_", "sub_"):
+    if method in ("add_", "sub_", "mul_", "div_"):
+        g.role = "refused"
+        return ("modifies a tensor in place, which the other users of that tensor would see in "
+                "the ANN; write it out of place")
+    if function in _ADD_FUNCTIONS or method in ("add", "sub"):
         if _arg(node, 2, "alpha") is not None:
             return "uses alpha; write the scaling as a separate multiplication"
         g.role, g.kind = "add", spike_kind
         return None
-    if function in _SCALE_FUNCTIONS or method in ("mul", "div", "neg", "mul_", "div_"):
+    if function in _SCALE_FUNCTIONS or method in ("mul", "div", "neg"):
         g.role, g.kind = "scale", spike_kind
         operands = list(node.args[:2])
         tensors = [a for a in operands if _is_node(a) and _node_kind(a, g) in
@@ -357,8 +361,8 @@ def _classify(g, root):
         if len(tensors) > 1:
             return ("multiplies two non-constant tensors (e.g. sigmoid gating or attention); "
                     "a product of spike trains has no exact spiking counterpart")
-        is_division = function in (operator.truediv, operator.itruediv, torch.div) or method in (
-            "div", "div_")
+        is_division = function in (operator.truediv, operator.itruediv, torch.div) or \
+            method == "div"
         if is_division and len(operands) > 1 and _is_node(operands[1]) and \
                 _node_kind(operands[1], g) in ("analog", "burst", "train"):
             return "divides by a non-constant tensor, which has no exact spiking counterpart"

@@ -106,6 +106,22 @@ def test_qcfsify_refuses_gates_and_attention_before_training():
                                       "tensors")
 
 
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = QCFS(2), QCFS(2)
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.b(a.add_(x)) + a  # the ANN's later use of a sees the in-place sum
+
+
+def test_in_place_arithmetic_is_refused():
+    with pytest.raises(ValueError) as error:
+        convert_to_snn(InPlace())
+    assert one_line(error).startswith("node 'add_' (Tensor.add_) modifies a tensor in place")
+
+
 @pytest.mark.parametrize("arch, node, operation", [
     ("tv:efficientnet_b0", "features.0.2", "SiLU"),
     ("tv:vit_b_16", "expand", "Tensor.expand"),
