@@ -249,9 +249,10 @@ class SpikingNetwork(nn.Module):
 
     def _run_ops(self, env, start, stop, batch, sim, record=None, keep_counts=False,
                  probe=None):
-        """Run ops ``start..stop-1`` on ``env`` (index -> value), freeing values after their
-        last use. ``record``: a list receiving LayerStats; ``probe``: a dict receiving
-        ``index -> value`` (one-image runs only)."""
+        """Run ops ``start..stop-1`` on ``env`` (index -> value; the images under ``_IMAGE``),
+        freeing values after their last use. ``sim``: which neuron to run (the counts path for
+        the planning probe). ``record``: a list receiving LayerStats; ``probe``: a dict
+        receiving every ``index -> value`` (kept alive: for one-image probes and inspection)."""
         steps = self._steps[sim]
         for op in self.ops[start:stop]:
             if op.index in self._const_keys:

@@ -116,6 +116,17 @@ class InPlace(nn.Module):
         return self.b(a.add_(x)) + a  # the ANN's later use of a sees the in-place sum
 
 
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+def test_untraceable_models_are_refused_in_one_line():
+    with pytest.raises(ValueError) as error:
+        qcfsify(DataDependent(), 1)
+    assert one_line(error).startswith("cannot trace DataDependent with torch.fx (TraceError")
+
+
 def test_in_place_arithmetic_is_refused():
     with pytest.raises(ValueError) as error:
         convert_to_snn(InPlace())
