@@ -102,7 +102,7 @@ def main(args):
 
     fan_ins = layer_fan_ins(model)
     value, rows = teff(levels, fan_ins)
-    total_latency, per_layer = latency_steps(levels)
+    total_latency, per_layer = latency_steps(model)
     mean_level = sum(levels) / len(levels)
     result = {"arch": arch, "variant": variant, "dataset": dataset, "levels_from": source,
               "levels": levels, "mean_level": mean_level, "latency_steps": total_latency,

@@ -39,8 +39,7 @@ from torch.utils.data import Subset
 
 from al_metric import collect_level_counts, layer_metrics
 from data import make_loader, shard_order
-from models import QCFS, get_levels, qcfs_layers, set_levels, validate_levels
-from models.chunking import forward_chain
+from models import get_levels, qcfs_layers, set_levels, validate_levels
 from models.timing import layer_fan_ins, teff
 from utils import progress
 
@@ -163,81 +162,19 @@ class _Evaluator:
                               "images": seen}
         return self.measured[key]
 
-    @torch.no_grad()
     def measure_layer_changes(self, candidates, show_progress=False):
-        """Measure every combination that differs from the original levels in one layer.
-
-        These are the loss table's entries, and they share work: the network runs as its
-        forward chain (:func:`models.chunking.forward_chain`), each batch's activations are
-        carried forward layer by layer once, and only the part of the chain from the changed
-        layer on is run per candidate. For VGG-16 that is about 2.3 times fewer operations
-        than a full pass per entry. A model whose chain does not reproduce its forward
-        (checked on the first batch; on a CPU the two agree to the last bit, a tolerance
-        leaves room for GPU kernels that do not) gets full passes instead. Returns
-        ``{(layer index, level): measurement}``.
-        """
-        layers = qcfs_layers(self.model)
-        changes = [(index, level) for index in range(len(layers)) for level in candidates
-                   if level != self.original_levels[index]]
-        units = forward_chain(self.model)
-        unit_of = {id(module): position for position, unit in enumerate(units)
-                   for module in unit.modules() if isinstance(module, QCFS)}
-        positions = [unit_of.get(id(module)) for _, module in layers]
-        in_order = None not in positions and positions == sorted(positions)
-        if not in_order or not self._chain_reproduces_forward(units):
-            return {(index, level): self.measure(self._changed(index, level))
-                    for index, level in progress(changes, show_progress, desc="loss table")}
-        sums = {change: [0.0, 0, 0] for change in changes}  # loss sum, correct, seen
-        steps = [(batch, index) for batch in range(len(self.batches))
-                 for index in range(len(layers))]
-        self.model.eval()
-        try:
-            for batch, index in progress(steps, show_progress, desc="loss table"):
-                images, targets = self.batches[batch]
-                if index == 0:
-                    x, position = images, 0
-                module = layers[index][1]
-                start = unit_of[id(module)]
-                for unit in units[position:start]:  # the shared prefix, once per batch
-                    x = unit(x)
-                position = max(position, start)
-                for level in candidates:
-                    if level == self.original_levels[index]:
-                        continue
-                    module.level = level
-                    logits = x
-                    for unit in units[start:]:
-                        logits = unit(logits)
-                    module.level = self.original_levels[index]
-                    total = sums[(index, level)]
-                    total[0] += float(F.cross_entropy(logits.double(), targets,
-                                                      reduction="sum"))
-                    total[1] += int((logits.argmax(1) == targets).sum())
-                    total[2] += len(targets)
-        finally:
-            self.close()
-        results = {}
-        for (index, level), (loss_sum, correct, seen) in sums.items():
-            self.num_evaluations += 1
-            results[(index, level)] = self.measured[tuple(self._changed(index, level))] = {
-                "loss": loss_sum / seen, "top1": 100.0 * correct / seen, "images": seen}
-        return results
+        """Measure every combination that differs from the original levels in one layer (the
+        loss table's entries), each a full pass over the cached calibration batches.
+        Returns ``{(layer index, level): measurement}``."""
+        changes = [(index, level) for index in range(len(self.original_levels))
+                   for level in candidates if level != self.original_levels[index]]
+        return {(index, level): self.measure(self._changed(index, level))
+                for index, level in progress(changes, show_progress, desc="loss table")}
 
     def _changed(self, index, level):
         changed = list(self.original_levels)
         changed[index] = level
         return changed
-
-    def _chain_reproduces_forward(self, units):
-        self.model.eval()
-        try:
-            images = self.batches[0][0]
-            chained = images
-            for unit in units:
-                chained = unit(chained)
-            return torch.allclose(chained, self.model(images), rtol=1e-4, atol=1e-5)
-        finally:
-            self.close()
 
     def close(self):
         set_levels(self.model, self.original_levels)

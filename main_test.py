@@ -127,8 +127,8 @@ def ann_forward_with_levels(model, x):
 def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True, cost_meter=None):
     """Run ANN and/or SNN over ``loader``; returns a results dict (counts and agreements).
 
-    ``cost_meter``: a :class:`snn_cost.CostMeter` hooked to ``snn``; it is given each
-    batch's ``LayerStats``.
+    ``cost_meter``: a :class:`snn_cost.CostMeter` of ``snn``; it is given each batch's
+    images and ``LayerStats`` (with per-neuron counts).
     """
     run_ann, run_snn = mode in ("ann", "both"), mode in ("snn", "both")
     totals = {"images": 0, "ann_correct": 0, "snn_correct": 0, "agree": 0}
@@ -141,9 +141,10 @@ def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True, c
             ann_logits, ann_levels = ann_forward_with_levels(model, images)
             totals["ann_correct"] += int((ann_logits.argmax(1) == targets).sum())
         if run_snn:
-            snn_logits, stats = snn.forward_with_stats(images, keep_counts=run_ann)
+            snn_logits, stats = snn.forward_with_stats(
+                images, keep_counts=run_ann or cost_meter is not None)
             if cost_meter is not None:
-                cost_meter.add_layer_stats(stats)
+                cost_meter.add(images, stats)
             totals["snn_correct"] += int((snn_logits.argmax(1) == targets).sum())
             for s in stats:
                 spikes[s.name] = spikes.get(s.name, 0) + s.emitted_spikes
@@ -258,12 +259,8 @@ def main(args):
 
     started = time.time()
     meter = snn_cost.CostMeter(snn) if args.report else None
-    try:
-        result = evaluate_both(model, snn, loader, device, dtype, args.mode,
-                               not args.no_progress, cost_meter=meter)
-    finally:
-        if meter is not None:
-            meter.close()
+    result = evaluate_both(model, snn, loader, device, dtype, args.mode, not args.no_progress,
+                           cost_meter=meter)
     seconds = time.time() - started
     result.update({"arch": model_args["arch"], "dataset": args.dataset,
                    "levels": model_args["levels"], "dtype": args.dtype, "sim": args.sim,

@@ -22,8 +22,10 @@ Counting rules (all counts are exact integers, per image unless said otherwise):
   figures (Horowitz, ISSCC 2014): 0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate
   (32-bit float); neuron updates are not priced unless ``e_update`` is set.
 
-:class:`CostMeter` hooks a converted :class:`models.SpikingNetwork` and collects the counts
-while it runs; :func:`build_report` turns them into per-layer rows and totals.
+:class:`CostMeter` derives, from a converted :class:`models.SpikingNetwork`'s graph, which
+spike sources feed each weighted layer, and counts operations from the emitted spike counts
+``forward_with_stats(x, keep_counts=True)`` returns; :func:`build_report` turns them into
+per-layer rows and totals.
 """
 import csv
 import json
@@ -33,7 +35,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.spiking import PascalNeuron, SeqAffine, SeqMap, SpikingAdd
 from models.timing import latency_steps, layer_fan_ins, teff, teff_reference
 
 __all__ = ["E_AC_PJ", "E_MAC_PJ", "CostMeter", "spike_reach", "dense_macs", "energy_pj",
@@ -157,31 +158,15 @@ def _reach_along(dim, spatial, pools, probe):
     return torch.cat(counts)
 
 
-# --- collecting counts while the spiking network runs -----------------------------------------
-
-class _SpikeTag:
-    """Attached to a tensor derived from spikes: who emitted them, their per-image counts
-    summed over the window ``(B, ...)`` and the stateless modules applied since."""
-
-    __slots__ = ("source", "counts", "chain")
-
-    def __init__(self, source, counts, chain=()):
-        self.source, self.counts, self.chain = source, counts, chain
-
-    @classmethod
-    def cat(cls, tags):
-        """The tag of consecutive image chunks joined (``models.chunking.run_segments``)."""
-        if any(t is None or (t.source, t.chain) != (tags[0].source, tags[0].chain)
-               for t in tags):
-            raise ValueError("cannot join spike tags of different sources")
-        return cls(tags[0].source, torch.cat([t.counts for t in tags]), tags[0].chain)
-
+# --- counting from the graph and the emitted spike counts --------------------------------------
 
 @dataclass
 class _Weighted:
     name: str
-    source: str | None  # spiking layer feeding it, None for the analog input
-    operations: int = 0  # ACs (spike-fed) or MACs (analog), whole run
+    source: str | None  # the (first) spike source feeding it, None when fed densely
+    analog: bool = True  # fed densely by the image (not by a sum or another layer's output)
+    num_steps_in: int = 1  # steps of its input train
+    operations: int = 0  # ACs (spike-fed) or MACs (dense), whole run
     ann_macs: int = 0    # the ANN layer's MACs on the same images
     images: int = 0
 
@@ -197,50 +182,58 @@ class _Neurons:
     neuron_updates: int = 0
 
 
-class CostMeter:
-    """Count operations of a converted network while it runs (use as a context manager).
+@dataclass
+class _Pooled:
+    """A max pool of spike bursts: a spike source of its own (its output spikes)."""
 
-    Hooks are registered on the modules of ``snn.body`` in module order: every
-    :class:`PascalNeuron` tags its output with its per-neuron spike counts, every
-    :class:`SeqMap` (pool, flatten) passes the tag on and records itself in it, and every
-    :class:`SeqAffine` around a conv/linear layer turns the tag of its input into ACs with
-    :func:`spike_reach`; an untagged input is the analog image (MACs). :class:`SpikingAdd`
-    turns a tagged shortcut into additions. Works for both simulation modes (``sim="step"``
-    counts the nonzero entries of each train, ``sim="counts"`` reads the window sums).
-    Call :meth:`add_layer_stats` with each batch's ``LayerStats`` from
-    ``forward_with_stats``.
+    name: str
+    images: int = 0
+    spikes: int = 0
+
+
+class _Spikes:
+    """How a value is made of spikes: ``parts[source] = ids`` (per-image tensor shaped like
+    the value before ``pools``, holding the flat index of the source element each element
+    carries, -1 for elements from other sources), then average ``pools`` (module objects)
+    and, if ``flattened``, a flatten."""
+
+    __slots__ = ("parts", "pools", "flattened")
+
+    def __init__(self, parts, pools=(), flattened=False):
+        self.parts, self.pools, self.flattened = parts, tuple(pools), flattened
+
+
+class CostMeter:
+    """Count the operations of a converted network from its graph and the emitted spikes.
+
+    Static part (:class:`models.SpikingNetwork` ops, once per image shape with a one-image
+    probe for shapes): for every weighted layer, which spike sources its input is made of --
+    a spiking layer's output, or a max pool of bursts (spikes that pass a max pool are
+    counted after it, the pool's output being their source) -- through element
+    rearrangements (concatenation, chunk/split, flatten/view/transpose, dropout,
+    multiplication by constants) followed by average pools and a flatten, which are folded
+    into the layer's reach (:func:`spike_reach`). A layer whose input is anything else (the
+    image, a sum of trains, another layer's output) is fed densely: MACs on every step of
+    its input. Dynamic part (:meth:`add`): ACs from the per-neuron emitted counts that
+    ``forward_with_stats(x, keep_counts=True)`` returns, so both simulation paths give the
+    same counts. Additions: a spike reaching a residual addition costs one addition.
+
+        meter = CostMeter(snn)
+        logits, stats = snn.forward_with_stats(x, keep_counts=True)
+        meter.add(x, stats)
+        report = build_report(meter, timing)
     """
 
     def __init__(self, snn):
         self.snn = snn
-        self.weighted = {}   # name -> _Weighted, in order of first call
-        self.neurons = {}    # name -> _Neurons, in order of first LayerStats
-        self.additions = {}  # spiking layer -> shortcut additions its spikes caused
-        self.feeds = {}      # spiking layer -> names of the weighted layers it feeds
+        self.weighted = {}   # name -> _Weighted, in forward order
+        self.neurons = {}    # name -> _Neurons, in forward order
+        self.pooled = {}     # name -> _Pooled (max pools of bursts), in forward order
+        self.additions = {}  # spike source -> shortcut additions its spikes caused
+        self.feeds = {}      # spike source -> names of the weighted layers it feeds
+        self.caused = {}     # spike source -> {weighted name: [operations, ann macs share]}
+        self._plans = {}     # per-image input shape -> static analysis
         self._reach_cache = {}
-        self._handles = []
-        for name, module in snn.body.named_modules():
-            if isinstance(module, PascalNeuron):
-                self._handles.append(module.register_forward_hook(self._on_neuron))
-            elif isinstance(module, SeqMap):
-                self._handles.append(module.register_forward_hook(self._on_map))
-            elif isinstance(module, SeqAffine) and isinstance(module.layer, _WEIGHTED):
-                self._handles.append(module.register_forward_pre_hook(
-                    lambda mod, args, name=name: self._on_weighted(name, mod.layer, args[0])))
-            elif isinstance(module, SpikingAdd):
-                self._handles.append(module.register_forward_pre_hook(self._on_add))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def close(self):
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def add_layer_stats(self, stats):
         """Add one batch's ``[LayerStats, ...]`` (spikes and neuron updates per layer)."""
@@ -253,57 +246,198 @@ class CostMeter:
             entry.emitted_spikes += s.emitted_spikes
             entry.neuron_updates += s.neuron_updates
 
-    # hooks
-    def _on_neuron(self, module, args, output):
-        if getattr(module, "sim", "step") == "counts":
-            # the window sum count * amplitude; dividing back is exact up to rounding
-            amplitude = module.amplitude.to(output.dtype)
-            counts = torch.round(output.sum(0) / amplitude).to(torch.int64)
-        else:
-            counts = (output != 0).sum(0)  # spikes are the nonzero entries
-        output._spike_tag = _SpikeTag(module.name, counts)
+    def add(self, x, stats):
+        """Count one batch: ``x`` the images it ran on, ``stats`` the ``LayerStats`` of
+        ``snn.forward_with_stats(x, keep_counts=True)``."""
+        if any(s.counts is None for s in stats):
+            raise ValueError("CostMeter.add needs the per-neuron spike counts: run "
+                             "snn.forward_with_stats(x, keep_counts=True)")
+        self.add_layer_stats(stats)
+        plan = self._plan(x)
+        snn, batch = self.snn, x.shape[0]
+        by_name = {s.name: s.counts for s in stats}
+        counts = {}  # op index -> float64 counts of a burst value (B, ...)
 
-    def _on_map(self, module, args, output):
-        tag = getattr(args[0], "_spike_tag", None)
-        if tag is not None:
-            output._spike_tag = _SpikeTag(tag.source, tag.counts, tag.chain + (module.layer,))
+        def burst_counts(index):
+            if index not in counts:
+                op = snn.ops[index]
+                if op.role == "neuron":
+                    counts[index] = by_name[op.name].to(torch.float64)
+                elif op.role in ("identity", "folded"):
+                    counts[index] = burst_counts(op.inputs[0])
+                else:  # cat, max pool, channel chunks of bursts: the same operation on counts
+                    env = dict(plan["meta"])
+                    env.update({i: burst_counts(i) for i in op.inputs if i not in env
+                                and snn.ops[i].num_steps is not None})
+                    counts[index] = snn.apply(op, env)
+            return counts[index]
 
-    def _on_weighted(self, name, layer, x_seq):  # (T, B, ...)
-        tag = getattr(x_seq, "_spike_tag", None)
-        entry = self.weighted.get(name)
-        if entry is None:
-            entry = self.weighted[name] = _Weighted(name, None if tag is None else tag.source)
-        batch, shape = x_seq.shape[1], tuple(x_seq.shape[2:])
-        macs = self._reach(layer, (), shape).sum()
-        entry.ann_macs += batch * int(macs)
-        entry.images += batch
-        if tag is None:
-            # analog currents: every element of every step is multiplied by the weights
-            num_steps = getattr(x_seq, "nominal_steps", x_seq.shape[0])
-            entry.operations += num_steps * batch * int(macs)
-        else:
-            entry.operations += self._spike_operations(layer, tag)
-            feeds = self.feeds.setdefault(tag.source, [])
-            if name not in feeds:
-                feeds.append(name)
+        def operations(layer, spikes, shares=None):
+            total = 0
+            for source, ids in spikes.parts.items():
+                source_counts = burst_counts(source).flatten(1)
+                flat = ids.flatten()
+                routed = source_counts[:, flat.clamp(min=0)] * (flat >= 0)
+                routed = routed.reshape(batch, *ids.shape[1:])
+                chain = spikes.pools + ((nn.Flatten(),) if spikes.flattened else ())
+                reach = self._reach(layer, chain, tuple(ids.shape[1:]))
+                value = int((routed.to(torch.int64) * reach.to(routed.device)).sum())
+                total += value
+                if shares is not None:
+                    shares[snn.ops[source].name] = value
+            return total
 
-    def _on_add(self, module, args):
-        for x_seq in args:
-            tag = getattr(x_seq, "_spike_tag", None)
-            if tag is not None:  # an identity shortcut: one addition per spike it delivers
-                self.additions[tag.source] = (self.additions.get(tag.source, 0)
-                                              + self._spike_operations(None, tag))
+        for op in snn.ops:
+            if op.role == "maxpool" and op.kind == "burst":
+                entry = self.pooled.setdefault(op.name, _Pooled(op.name))
+                entry.images += batch
+                entry.spikes += int(burst_counts(op.index).sum())
+            elif op.role == "add":
+                for index in op.inputs:
+                    spikes = plan["spikes"].get(index)
+                    if isinstance(spikes, _Spikes):
+                        shares = {}
+                        operations(None, spikes, shares)
+                        for source, value in shares.items():
+                            self.additions[source] = self.additions.get(source, 0) + value
+            elif op.role == "weighted":
+                layer = snn.layers[op.target].layer
+                source_index = op.inputs[0]
+                shape = plan["shapes"][source_index]
+                macs = self._reach(layer, (), shape).sum()
+                spikes = plan["spikes"].get(source_index)
+                entry = self.weighted.get(op.name)
+                if entry is None:
+                    first = None if spikes is None else snn.ops[next(iter(spikes.parts))].name
+                    entry = self.weighted[op.name] = _Weighted(
+                        op.name, first, analog=snn.ops[source_index].kind == "analog",
+                        num_steps_in=snn.ops[source_index].num_steps)
+                entry.ann_macs += batch * int(macs)
+                entry.images += batch
+                if spikes is None:
+                    # dense currents: every element of every step is multiplied by the weights
+                    steps = snn.ops[source_index].num_steps
+                    entry.operations += steps * batch * int(macs)
+                    continue
+                shares = {}
+                entry.operations += operations(layer, spikes, shares)
+                elements = {snn.ops[s].name: int((ids >= 0).sum())
+                            for s, ids in spikes.parts.items()}
+                for source, value in shares.items():
+                    feeds = self.feeds.setdefault(source, [])
+                    if op.name not in feeds:
+                        feeds.append(op.name)
+                    caused = self.caused.setdefault(source, {}).setdefault(op.name, [0, 0.0])
+                    caused[0] += value
+                    # the ANN's MACs of a layer fed by several sources, split by their share
+                    # of its input elements
+                    caused[1] += batch * int(macs) * elements[source] / sum(elements.values())
 
-    # helpers
+    # static analysis, once per image shape
+    def _plan(self, x):
+        key = tuple(x.shape[1:])
+        if key not in self._plans:
+            snn = self.snn
+            values = snn.probe(x)
+            shapes, meta = {}, {}
+            for index, value in values.items():
+                if torch.is_tensor(value):
+                    shapes[index] = tuple(value.shape[1:])
+                if snn.ops[index].role == "meta":
+                    meta[index] = value
+            spikes = {}
+            for op in snn.ops:
+                spikes[op.index] = _spikes_of(snn, op, spikes, values, meta)
+            self._plans[key] = {"shapes": shapes, "meta": meta, "spikes": spikes}
+        return self._plans[key]
+
     def _reach(self, layer, chain, shape):
-        key = (id(layer), tuple(id(m) for m in chain), shape)
+        key = (id(layer), tuple(_chain_key(m) for m in chain), shape)
         if key not in self._reach_cache:
             self._reach_cache[key] = spike_reach(layer, chain, shape)
         return self._reach_cache[key]
 
-    def _spike_operations(self, layer, tag):
-        reach = self._reach(layer, tag.chain, tuple(tag.counts.shape[1:]))
-        return int((tag.counts.to(torch.int64) * reach.to(tag.counts.device)).sum())
+
+def _chain_key(module):
+    return (type(module).__name__, repr(module))
+
+
+def _identity_ids(value):
+    shape = value.shape[1:]
+    return torch.arange(int(torch.Size(shape).numel()), dtype=torch.int64).reshape(1, *shape)
+
+
+def _spikes_of(snn, op, spikes, values, meta):
+    """The :class:`_Spikes` of ``op``'s value (a list of them for a tuple), or None."""
+    role = op.role
+    if role == "neuron" or (role == "maxpool" and op.kind == "burst"):
+        return _Spikes({op.index: _identity_ids(values[op.index])})
+    inputs = [spikes.get(i) for i in op.inputs]
+    if role in ("identity", "folded", "scale"):
+        tensor_inputs = [s for i, s in zip(op.inputs, inputs) if snn.ops[i].num_steps is not None]
+        return tensor_inputs[0] if role != "scale" or len(tensor_inputs) == 1 else None
+    if role == "route" and isinstance(inputs[0], list):  # a part of a chunk/split
+        return inputs[0][op.args[1]] if isinstance(op.args[1], int) else None
+    if role in ("route", "cat"):
+        tensor_inputs = [i for i in op.inputs if snn.ops[i].num_steps is not None]
+        reps = [spikes.get(i) for i in tensor_inputs]
+        if any(not isinstance(r, _Spikes) for r in reps):
+            return None
+        if any(r.pools for r in reps):
+            if role == "route" and len(reps) == 1 and not op.tuple_valued:
+                out = values[op.index]
+                if torch.is_tensor(out) and out.dim() == 2:  # flattened to (N, features)
+                    return _Spikes(reps[0].parts, reps[0].pools, True)
+            return None  # rearranged after an average pool: not tracked, counted densely
+        sources = {s for r in reps for s in r.parts}
+        parts = {}
+        for source in sorted(sources):
+            env = dict(meta)
+            for index, r in zip(tensor_inputs, reps):
+                ids = r.parts.get(source)
+                env[index] = ids if ids is not None else torch.full(
+                    (1, *values[index].shape[1:]), -1, dtype=torch.int64)
+            result = snn.apply(op, env)
+            parts[source] = result
+        if op.tuple_valued:
+            count = len(parts[next(iter(parts))])
+            return [_Spikes({s: parts[s][k] for s in parts}) for k in range(count)]
+        return _Spikes(parts)
+    if role == "pool":
+        rep = inputs[0]
+        if not isinstance(rep, _Spikes) or rep.flattened:
+            return None
+        pool, flatten = _pool_module(snn, op, values)
+        if pool is None:
+            return None
+        return _Spikes(rep.parts, rep.pools + (pool,), flatten)
+    return None
+
+
+def _pool_module(snn, op, values):
+    """``(pool module, flattens)`` equivalent to a pooling op, for :func:`spike_reach`."""
+    if op.call == "module":
+        return snn.layers[op.target], False
+    value = values[op.inputs[0]]
+    spatial = value.dim() - 2
+    if op.op.startswith("F."):
+        name = op.op[2:]
+        args = [a for a in op.args[1:]]
+        kwargs = dict(op.kwargs)
+        classes = {"avg_pool1d": nn.AvgPool1d, "avg_pool2d": nn.AvgPool2d,
+                   "avg_pool3d": nn.AvgPool3d, "adaptive_avg_pool1d": nn.AdaptiveAvgPool1d,
+                   "adaptive_avg_pool2d": nn.AdaptiveAvgPool2d,
+                   "adaptive_avg_pool3d": nn.AdaptiveAvgPool3d}
+        return classes[name](*args, **kwargs), False
+    # mean over dims: the whole spatial extent, as an adaptive pool to size 1
+    dims = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim")
+    dims = dims if isinstance(dims, (list, tuple)) else (dims,)
+    dims = {d % value.dim() for d in dims}
+    keepdim = op.args[2] if len(op.args) > 2 else op.kwargs.get("keepdim", False)
+    if dims != set(range(2, value.dim())) or spatial not in (1, 2, 3):
+        return None, False
+    pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial - 1](1)
+    return pool, not keepdim
 
 
 # --- energy, T_eff, report --------------------------------------------------------------------
@@ -318,7 +452,7 @@ def timing_summary(model, arch, variant, dataset, levels):
     """T_eff in both modes of get_Teff.py and the sequential latency, for ``model``'s levels."""
     value, _ = teff(levels, layer_fan_ins(model))
     summary = {"T_eff": value, "T_eff_reference": None, "T_eff_reference_note": None,
-               "latency_steps": latency_steps(levels)[0],
+               "latency_steps": latency_steps(model)[0],
                "mean_level": sum(levels) / len(levels)}
     try:
         reference_dataset = "imagenet" if variant == "imagenet" else dataset
@@ -332,50 +466,69 @@ def timing_summary(model, arch, variant, dataset, levels):
 def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_update=0.0):
     """Per-layer rows and totals (per image) from a :class:`CostMeter` after a run.
 
-    Rows, in forward order: one ``"analog"`` row per weighted layer fed by the image (its
-    MACs), then one ``"spiking"`` row per spiking layer: its spikes, firing rate (spikes per
-    neuron per step), neuron updates, and the ACs / shortcut additions its spikes cause in
-    the layers they feed, next to those layers' ANN MACs.
+    Rows, in forward order: an ``"analog"`` row per weighted layer fed by the image (its
+    MACs), a ``"dense"`` row per weighted layer fed by another non-spike value (a sum of
+    trains, another layer's output: MACs on every step of its input), a ``"spiking"`` row per
+    spiking layer -- its spikes, firing rate (spikes per neuron per step), neuron updates, and
+    the ACs / shortcut additions its spikes cause in the layers they feed, next to those
+    layers' ANN MACs (split by input share where several sources feed one layer) -- and a
+    ``"maxpool"`` row per max pool of spike bursts, whose output spikes are counted as a
+    source of their own (its spikes are not added to the emitted total).
     """
     rows = []
     images = max([w.images for w in meter.weighted.values()], default=0)
     if images == 0:
         raise ValueError("the meter saw no images: run the network before building the report")
+    order = {op.name: op.index for op in meter.snn.ops}
+    empty = {"level": None, "neurons": None, "firing_rate": None, "accumulates_per_image": 0.0,
+             "shortcut_additions_per_image": 0.0, "macs_per_image": 0.0,
+             "neuron_updates_per_image": 0.0, "model_updates_per_image": 0.0,
+             "if_updates_per_image": 0.0, "ann_macs_per_image": 0.0, "spikes_per_image": 0.0}
+
+    def caused(source, images):
+        entries = meter.caused.get(source, {})
+        return (sum(v[0] for v in entries.values()) / images,
+                sum(v[1] for v in entries.values()) / images)
+
     for w in meter.weighted.values():
         if w.source is None:
-            rows.append({"layer": w.name, "kind": "analog", "level": None, "num_steps_in": 1,
-                         "neurons": None, "feeds": w.name, "spikes_per_image": 0.0,
-                         "firing_rate": None, "accumulates_per_image": 0.0,
-                         "shortcut_additions_per_image": 0.0,
-                         "macs_per_image": w.operations / w.images,
-                         "neuron_updates_per_image": 0.0, "model_updates_per_image": 0.0,
-                         "if_updates_per_image": 0.0,
-                         "ann_macs_per_image": w.ann_macs / w.images})
+            rows.append(dict(empty, layer=w.name, kind="analog" if w.analog else "dense",
+                             num_steps_in=w.num_steps_in, feeds=w.name,
+                             macs_per_image=w.operations / w.images,
+                             ann_macs_per_image=w.ann_macs / w.images))
     for n in meter.neurons.values():
-        feeds = [meter.weighted[name] for name in meter.feeds.get(n.name, [])]
         level = n.level
-        rows.append({
-            "layer": n.name, "kind": "spiking", "level": level, "num_steps_in": n.num_steps_in,
-            "neurons": n.neurons, "feeds": " ".join(w.name for w in feeds),
-            "spikes_per_image": n.emitted_spikes / n.images,
-            "firing_rate": n.emitted_spikes / (n.images * n.neurons * level),
-            "accumulates_per_image": sum(w.operations / w.images for w in feeds),
-            "shortcut_additions_per_image": meter.additions.get(n.name, 0) / n.images,
-            "macs_per_image": 0.0,
-            "neuron_updates_per_image": n.neuron_updates / n.images,
-            "model_updates_per_image": float(n.neurons * (5 * level - 2)),
-            "if_updates_per_image": float(n.neurons * level),
-            "ann_macs_per_image": sum(w.ann_macs / w.images for w in feeds)})
+        accumulates, ann_macs = caused(n.name, n.images)
+        rows.append(dict(
+            empty, layer=n.name, kind="spiking", level=level, num_steps_in=n.num_steps_in,
+            neurons=n.neurons, feeds=" ".join(meter.feeds.get(n.name, [])),
+            spikes_per_image=n.emitted_spikes / n.images,
+            firing_rate=n.emitted_spikes / (n.images * n.neurons * level),
+            accumulates_per_image=accumulates,
+            shortcut_additions_per_image=meter.additions.get(n.name, 0) / n.images,
+            neuron_updates_per_image=n.neuron_updates / n.images,
+            model_updates_per_image=float(n.neurons * (5 * level - 2)),
+            if_updates_per_image=float(n.neurons * level), ann_macs_per_image=ann_macs))
+    for p in meter.pooled.values():
+        accumulates, ann_macs = caused(p.name, p.images)
+        rows.append(dict(
+            empty, layer=p.name, kind="maxpool", num_steps_in=None,
+            feeds=" ".join(meter.feeds.get(p.name, [])), spikes_per_image=p.spikes / p.images,
+            accumulates_per_image=accumulates,
+            shortcut_additions_per_image=meter.additions.get(p.name, 0) / p.images,
+            ann_macs_per_image=ann_macs))
+    rows.sort(key=lambda row: order.get(row["layer"], len(order)))
     for row in rows:
         row["snn_energy_pj_per_image"] = energy_pj(
             row["accumulates_per_image"] + row["shortcut_additions_per_image"],
             row["macs_per_image"], row["neuron_updates_per_image"], e_ac, e_mac, e_update)
         row["ann_energy_pj_per_image"] = energy_pj(macs=row["ann_macs_per_image"], e_mac=e_mac)
 
-    def total(key):
-        return sum(row[key] for row in rows)
-
     spiking = [row for row in rows if row["kind"] == "spiking"]
+
+    def total(key):
+        return sum(row[key] for row in (spiking if key == "spikes_per_image" else rows))
+
     neurons = sum(row["neurons"] for row in spiking)
     totals = {key: total(key) for key in (
         "spikes_per_image", "accumulates_per_image", "shortcut_additions_per_image",

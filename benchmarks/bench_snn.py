@@ -18,14 +18,23 @@ are neither silent nor saturated.
 
     python3 benchmarks/bench_snn.py                      # vgg16 and resnet18, batch 32
     python3 benchmarks/bench_snn.py --json benchmarks/results/cpu-2core.json --threads 2
+    python3 benchmarks/bench_snn.py --archs tv:resnet50 --levels uniform4   # 64x64 inputs
+    python3 benchmarks/bench_snn.py --against 9782d84 --archs vgg16 --levels reference
+
+``--against COMMIT`` extracts that commit's ``models`` package (``git archive``) into a
+temporary folder, imports it under another name and times its converter's step simulation
+next to this one's, interleaved, on the same weights.
 """
 import argparse
+import importlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +45,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
-from models.chunking import run_segments  # noqa: E402
+from models.chunking import Segment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Per-layer levels of the published reference code (spec section 2).
 REFERENCE_LEVELS = {
@@ -46,7 +57,14 @@ REFERENCE_LEVELS = {
 UNIFORM = {"uniform4": 4, "uniform8": 8, "uniform16": 16}
 MEMORY_LEVELS = "uniform16"  # the configuration of the memory acceptance check
 NUM_CLASSES = 10
-IMAGE_SIZE = 32  # CIFAR variant
+IMAGE_SIZE = 32  # CIFAR variant of the built-in architectures
+TORCHVISION_IMAGE_SIZE = 64  # tv:NAME architectures (alexnet needs at least 63)
+
+
+def image_size(arch, args=None):
+    if args is not None and getattr(args, "image_size", None):
+        return args.image_size
+    return TORCHVISION_IMAGE_SIZE if models.is_torchvision_arch(arch) else IMAGE_SIZE
 
 
 def get_args_parser(add_help=True):
@@ -72,6 +90,12 @@ def get_args_parser(add_help=True):
     parser.add_argument("--compare-whole-chunks", action="store_true",
                         help="also time the step simulator with the whole network in chunks "
                              "of batch // max level images (the rule before segment plans)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input height and width (default: 32 for the built-in "
+                             "architectures, 64 for tv:NAME)")
+    parser.add_argument("--against", default=None, metavar="COMMIT",
+                        help="also time the step simulation of the models package of this git "
+                             "commit, interleaved with this one's (default: off)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
@@ -104,7 +128,15 @@ def level_configs(arch, names):
 
 
 def relu_twin(arch):
-    """The same architecture with ReLU activations (the arch functions take ``act_layer``)."""
+    """The same architecture with ReLU activations (the arch functions take ``act_layer``;
+    a torchvision model is its own ReLU twin)."""
+    if models.is_torchvision_arch(arch):
+        import torchvision
+        name = arch[len(models.TORCHVISION_PREFIX):]
+        extra = {"aux_logits": False, "init_weights": True} if name in (
+            "googlenet", "inception_v3") else {}
+        return torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES,
+                                            **extra)
     for module in (models.vgg, models.resnet):
         build = getattr(module, arch, None)
         if build is not None:
@@ -132,48 +164,28 @@ def make_alive_(model, x, percentile=0.99):
     return model
 
 
-def build_model(arch, levels, device, seed):
+def build_model(arch, levels, device, seed, size=IMAGE_SIZE):
     torch.manual_seed(seed)
     model = models.create_model(arch, num_classes=NUM_CLASSES, levels=levels).to(device)
-    x = torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    x = torch.randn(8, 3, size, size, device=device)
     return make_alive_(model, x)
 
 
 @torch.no_grad()
-def ideal_ratio(ann, snn, x):
+def ideal_ratio(snn, x):
     """R = sum_l T_in,l MACs_l / sum_l MACs_l over the conv/linear layers.
 
-    MACs per image from the ANN; T_in, the number of steps each layer is applied to, from
-    one step-simulator pass (the SNN's conv/linear modules keep the ANN's names + ".layer").
+    From the converted network's graph: T_in, the number of steps each weighted layer is
+    applied to, is its input's static step count; MACs per image are the output size (from a
+    one-image probe) times the weights of one output (``weight[0]``: in_channels/groups *
+    kernel, or in_features).
     """
-    macs, steps, handles = {}, {}, []
-    probe = x[:1]
-
-    def count_macs(name):
-        def hook(module, args, out):
-            # weight[0] holds one output's weights: in_channels/groups * kernel (or in_features)
-            macs[name] = out[0].numel() * module.weight[0].numel()
-        return hook
-
-    def count_steps(name):
-        def hook(module, args, out):
-            steps[name] = args[0].shape[0] // probe.shape[0]  # (T * B, ...) -> T
-        return hook
-
-    for name, m in ann.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            handles.append(m.register_forward_hook(count_macs(name)))
-    for name, m in snn.body.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            handles.append(m.register_forward_hook(count_steps(name.removesuffix(".layer"))))
-    try:
-        ann.eval()(probe)
-        snn(probe)
-    finally:
-        for h in handles:
-            h.remove()
-    total = sum(macs.values())
-    return sum(steps[name] * m for name, m in macs.items()) / total
+    values = snn.probe(x[:1])
+    weighted = [(op, snn.layers[op.target].layer) for op in snn.ops if op.role == "weighted"]
+    macs = {op.index: values[op.index][0].numel() * layer.weight[0].numel()
+            for op, layer in weighted}
+    steps = {op.index: snn.ops[op.inputs[0]].num_steps for op, _ in weighted}
+    return sum(steps[i] * m for i, m in macs.items()) / sum(macs.values())
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -258,7 +270,7 @@ def memory_child(spec):
     net = model if spec["mode"] == "ann" else models.convert_to_snn(
         model, sim=spec["mode"], step_budget=spec["step_budget"])
     del model
-    x = torch.randn(spec["batch"], 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    x = torch.randn(spec["batch"], 3, spec["size"], spec["size"], device=device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -282,10 +294,10 @@ def memory_child(spec):
 
 
 def measure_peak_memory(arch, levels, mode, batch, state_path, device, threads,
-                        step_budget=None):
+                        step_budget=None, size=IMAGE_SIZE):
     spec = json.dumps({"arch": arch, "levels": levels, "mode": mode, "batch": batch,
                        "state": state_path, "device": str(device), "threads": threads,
-                       "step_budget": step_budget})
+                       "step_budget": step_budget, "size": size})
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", spec],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -293,12 +305,13 @@ def measure_peak_memory(arch, levels, mode, batch, state_path, device, threads,
 
 # --- one row ----------------------------------------------------------------------------------
 
-def bench_row(arch, config, levels, args, device, measure_memory):
-    model = build_model(arch, levels, device, args.seed)
-    x = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+def bench_row(arch, config, levels, args, device, measure_memory, old_models=None):
+    size = image_size(arch, args)
+    model = build_model(arch, levels, device, args.seed, size)
+    x = torch.randn(args.batch, 3, size, size, device=device)
     step_snn = models.convert_to_snn(model, step_budget=args.step_budget)
     counts_snn = models.convert_to_snn(model, sim="counts")
-    ratio = ideal_ratio(model, step_snn, x)
+    ratio = ideal_ratio(step_snn, x)
 
     def ann():
         with torch.inference_mode():
@@ -307,12 +320,20 @@ def bench_row(arch, config, levels, args, device, measure_memory):
     functions = {"ann": ann, "snn": lambda: step_snn(x), "counts": lambda: counts_snn(x)}
     if args.compare_whole_chunks:
         whole_chunk = max(1, args.batch // step_snn.max_level)
-
-        def whole():
-            with torch.inference_mode():
-                run_segments(x, [(step_snn.units, whole_chunk)]).sum(0)
-
-        functions["whole_chunks"] = whole
+        whole_snn = models.convert_to_snn(model, step_budget=args.step_budget)
+        # the whole network in chunks of batch // longest train: the rule before segment
+        # plans, set as this network's plan for x's shape
+        whole_snn._plans[(args.batch, tuple(x.shape[1:]), x.dtype, x.device,
+                          args.step_budget)] = [Segment(0, len(whole_snn.ops), whole_chunk)]
+        functions["whole_chunks"] = lambda: whole_snn(x)
+    if old_models is not None:
+        old_ann = old_models.create_model(arch, num_classes=NUM_CLASSES, levels=levels)
+        old_ann.load_state_dict(model.state_dict())
+        old_snn = old_models.convert_to_snn(old_ann.to(device).eval(),
+                                            step_budget=args.step_budget)
+        functions["old_snn"] = lambda: old_snn(x)
+        with torch.inference_mode():
+            agree = torch.equal(old_snn(x).argmax(1), step_snn(x).argmax(1))
     times = time_interleaved(functions, args.reps, device)
     median = {name: statistics.median(t) for name, t in times.items()}
     overheads = [s / (a * ratio) for s, a in zip(times["snn"], times["ann"], strict=True)]
@@ -329,12 +350,22 @@ def bench_row(arch, config, levels, args, device, measure_memory):
         # extras: the per-layer levels, spreads (min-max over repetitions), derived ratios
         "levels_list": models.get_levels(model),
         "counts_over_ann": median["counts"] / median["ann"],
+        "counts_over_ann_of_minima": min(times["counts"]) / min(times["ann"]),
         "seconds": {name: {"median": median[name], "spread": spread(t)}
                     for name, t in times.items()},
         "overhead_spread": spread(overheads),
         "counts_over_ann_spread": spread(counts_ratios),
-        "snn_chunk_images": [size for _, size in step_snn.chunk_plan(x)],
+        "snn_chunk_images": [chunk for _, chunk in step_snn.chunk_plan(x)],
+        "image_size": size,
     }
+    if old_models is not None:
+        old_ratios = [n / o for n, o in zip(times["snn"], times["old_snn"], strict=True)]
+        row["old_snn_img_s"] = args.batch / median["old_snn"]
+        row["snn_new_over_old"] = median["snn"] / median["old_snn"]
+        row["snn_new_over_old_spread"] = spread(old_ratios)
+        # on a loaded machine the fastest repetition of each is the least disturbed one
+        row["snn_new_over_old_of_minima"] = min(times["snn"]) / min(times["old_snn"])
+        row["old_same_predictions"] = agree
     if args.compare_whole_chunks:
         row["whole_chunks_images"] = whole_chunk
         row["whole_chunks_overhead"] = median["whole_chunks"] / (median["ann"] * ratio)
@@ -348,14 +379,31 @@ def bench_row(arch, config, levels, args, device, measure_memory):
             torch.save(model.state_dict(), state_path)
             threads = torch.get_num_threads()
             ann_mem = measure_peak_memory(arch, levels, "ann", args.batch, state_path,
-                                          device, threads)
+                                          device, threads, size=size)
             snn_mem = measure_peak_memory(arch, levels, "step", args.batch, state_path,
-                                          device, threads, args.step_budget)
+                                          device, threads, args.step_budget, size=size)
         row["peak_mem_ann_mb"] = ann_mem["peak_mb"]
         row["peak_mem_snn_mb"] = snn_mem["peak_mb"]
         row["peak_mem_snn_over_ann"] = snn_mem["peak_mb"] / max(ann_mem["peak_mb"], 1e-9)
         row["memory_method"] = ann_mem["method"]
     return row
+
+
+def import_models_of_commit(commit, folder):
+    """Import the ``models`` package of git ``commit`` as a package of another name."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "models"],
+                             check=True, capture_output=True).stdout
+    path = Path(folder) / "archive.tar"
+    path.write_bytes(archive)
+    with tarfile.open(path) as tar:
+        tar.extractall(folder, filter="data")
+    name = "models_" + "".join(c for c in commit if c.isalnum())
+    shutil.move(str(Path(folder) / "models"), str(Path(folder) / name))
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
 
 
 def device_description(device):
@@ -424,17 +472,23 @@ def main(args):
         config_names = ["uniform4", MEMORY_LEVELS]
     load_before = _load_average()
     rows = []
-    for arch in args.archs.split(","):
-        for config, levels in level_configs(arch, config_names):
-            measure_memory = not args.no_memory and (not args.quick or config == MEMORY_LEVELS)
-            rows.append(bench_row(arch, config, levels, args, device, measure_memory))
-            row = rows[-1]
-            print(f"done {arch} {config}: ANN {row['ann_img_s']:.1f} img/s, SNN "
-                  f"{row['snn_img_s']:.1f}, counts {row['counts_img_s']:.1f}, "
-                  f"overhead {row['overhead']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        old_models = import_models_of_commit(args.against, folder) if args.against else None
+        for arch in args.archs.split(","):
+            for config, levels in level_configs(arch, config_names):
+                measure_memory = not args.no_memory and (
+                    not args.quick or config == MEMORY_LEVELS)
+                rows.append(bench_row(arch, config, levels, args, device, measure_memory,
+                                      old_models))
+                row = rows[-1]
+                print(f"done {arch} {config}: ANN {row['ann_img_s']:.1f} img/s, SNN "
+                      f"{row['snn_img_s']:.1f}, counts {row['counts_img_s']:.1f}, "
+                      f"overhead {row['overhead']:.3f}"
+                      + (f", step new/old {row['snn_new_over_old']:.3f}" if old_models else ""),
+                      flush=True)
     result = {"device": device_description(device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
-              "step_budget": args.step_budget,
+              "step_budget": args.step_budget, "against": args.against,
               # other processes on the machine distort timings: say how busy it was
               "load_average_before": load_before, "load_average_after": _load_average(),
               "rows": rows}

@@ -1,16 +1,25 @@
-"""Model registry: ``create_model(arch, num_classes=..., levels=...)`` and ``list_models()``."""
+"""Model registry: ``create_model(arch, num_classes=..., levels=...)``, ``list_models()``,
+and ``qcfsify`` for any ReLU network."""
 import functools
 
 from . import resnet, vgg
 from .convert import SpikingNetwork, convert_to_snn
+from .graph import UnsupportedModelError
+from .input_size import accepts_input, check_input_size, min_input_size
 from .qcfs import QCFS, clamp_thresholds_, get_levels, qcfs_layers, set_levels, validate_levels
+from .qcfsify import qcfsify
 from .reference import load_reference_state_dict
 from .spiking import LayerStats, PascalNeuron, pascal_counts
+from .torchvision_models import (TORCHVISION_PREFIX, build_torchvision, is_torchvision_arch,
+                                 torchvision_names, torchvision_version)
 
 __all__ = [
-    "QCFS", "PascalNeuron", "SpikingNetwork", "LayerStats", "VARIANTS", "clamp_thresholds_",
-    "convert_to_snn", "create_model", "get_levels", "list_models", "load_reference_state_dict",
-    "model_args_of", "pascal_counts", "qcfs_layers", "set_levels", "validate_levels",
+    "QCFS", "PascalNeuron", "SpikingNetwork", "LayerStats", "TORCHVISION_PREFIX",
+    "UnsupportedModelError", "VARIANTS", "accepts_input", "check_input_size",
+    "clamp_thresholds_", "convert_to_snn", "create_model", "get_levels", "is_torchvision_arch",
+    "list_models", "load_reference_state_dict", "min_input_size", "model_args_of",
+    "pascal_counts", "qcfs_layers", "qcfsify", "set_levels", "torchvision_names",
+    "validate_levels",
 ]
 
 VARIANTS = ("cifar", "imagenet")
@@ -25,7 +34,9 @@ _REGISTRY = {
 
 
 def list_models():
-    """Names accepted by :func:`create_model`, paper architectures first."""
+    """Names of the built-in architectures, paper architectures first. :func:`create_model`
+    also takes any torchvision classification model as ``"tv:NAME"`` (see
+    :func:`torchvision_names`)."""
     return list(_REGISTRY)
 
 
@@ -34,12 +45,16 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
     """Build a QCFS network.
 
     Args:
-        arch: one of :func:`list_models`.
+        arch: one of :func:`list_models`, or ``"tv:NAME"`` for torchvision's classification
+            model NAME (``torchvision.models.get_model(NAME, weights=None,
+            num_classes=...)``, googlenet and inception_v3 without auxiliary classifiers)
+            with every ReLU call made a QCFS layer by :func:`qcfsify`.
         num_classes: size of the output layer.
         levels: an int (the same L everywhere) or one int >= 1 per QCFS layer in forward
             order (``[name for name, _ in qcfs_layers(model)]``; vgg16: 15, resnet18: 17,
             resnet34: 33), the same meaning as the reference code's per-layer list.
-        variant: ``"cifar"`` (32x32 inputs) or ``"imagenet"``.
+        variant: ``"cifar"`` (32x32 inputs) or ``"imagenet"``; torchvision models have one
+            form and ignore it (their smallest input: :func:`min_input_size`).
         init_threshold: initial value of every QCFS threshold (lambda), > 0.
         dropout: probability of the Dropout after every activation of a VGG (the reference's
             default, 0); ResNets have no dropout layers. None rebuilds a VGG as checkpoints
@@ -47,16 +62,24 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
 
     Raises:
         ValueError: unknown arch or variant, bad levels (wrong count, < 1, non-integer),
-            a non-positive initial threshold, or dropout outside [0, 1) (or not 0 for a ResNet).
+            a non-positive initial threshold, dropout outside [0, 1) (or not 0 for a model
+            without this project's dropout layers), or a torchvision model with an operation
+            that has no exact spiking counterpart (one line naming the node).
     """
-    if arch not in _REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not float(init_threshold) > 0:
         raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+    if is_torchvision_arch(arch):
+        if dropout:
+            raise ValueError(f"{arch} keeps torchvision's own dropout; --dropout applies to "
+                             f"this project's VGGs only, got {dropout!r}")
+        return build_torchvision(arch, num_classes, levels, float(init_threshold))
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)} or "
+                         f"{TORCHVISION_PREFIX}NAME for a torchvision model")
     act_layer = functools.partial(QCFS, level=1, init_threshold=float(init_threshold))
     if arch in vgg.LEGACY_DROPOUT:
         if dropout is None:
@@ -80,6 +103,10 @@ def _check_dropout(value):
 
 
 def model_args_of(model, arch, variant, num_classes, dropout=0.0):
-    """The ``model_args`` dict that rebuilds ``model`` with :func:`create_model`."""
-    return {"arch": arch, "variant": variant, "num_classes": num_classes,
+    """The ``model_args`` dict that rebuilds ``model`` with :func:`create_model`; for a
+    torchvision model it also records the torchvision version it was built with."""
+    args = {"arch": arch, "variant": variant, "num_classes": num_classes,
             "levels": get_levels(model), "dropout": dropout}
+    if is_torchvision_arch(arch):
+        args["torchvision"] = torchvision_version()
+    return args

@@ -1,123 +1,89 @@
-"""Bounded-memory execution of the step simulator: the network's forward chain is cut into
-segments and each segment runs the batch in chunks of its own size.
+"""Bounded-memory execution of the step simulator: the network's operations, in forward
+order, are cut into segments and each segment runs the batch in chunks of its own size.
 
 Why: a layer fed a T-step train holds T activation maps per image where the ANN holds one,
 so at large levels the batch must be split. Splitting the whole network by the longest train
 (the simple rule) makes every layer run in small chunks, and every chunk re-reads the layer's
 weights, which is what costs most where large weights meet short trains or small maps
 (VGG-16's deep layers). Here each segment gets the largest chunk that fits, counting what the
-segments around it hold at the same time:
+segments around it hold at the same time.
 
-- a unit's *work*: per image, the largest (inputs + output) of any module inside it, with
-  every step of a train counted;
-- a segment boundary's *buffer*: the output of the segment before it, gathered for one chunk
-  of the segment after it, is held while the earlier segments run.
+Where the network may be cut: between two operations (in topological order) across which
+exactly one value is alive (:func:`find_cuts`): the articulation points of the graph, e.g.
+every layer boundary of a chain, every residual-block boundary of a ResNet, every
+inception-block or dense-block boundary. The operations between two consecutive cuts form a
+*unit*; a unit's
+
+- *work*, per image: the largest total of the values alive while one of its operations runs
+  (its inputs, the values kept for later operations and its output), every step of a train
+  counted;
+- *output*: the value alive at the cut after it, which is gathered for one chunk of the
+  segment after it and held while the earlier segments run (a boundary *buffer*).
 
 :func:`plan_segments` picks, among chunk sizes ``ceil(batch / 2**k)``, the segmentation that
 re-reads the fewest weights while every segment's chunk x its largest work stays within the
 limit and the buffers held around it within a sixteenth of it (cuts go where little is
-held: after a pool, or after short trains).
+held: after a pool, or after short trains). A graph without cuts is one unit: the whole
+network runs in image chunks.
 
 Speed is not monotonic in chunk size on a CPU: a chunk so large that its trains exceed the C
 allocator's mmap threshold pays fresh page faults on every call (see benchmarks/README.md),
 so the limit, not the largest possible chunk, is the right target.
 """
 import math
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from .spiking import PascalNeuron, nominal_steps
-
-__all__ = ["UnitProfile", "forward_chain", "plan_segments", "profile_units",
-           "run_segments"]
+__all__ = ["Segment", "UnitProfile", "find_cuts", "plan_segments", "run_segments"]
 
 # Boundary buffers may hold at most this share of the limit, on top of a segment's work.
 BUFFER_SHARE = 1 / 16
-# What one extra chunk call of a module costs, in weight elements read: the per-call
+# What one extra chunk call of an operation costs, in weight elements read: the per-call
 # dispatch and Python overhead (tens of microseconds) next to reading weights (~1 ns each).
 MODULE_CALL_COST = 50_000
-
-
-def forward_chain(module):
-    """Modules whose application in order is ``module``'s forward: ``nn.Sequential`` is
-    unrolled, a module with a ``forward_chain()`` method (VGG, ResNet) gives its own list, and
-    anything else is one unit."""
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-        children = list(module)
-    elif callable(getattr(module, "forward_chain", None)):
-        children = module.forward_chain()
-    else:
-        return [module]
-    return [unit for child in children for unit in forward_chain(child)]
 
 
 @dataclass
 class UnitProfile:
     """Per image, in tensor elements (every step of a train counted)."""
 
-    work: int     # the largest (inputs + output) of any module call inside the unit
-    output: int   # the unit's output train
-    cost: int     # one chunk call: weight elements + MODULE_CALL_COST per module
+    work: int     # the largest total alive while one operation of the unit runs
+    output: int   # the value alive at the cut after the unit
+    cost: int     # one chunk call: weight elements + MODULE_CALL_COST per operation
 
 
-def profile_units(body, units, x):
-    """``([UnitProfile, ...], ann_work)`` from a one-image probe of ``body`` on ``x[:1]``.
+@dataclass
+class Segment:
+    """Operations ``start..stop-1`` run on chunks of ``size`` images; ``source`` is the index
+    of the one value alive at ``start`` (None for the first segment, fed by the images) and
+    ``source_steps`` the length of that value's train."""
 
-    The probe runs the counts path (every train one step, tagged with the length it stands
-    for), so it costs about one ANN image. ``ann_work`` is the largest (inputs + output) of
-    any module with every train one step: what the ANN holds per image at its largest layer.
-    Hooks and stats recorders already on the modules are suspended during the probe.
+    start: int
+    stop: int
+    size: int
+    source: int | None = None
+    source_steps: int = 1
+
+
+def find_cuts(inputs, skip=()):
+    """``{position: alive index}``: positions p (0 < p < n) in a topologically ordered list
+    of n operations where exactly one value computed before p is used at or after p.
+
+    Args:
+        inputs: ``inputs[i]``: indices of the operations whose values operation i reads.
+        skip: indices of values that never count as alive (constants, re-read anywhere).
     """
-    work, output, ann_work = {}, {}, [1]
-
-    def record(module, args, out):
-        tensors = [t for t in (*args, out) if torch.is_tensor(t) and t.dim() >= 2]
-        per_step = [t[0, 0].numel() for t in tensors]  # probe: T = B = 1
-        total = sum(nominal_steps(t) * n for t, n in zip(tensors, per_step))
-        work[module] = max(work.get(module, 0), total)
-        ann_work[0] = max(ann_work[0], sum(per_step))
-        if torch.is_tensor(out) and out.dim() >= 2:
-            output[module] = nominal_steps(out) * out[0, 0].numel()
-
-    with _probing(body, record):
-        body(x[:1].unsqueeze(0))
-    profiles = []
-    for unit in units:
-        modules = list(unit.modules())
-        weights = sum(p.numel() for p in unit.parameters()) + sum(
-            b.numel() for b in unit.buffers())
-        calls = sum(1 for m in modules if not m._modules)
-        profiles.append(UnitProfile(
-            work=max(max((work.get(m, 1) for m in modules), default=1), 1),
-            output=output.get(unit, 1), cost=weights + MODULE_CALL_COST * calls))
-    return profiles, ann_work[0]
-
-
-@contextmanager
-def _probing(body, hook):
-    saved = []
-    neurons = [m for m in body.modules() if isinstance(m, PascalNeuron)]
-    neuron_state = [(m, m.sim, m._recorder) for m in neurons]
-    handles = []
-    try:
-        for m in body.modules():
-            saved.append((m, m._forward_hooks, m._forward_pre_hooks))
-            m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
-            handles.append(m.register_forward_hook(hook))
-        for m in neurons:
-            m.sim, m._recorder = "counts", None
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for m, forward_hooks, pre_hooks in saved:
-            m._forward_hooks, m._forward_pre_hooks = forward_hooks, pre_hooks
-        for m, sim, recorder in neuron_state:
-            m.sim, m._recorder = sim, recorder
+    n = len(inputs)
+    last_use = {}
+    for i, reads in enumerate(inputs):
+        for j in reads:
+            last_use[j] = max(last_use.get(j, -1), i)
+    cuts, alive = {}, set()
+    for p in range(1, n):
+        alive.add(p - 1)
+        alive = {j for j in alive if last_use.get(j, -1) >= p and j not in skip}
+        if len(alive) == 1:
+            cuts[p] = next(iter(alive))
+    return cuts
 
 
 def plan_segments(profiles, batch, limit):
@@ -183,36 +149,32 @@ def plan_segments(profiles, batch, limit):
     return list(min(complete, key=lambda c: c[:3])[3])
 
 
-def run_segments(x, segments, k=None):
-    """Run ``segments`` (``[(units, chunk size), ...]``) on images ``x`` ``(B, ...)``:
-    segment k runs in its chunks, each fed by the earlier segments run on that chunk.
-    Returns the last segment's output train ``(T, B, ...)``."""
+def run_segments(x, segments, run_segment, k=None):
+    """Run ``segments`` on images ``x`` ``(B, ...)``: segment k runs in its chunks, each fed
+    by the earlier segments run on that chunk.
+
+    ``run_segment(k, value, batch)`` runs segment k on ``value`` (the images for k = 0,
+    else the train alive at its start, folded ``(steps * batch, ...)``) and returns its
+    result: the train alive at the next segment's start, or the network's output ``(batch,
+    ...)`` for the last one. Chunk results are gathered step by step in batch order.
+    """
     k = len(segments) - 1 if k is None else k
-    units, size = segments[k]
-    chunks = x.split(size)
-    out, attributes, start = None, [], 0
+    size = segments[k].size
+    out_steps = segments[k + 1].source_steps if k + 1 < len(segments) else 1
+    chunks = x.split(size) if x.shape[0] else (x,)
+    if len(chunks) == 1:
+        value = x if k == 0 else run_segments(x, segments, run_segment, k - 1)
+        return run_segment(k, value, x.shape[0])
+    out, start = None, 0
     for chunk in chunks:
-        h = chunk.unsqueeze(0) if k == 0 else run_segments(chunk, segments, k - 1)
-        for unit in units:
-            h = unit(h)
-        if len(chunks) == 1:
-            return h
+        value = chunk if k == 0 else run_segments(chunk, segments, run_segment, k - 1)
+        batch = chunk.shape[0]
+        h = run_segment(k, value, batch)
+        del value
+        h = h.reshape(out_steps, batch, *h.shape[1:])
         if out is None:  # filled chunk by chunk: never a list of parts plus their join
-            out = h.new_empty((h.shape[0], x.shape[0], *h.shape[2:]))
-        out[:, start:start + h.shape[1]] = h
-        start += h.shape[1]
-        attributes.append(dict(getattr(h, "__dict__", {})))
+            out = h.new_empty((out_steps, x.shape[0], *h.shape[2:]))
+        out[:, start:start + batch] = h
+        start += batch
         del h
-    _join_attributes(out, attributes)
-    return out
-
-
-def _join_attributes(out, parts):
-    """Attributes of the joined chunks (``nominal_steps``, tags set by hooks): values with a
-    ``cat`` classmethod are concatenated, equal plain values kept, others dropped."""
-    for attr, value in parts[0].items():
-        values = [p.get(attr) for p in parts]
-        if hasattr(type(value), "cat"):
-            setattr(out, attr, type(value).cat(values))
-        elif isinstance(value, (int, float, str, tuple)) and all(v == value for v in values):
-            setattr(out, attr, value)
+    return out.reshape(out_steps * x.shape[0], *out.shape[2:])

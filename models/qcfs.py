@@ -2,9 +2,10 @@
 import numbers
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-__all__ = ["QCFS", "qcfs_layers", "get_levels", "set_levels", "clamp_thresholds_", "validate_levels"]
+__all__ = ["QCFS", "qcfs_layers", "get_levels", "set_levels", "clamp_thresholds_",
+           "validate_levels"]
 
 
 class _QCFSFunction(torch.autograd.Function):
@@ -85,7 +86,21 @@ def _check_level(value, what):
 
 
 def qcfs_layers(model: nn.Module):
-    """``[(name, QCFS module), ...]`` in forward order (the order of ``levels``)."""
+    """``[(name, QCFS module), ...]`` in forward order (the order of ``levels``).
+
+    For a ``torch.fx.GraphModule`` (what :func:`models.qcfsify` returns) the order is the
+    graph's, i.e. the order of the calls; for other modules it is registration order, which
+    is forward order in the models of this package (tested).
+    """
+    if isinstance(model, fx.GraphModule):
+        layers, seen = [], set()
+        for node in model.graph.nodes:
+            if node.op == "call_module" and node.target not in seen:
+                module = model.get_submodule(node.target)
+                if isinstance(module, QCFS):
+                    layers.append((node.target, module))
+                    seen.add(node.target)
+        return layers
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QCFS)]
 
 

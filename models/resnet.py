@@ -5,7 +5,8 @@ from .qcfs import QCFS
 
 
 class ResidualAdd(nn.Module):
-    """``branch + shortcut``, as a module so the spiking converter can replace it."""
+    """``branch + shortcut`` (the converter sees the addition in the traced graph; the branch,
+    first, gives the sum its number of steps)."""
 
     def forward(self, branch, shortcut):
         return branch + shortcut
@@ -70,15 +71,9 @@ class ResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(512, num_classes)
 
-    def forward_chain(self):
-        """The modules ``forward`` applies, in order (the spiking simulator chunks by them)."""
-        return [self.conv1, self.conv2_x, self.conv3_x, self.conv4_x, self.conv5_x,
-                self.avgpool, self.flatten, self.fc]
-
     def forward(self, x):
-        for module in self.forward_chain():
-            x = module(x)
-        return x
+        x = self.conv5_x(self.conv4_x(self.conv3_x(self.conv2_x(self.conv1(x)))))
+        return self.fc(self.flatten(self.avgpool(x)))
 
 
 def resnet18(num_classes, variant, act_layer):

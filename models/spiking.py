@@ -1,17 +1,18 @@
-"""The PASCAL spiking neuron and the time-major (T, B, ...) versions of the other layers.
+"""The PASCAL spiking neuron: pure step functions on explicit state, the closed form the
+neuron reaches, and the per-layer statistics of a run.
 
-Every spiking-side module takes and returns a time-major tensor ``x_seq`` of shape
-``(T, B, ...)``; consecutive layers may have different T (each spiking layer emits
-``level`` steps).
+A spike train of T steps is a time-major tensor ``x_seq`` of shape ``(T, B, ...)``;
+consecutive layers may have different T (each spiking layer emits ``level`` steps). The
+network around the neurons (:mod:`models.convert`) keeps trains folded as ``(T*B, ...)``
+and passes each train's length explicitly.
 
-Two simulation modes share these modules (``PascalNeuron.sim``):
+Two simulation modes exist, chosen when a network is converted:
 
-- ``"step"``: every time step of every layer is simulated; the neuron runs its three phases.
-- ``"counts"``: a spike train travels as its window sum, a one-step tensor ``(1, B, ...)``
-  holding ``count * amplitude``, so each linear layer runs once instead of T times; each
-  neuron computes its emitted count from its summed input with the closed form
-  :func:`pascal_counts`. The tensor carries, as the attribute ``nominal_steps``, the length
-  the train has in the step simulator, so statistics still report the true ``T_in``.
+- ``"step"``: every time step is simulated; the neuron runs its three phases
+  (:meth:`PascalNeuron.simulate`).
+- ``"counts"``: a train travels as its window sum, one step ``(B, ...)``, so each linear
+  layer runs once instead of T times; each neuron computes its emitted count from its summed
+  input with the closed form :func:`pascal_counts` (:meth:`PascalNeuron.window_counts`).
 """
 from dataclasses import dataclass, field
 
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "SIM_MODES", "LayerStats", "PascalNeuron", "SeqAffine", "SeqMap", "SpikingAdd", "check_seq",
-    "nominal_steps", "pascal_accumulate_", "pascal_correct_", "pascal_counts", "pascal_emit",
+    "SIM_MODES", "LayerStats", "PascalNeuron", "check_seq", "pascal_accumulate_",
+    "pascal_correct_", "pascal_counts", "pascal_emit",
 ]
 
 SIM_MODES = ("step", "counts")
@@ -32,22 +33,6 @@ def check_seq(x_seq, what, min_dim=3):
         shape = tuple(x_seq.shape) if torch.is_tensor(x_seq) else type(x_seq).__name__
         raise ValueError(f"{what} expects a time-major tensor (T, B, ...) with at least "
                          f"{min_dim} dims, got shape {shape}")
-
-
-def nominal_steps(x_seq):
-    """Length of the spike train ``x_seq`` stands for.
-
-    Its own T in the step simulator; on the counts path, where a train travels as its
-    one-step window sum, the length the step simulator would give it.
-    """
-    return getattr(x_seq, "nominal_steps", x_seq.shape[0])
-
-
-def _carry_nominal_steps(y_seq, num_steps):
-    """Tag a counts-path window sum with the length of the train it stands for."""
-    if num_steps != y_seq.shape[0]:
-        y_seq.nominal_steps = num_steps
-    return y_seq
 
 
 # --- the neuron as pure, in-place step functions on explicit state -------------------------
@@ -196,131 +181,70 @@ class PascalNeuron(nn.Module):
     inputs. Phases: accumulate ``T_in`` steps, correct ``max(T_in, L) - 1`` steps, emit ``L``
     steps. The phase functions work on chunks of steps so long trains can be streamed.
 
-    With ``sim="counts"`` the input is a window sum ``(1, B, ...)`` and the output the window
-    sum of the emitted train, ``count * amplitude`` as ``(1, B, ...)``, with the count from
-    :func:`pascal_counts`; the phases, and so the correction spikes, are not simulated.
+    ``forward(x_seq)`` is :meth:`simulate` without statistics. :meth:`window_counts` is the
+    counts path: window sum in, window sum of the emitted train out, phases not simulated.
     """
 
-    def __init__(self, level, threshold, name="", sim="step"):
+    def __init__(self, level, threshold, name=""):
         super().__init__()
-        if sim not in SIM_MODES:
-            raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
         self.level = int(level)
         self.register_buffer("threshold", torch.as_tensor(threshold).detach().clone().reshape(()))
         self.name = name
-        self.sim = sim
-        self._recorder = None  # a dict while SpikingNetwork.forward_with_stats runs
 
     @property
     def amplitude(self):
         return self.threshold / self.level
 
     def forward(self, x_seq):  # (T_in, B, ...)
+        return self.simulate(x_seq)[0]
+
+    def simulate(self, x_seq, record=False, keep_counts=False):
+        """Step simulation: ``(spikes (L, B, ...), LayerStats or None)``.
+
+        With ``record`` the statistics of this call are returned (``counts``: the per-neuron
+        emitted counts ``(B, ...)`` when ``keep_counts``); otherwise None.
+        """
         check_seq(x_seq, f"PascalNeuron {self.name!r}", min_dim=2)
         amplitude = self.amplitude.to(x_seq.dtype)
-        if self.sim == "counts":
-            return self._forward_counts(x_seq, amplitude)
         num_steps_in = x_seq.shape[0]
         v = torch.full_like(x_seq[0], 0.5)
         count = torch.zeros_like(v)  # integer values held in v's dtype: exact, no conversions
         pascal_accumulate_(v, count, x_seq, amplitude)
-        accumulated = count.clone() if self._recorder is not None else None
+        accumulated = count.clone() if record else None
         correct_steps = max(num_steps_in, self.level) - 1
         pascal_correct_(v, count, correct_steps)
         del v
-        if self._recorder is not None:
+        stats = None
+        if record:
             emitted = count.clamp(0, self.level).to(torch.int32)
             delta = (count - accumulated).to(torch.int64)
-            self._record(emitted, num_steps_in, correct_steps,
-                         int(delta.clamp(min=0).sum()), int((-delta).clamp(min=0).sum()))
-        return pascal_emit(count, self.level, 0, self.level, amplitude)
+            stats = self._stats(emitted, num_steps_in, keep_counts,
+                                int(delta.clamp(min=0).sum()), int((-delta).clamp(min=0).sum()))
+        return pascal_emit(count, self.level, 0, self.level, amplitude), stats
 
-    def _forward_counts(self, x_seq, amplitude):  # (1, B, ...) window sums
-        num_steps_in = nominal_steps(x_seq)
-        total = x_seq[0] if x_seq.shape[0] == 1 else x_seq.sum(0)
+    def window_counts(self, total, num_steps_in, record=False, keep_counts=False):
+        """Counts path: ``(count * amplitude (B, ...), LayerStats or None)``.
+
+        ``total`` is the window sum of the input currents ``(B, ...)``; ``num_steps_in`` the
+        length of the train it stands for in the step simulator (reported in the
+        statistics, whose correction spikes are None: they are not simulated).
+        """
+        amplitude = self.amplitude.to(total.dtype)
         # pascal_counts in place, kept in the input dtype: floor(total/amplitude + 1/2)
         count = torch.div(total, amplitude).add_(0.5).floor_().clamp_(0, self.level)
-        if self._recorder is not None:
-            self._record(count.to(torch.int32), num_steps_in,
-                         max(num_steps_in, self.level) - 1, None, None)
-        return _carry_nominal_steps(count.mul_(amplitude).unsqueeze(0), self.level)
+        stats = None
+        if record:
+            stats = self._stats(count.to(torch.int32), num_steps_in, keep_counts, None, None)
+        return count.mul_(amplitude), stats
 
-    def _record(self, emitted, num_steps_in, correct_steps, excitatory, inhibitory):
-        recorder = self._recorder
-        recorder["stats"].append(LayerStats(
+    def _stats(self, emitted, num_steps_in, keep_counts, excitatory, inhibitory):
+        return LayerStats(
             name=self.name, num_steps_in=num_steps_in, level=self.level,
             neurons=emitted[0].numel(), batch=emitted.shape[0],
             emitted_spikes=int(emitted.sum(dtype=torch.int64)),
             excitatory_corrections=excitatory, inhibitory_corrections=inhibitory,
-            correct_steps=correct_steps,
-            counts=emitted if recorder["keep_counts"] else None))
+            correct_steps=max(num_steps_in, self.level) - 1,
+            counts=emitted if keep_counts else None)
 
     def extra_repr(self):
-        return f"level={self.level}, threshold={float(self.threshold):.6g}, sim={self.sim}"
-
-
-class SeqMap(nn.Module):
-    """Apply a stateless, constant-free layer (pool, flatten) to every step of ``x_seq``."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x_seq):  # (T, B, ...)
-        check_seq(x_seq, f"SeqMap({type(self.layer).__name__})", min_dim=2)
-        y = self.layer(x_seq.flatten(0, 1))
-        return _carry_nominal_steps(y.unflatten(0, x_seq.shape[:2]), nominal_steps(x_seq))
-
-
-class SeqAffine(nn.Module):
-    """A linear map applied to every step, plus its additive constant once per window.
-
-    The ANN computes ``W x + b`` once; a spiking layer fed a T-step train computes
-    ``sum_t (W s_t) + b`` when the constant ``b`` is added at step 0 only, which is exactly
-    ``W (sum_t s_t) + b`` (spec section 3.4). Injecting the constant once needs no division by T
-    and no knowledge of T at conversion time.
-    """
-
-    def __init__(self, layer, bias=None):
-        super().__init__()
-        self.layer = layer
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-
-    def forward(self, x_seq):  # (T, B, ...)
-        check_seq(x_seq, f"SeqAffine({type(self.layer).__name__})", min_dim=2)
-        y = self.layer(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
-        if self.bias is not None:
-            # bias is per output channel: dim 2 of (T, B, C, ...)
-            y[0] += self.bias.view(-1, *([1] * (y.dim() - 3)))
-        return _carry_nominal_steps(y, nominal_steps(x_seq))
-
-
-class ChannelScale(nn.Module):
-    """Multiply channel c (dim 1 of ``(N, C, ...)``) by ``scale[c]``: an eval-mode BN's slope."""
-
-    def __init__(self, scale):
-        super().__init__()
-        self.register_buffer("scale", scale.detach().clone())
-
-    def forward(self, x):
-        return x * self.scale.view(-1, *([1] * (x.dim() - 2)))
-
-
-class SpikingAdd(nn.Module):
-    """Residual addition of two trains; different lengths are aligned by their window sums.
-
-    Equal lengths add step by step. Otherwise the shortcut is summed over its steps and added
-    to the branch's first step: the next PASCAL neuron depends only on the window sum, so
-    this is exact (spec section 3.5). The result has the branch's length. On the counts path
-    both are one-step window sums and simply add.
-    """
-
-    def forward(self, branch_seq, shortcut_seq):  # (T_branch, B, ...), (T_shortcut, B, ...)
-        check_seq(branch_seq, "SpikingAdd branch", min_dim=2)
-        check_seq(shortcut_seq, "SpikingAdd shortcut", min_dim=2)
-        if branch_seq.shape[0] == shortcut_seq.shape[0]:
-            out = branch_seq + shortcut_seq
-        else:
-            out = branch_seq.clone()
-            out[0] += shortcut_seq.sum(0)
-        return _carry_nominal_steps(out, nominal_steps(branch_seq))
+        return f"level={self.level}, threshold={float(self.threshold):.6g}"

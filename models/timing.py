@@ -1,48 +1,61 @@
-"""T_eff (effective timesteps), sequential latency and the fan-ins they need (spec section 5).
+"""T_eff (effective timesteps), sequential latency and the fan-ins they need (spec section 5),
+derived from the model's graph (:mod:`models.graph`) for every architecture.
 
 The method's arithmetic, shared by get_Teff.py, the cost report and the level search.
 """
 from fractions import Fraction
 
-from torch import nn
+from .graph import model_graph
+from .qcfs import qcfs_layers
 
-from .qcfs import QCFS, qcfs_layers
-from .resnet import BasicBlock
+__all__ = ["layer_fan_ins", "layer_num_steps_in", "teff", "teff_term", "latency_steps",
+           "reference_constants", "reference_rows", "teff_reference"]
 
-__all__ = ["layer_fan_ins", "teff", "teff_term", "latency_steps", "reference_constants",
-           "reference_rows", "teff_reference"]
+# Weight-free operations a neuron's input may pass through from a weighted layer.
+_TRANSPARENT = ("batchnorm", "add", "scale", "cat", "pool", "maxpool", "route", "identity")
 
 
 def layer_fan_ins(model):
     """``[(qcfs_name, fan_in), ...]`` in the order of :func:`models.qcfs_layers`.
 
-    fan_in is k*k*C_in/groups (conv) or in_features (linear) of the weighted layer that
-    immediately precedes the activation in forward order. For the activation after a residual
-    addition (``BasicBlock.act``) that is the branch's second conv (``residual_function.3``):
-    the shortcut conv is a parallel path, although it is registered after the branch.
+    The fan-in of a spiking layer is the largest fan-in (``k*k*C_in/groups`` of a conv,
+    ``in_features`` of a linear layer) among the weighted layers that reach it through
+    weight-free operations only (BatchNorm, pools, max pools, additions, concatenations,
+    multiplications by constants, reshapes, dropout) without passing another spiking layer;
+    1 if no weighted layer does (each neuron then receives one input per step, e.g. a
+    BatchNorm-QCFS pair fed straight by a max-pooled spiking layer). So a layer after a
+    residual addition takes the larger of the branch's last conv and a shortcut conv (an
+    identity shortcut comes from a spiking layer and adds nothing), and a layer after a
+    concatenation the largest of the concatenated branches' last layers. For the paper
+    architectures this is the weighted layer right before each activation (ResNet: the
+    branch's second conv, whose 9*C exceeds the 1x1 shortcut's C_in).
     """
-    fan_ins = {}
+    graph = model_graph(model)
+    memo = {}
 
-    def visit(module, name, fan_in):
-        # Returns the fan-in of the last weighted layer on the path out of ``module``.
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            return module.weight.shape[1:].numel()
-        if isinstance(module, QCFS):
-            if fan_in is None:
-                raise ValueError(f"QCFS layer {name} has no conv/linear layer before it")
-            fan_ins[name] = fan_in
-            return fan_in
-        prefix = name + "." if name else ""
-        if isinstance(module, BasicBlock):
-            branch = visit(module.residual_function, prefix + "residual_function", fan_in)
-            visit(module.shortcut, prefix + "shortcut", fan_in)
-            return visit(module.act, prefix + "act", branch)
-        for child_name, child in module.named_children():
-            fan_in = visit(child, prefix + child_name, fan_in)
-        return fan_in
+    def fan_in(node):  # largest fan-in reaching ``node``'s value, 0 if none
+        if node.index not in memo:
+            if node.role == "weighted":
+                memo[node.index] = int(node.module.weight[0].numel())
+            elif node.role in _TRANSPARENT:
+                memo[node.index] = max((fan_in(i) for i in node.inputs), default=0)
+            else:  # a spiking layer, the image, constants
+                memo[node.index] = 0
+        return memo[node.index]
 
-    visit(model, "", None)
-    return [(name, fan_ins[name]) for name, _ in qcfs_layers(model)]
+    found = {n.name: max((fan_in(i) for i in n.inputs), default=0) or 1
+             for n in graph.neurons()}
+    return [(name, found[name]) for name, _ in qcfs_layers(model)]
+
+
+def layer_num_steps_in(model):
+    """``[(qcfs_name, T_in), ...]``: the length of each spiking layer's input train in the
+    converted network (from its levels and graph: the image has one step, an addition the
+    length of its first operand, a concatenation the longest input's)."""
+    graph = model_graph(model)
+    steps = graph.num_steps()
+    found = {n.name: steps[n.inputs[0].index] for n in graph.neurons()}
+    return [(name, found[name]) for name, _ in qcfs_layers(model)]
 
 
 def teff_term(T, r):
@@ -78,30 +91,35 @@ def teff(levels, fan_ins):
     return sum(row["term"] for row in rows) / len(rows), rows
 
 
-def latency_steps(levels):
-    """Sequential steps of each spiking layer and their sum along the critical path.
+def latency_steps(model):
+    """Sequential steps of each spiking layer and the length of the critical path.
 
     Layer l needs T_in + max(T_in, L_l) - 1 + L_l steps (accumulate, correct, emit; spec
-    3.3), with T_in = 1 for the first spiking layer (the analog image enters once) and
-    T_in = L_{l-1} otherwise. In a ResNet block the branch activation
-    (``residual_function.2``) takes the block input (L of the previous activation) and the
-    activation after the addition takes T_in = L of the branch activation: the shortcut's
-    L_prev-step train is folded into the branch's steps (spec 3.5), and the branch, which
-    waits for a spiking layer, is the critical path. So in every registered model T_in is the
-    level of the previous activation in forward order, and the critical path visits all of
-    them. Windows are summed without overlap (a layer's emit phase is not counted as the next
-    layer's accumulate phase), as the issue defines it; with that overlap the total would be
-    smaller by the sum of L over all layers but the last.
+    3.3), with T_in the length of its input train in the converted network
+    (:func:`layer_num_steps_in`: 1 for a layer fed by the image). A layer can start when all
+    of its inputs are complete, so the network's latency is the longest path from the image
+    to the output through the spiking layers' step counts. In a chain (VGG) that is the sum
+    over all layers; in a ResNet block the branch waits for its spiking layer and the
+    shortcut does not, so it is the sum again (the activation after the addition takes the
+    branch's length: the shortcut's train is folded into the branch's steps, spec 3.5).
+    Windows are summed without overlap (a layer's emit phase is not counted as the next
+    layer's accumulate phase); with that overlap the total would be smaller.
 
     Returns:
-        ``(total, per_layer)``: total steps and ``[(T_in, steps), ...]``.
+        ``(total, per_layer)``: total steps and ``[(T_in, steps), ...]`` in the order of
+        :func:`models.qcfs_layers`.
     """
-    per_layer = []
-    t_in = 1
-    for level in levels:
-        per_layer.append((t_in, t_in + max(t_in, level) - 1 + level))
-        t_in = level
-    return sum(steps for _, steps in per_layer), per_layer
+    graph = model_graph(model)
+    steps = graph.num_steps()
+    ready, per_layer = {}, {}
+    for node in graph.nodes:
+        start = max((ready[i.index] for i in node.inputs), default=0)
+        if node.role == "neuron":
+            t_in, level = steps[node.inputs[0].index], node.module.level
+            per_layer[node.name] = (t_in, t_in + max(t_in, level) - 1 + level)
+            start += per_layer[node.name][1]
+        ready[node.index] = start
+    return ready[graph.output.index], [per_layer[name] for name, _ in qcfs_layers(model)]
 
 
 # The published T_eff script's constant lists (spec section 5), as exact fractions.

@@ -67,15 +67,10 @@ class VGG(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
-    def forward_chain(self):
-        """The modules ``forward`` applies, in order (the spiking simulator chunks by them)."""
-        stages = [getattr(self, f"layer{index}") for index in range(1, self.num_stages + 1)]
-        return [*stages, self.pool, self.classifier]
-
     def forward(self, x):
-        for module in self.forward_chain():
-            x = module(x)
-        return x
+        for index in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{index}")(x)
+        return self.classifier(self.pool(x))
 
 
 # The dropout of VGG checkpoints written before model_args recorded it.

@@ -5,20 +5,31 @@ from torch import nn
 import models
 
 
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def randomize_(model, generator):
-    """Random weights, biases and BN statistics (eval-mode BN is then a random affine map)."""
+    """Random weights, biases and BN statistics (eval-mode BN is then a random affine map).
+
+    Convolutions of any kind (grouped and depthwise included: the fan-in is that of one
+    output, ``weight[0]``) and linear layers get He-scaled weights; every BatchNorm gets
+    random statistics and affine parameters.
+    """
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, _CONV + (nn.Linear,)):
                 fan_in = module.weight[0].numel()
                 module.weight.normal_(0, (2.0 / fan_in) ** 0.5, generator=generator)
                 if module.bias is not None:
                     module.bias.normal_(0, 0.1, generator=generator)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0, 0.2, generator=generator)
-                module.running_mean.normal_(0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
+            elif isinstance(module, _BATCHNORM):
+                if module.affine:
+                    module.weight.uniform_(0.5, 1.5, generator=generator)
+                    module.bias.normal_(0, 0.2, generator=generator)
+                if module.running_mean is not None:
+                    module.running_mean.normal_(0, 0.2, generator=generator)
+                    module.running_var.uniform_(0.5, 2.0, generator=generator)
     return model
 
 
@@ -46,9 +57,11 @@ def calibrate_thresholds_(model, x, percentile=0.95):
         for h in handles:
             h.remove()
     # Random deep networks map every input to nearly the same logits; removing the batch mean
-    # from the output bias lets the per-image differences decide the class.
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    last.bias -= logits.mean(0)
+    # from the output bias lets the per-image differences decide the class (networks that
+    # end in a spiking layer and a pool, as squeezenet, have no output bias to shift).
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linear and linear[-1].bias is not None and linear[-1].out_features == logits.shape[1]:
+        linear[-1].bias -= logits.mean(0)
     return model
 
 

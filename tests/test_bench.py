@@ -55,4 +55,4 @@ def test_ideal_ratio_of_vgg16_reference_levels(bench):
     levels = bench.REFERENCE_LEVELS["vgg16"]
     steps = [1] + levels  # layer n is fed by QCFS n-1 (the first conv by the image)
     expected = sum(s * m for s, m in zip(steps, macs, strict=True)) / sum(macs)
-    assert bench.ideal_ratio(model, snn, torch.randn(2, 3, 32, 32)) == pytest.approx(expected)
+    assert bench.ideal_ratio(snn, torch.randn(2, 3, 32, 32)) == pytest.approx(expected)

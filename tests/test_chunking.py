@@ -6,11 +6,10 @@ import random
 
 import pytest
 import torch
-from torch import nn
 
 import models
 from helpers import live_model
-from models.chunking import (BUFFER_SHARE, UnitProfile, forward_chain, plan_segments,
+from models.chunking import (BUFFER_SHARE, Segment, UnitProfile, find_cuts, plan_segments,
                              run_segments)
 
 
@@ -74,68 +73,67 @@ def test_planner_falls_back_to_single_images():
     assert plan_segments(profiles, 8, limit=10) == [(0, 1)]
 
 
-def test_forward_chain_unrolls_sequentials_and_models_with_a_chain():
-    model, x = live_model("vgg_small", 2, images=2, dtype=torch.float64)
-    chain = forward_chain(model)
-    assert all(not isinstance(unit, nn.Sequential) for unit in chain)
-    h = x
-    with torch.no_grad():
-        for unit in chain:
-            h = unit(h)
-        assert torch.equal(h, model(x))  # the chain is the forward, in order
+def test_cuts_are_where_one_value_is_alive():
+    # 0 input, 1 conv, 2 neuron, 3 conv (branch), 4 add(3, 2) (shortcut = 2), 5 neuron,
+    # 6 const (re-read anywhere), 7 mul(5, 6), 8 output
+    inputs = [(), (0,), (1,), (2,), (3, 2), (4,), (), (5, 6), (7,)]
+    cuts = find_cuts(inputs, skip={6})
+    # inside the block (before 4) both 2 and 3 are alive: no cut at 4
+    assert cuts == {1: 0, 2: 1, 3: 2, 5: 4, 6: 5, 7: 5, 8: 7}
 
-    class Custom(nn.Sequential):  # a Sequential with its own forward is kept whole
-        def forward(self, x):
-            return super().forward(x) * 2
 
-    custom = Custom(nn.Linear(2, 2))
-    outer = nn.Sequential(custom, nn.Flatten())
-    assert forward_chain(outer) == [custom, outer[1]]
+def test_cuts_of_a_resnet_are_its_block_boundaries():
+    model = models.create_model("resnet18", num_classes=10, levels=2)
+    snn = models.convert_to_snn(model)
+    starts = [snn.ops[start].name for start, _, source in snn._units if source is not None]
+    for block in ("conv2_x.0", "conv2_x.1", "conv3_x.0", "conv5_x.1"):
+        assert f"{block}.residual_function.0" in starts  # the block's first conv starts a unit
+    # no cut inside a block: its input stays alive for the shortcut until the addition
+    assert "conv2_x.0.residual_function.3" not in starts
+
+
+def _stats_by_name(stats):
+    return {s.name: s for s in stats}
 
 
 def test_run_segments_joins_chunks_in_batch_order():
     model, x = live_model("vgg_small", [3, 1, 2, 2, 1], images=5, dtype=torch.float64)
     snn = models.convert_to_snn(model)
-    units = snn.units
-    counts = []  # per neuron call: spikes per neuron over the window, (b, ...)
-    handles = [m.register_forward_hook(lambda m, a, out: counts.append((m, (out != 0).sum(0))))
-               for _, m in snn.neurons()]
-
-    def run(segments):
-        counts.clear()
-        with torch.inference_mode():  # as SpikingNetwork.forward runs it
-            logits = run_segments(x, segments).sum(0)
-        per_neuron = {}
-        for neuron, c in counts:  # each neuron sees its chunks in batch order
-            per_neuron.setdefault(neuron, []).append(c)
-        return logits, {n: torch.cat(c) for n, c in per_neuron.items()}
-
-    try:
-        whole, whole_counts = run([(units, 5)])
-        for cut in range(1, len(units)):
-            logits, chunk_counts = run([(units[:cut], 1), (units[cut:], 2)])
-            # float64: a convolution over a different number of images may block its sums
-            # differently (seen on a 16-core CPU), so logits agree to rounding (~1e-15
-            # relative), far inside 1e-9; the spike counts must agree exactly.
-            scale = float(whole.abs().max())
-            torch.testing.assert_close(logits, whole, rtol=1e-9, atol=1e-9 * scale)
-            for neuron, c in whole_counts.items():
-                assert torch.equal(chunk_counts[neuron], c), (cut, neuron.name)
-    finally:
-        for handle in handles:
-            handle.remove()
+    whole_logits, whole_stats = snn.forward_with_stats(x, keep_counts=True)
+    units = snn._units
+    for cut in range(1, len(units)):
+        start, _, source = units[cut]
+        segments = [Segment(0, start, 1),
+                    Segment(start, len(snn.ops), 2, source, snn.ops[source].num_steps)]
+        snn._plans = {(5, tuple(x.shape[1:]), x.dtype, x.device, None): segments}
+        logits, stats = snn.forward_with_stats(x, keep_counts=True)
+        # float64: a convolution over a different number of images may block its sums
+        # differently (seen on a 16-core CPU), so logits agree to rounding (~1e-15
+        # relative), far inside 1e-9; the spike counts must agree exactly.
+        scale = float(whole_logits.abs().max())
+        torch.testing.assert_close(logits, whole_logits, rtol=1e-9, atol=1e-9 * scale)
+        for s, w in zip(stats, whole_stats, strict=True):
+            assert torch.equal(s.counts, w.counts), (cut, s.name)
+            assert s.as_dict() == w.as_dict(), (cut, s.name)
 
 
-def test_the_planning_probe_is_invisible_to_hooks_and_stats():
+def test_run_segments_gathers_trains_step_by_step():
+    """A 3-step train split into chunks of 2 images comes back step-major, (T*B, ...)."""
+    x = torch.arange(5.0).view(5, 1)  # five "images"
+    segments = [Segment(0, 1, 2), Segment(1, 2, 5, source=0, source_steps=3)]
+
+    def run_segment(k, value, batch):
+        if k == 0:  # a 3-step train: step t of image b holds 10 t + b
+            return torch.cat([value + 10 * t for t in range(3)])
+        return value
+
+    out = run_segments(x, segments, run_segment)
+    assert out.view(3, 5).tolist() == [[10 * t + b for b in range(5)] for t in range(3)]
+
+
+def test_the_planning_probe_stays_out_of_the_statistics():
     model, x = live_model("vgg_small", [4, 2, 8, 1, 3], images=3)
     snn = models.convert_to_snn(model)
-    seen = []
-    neuron = snn.neurons()[0][1]
-    handle = neuron.register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
-    try:
-        _, stats = snn.forward_with_stats(x)  # plans first: one probe image, unseen
-    finally:
-        handle.remove()
-    assert sum(seen) == 3
+    _, stats = snn.forward_with_stats(x)  # plans first: one probe image, not counted
     assert all(s.batch == 3 for s in stats)
-    assert neuron.sim == "step" and neuron._recorder is None
+    assert snn.sim == "step"

@@ -107,9 +107,15 @@ def test_bad_thresholds_are_rejected_with_the_layer_name(value):
 
 
 def test_unsupported_layers_are_rejected():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), models.QCFS(2))
-    with pytest.raises(TypeError, match=r"'1' \(MaxPool2d\)"):
+    # max pooling of a conv's output on spike trains: not a burst, so not exact
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), models.QCFS(2), nn.Conv2d(4, 4, 3),
+                          nn.MaxPool2d(2), models.QCFS(2))
+    with pytest.raises(ValueError, match=r"node '3' \(MaxPool2d\) max-pools the output of '2'"):
         convert_to_snn(model)
+    with pytest.raises(ValueError, match=r"node '1' \(ReLU\) is a ReLU.*qcfsify"):
+        convert_to_snn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()))
+    with pytest.raises(ValueError, match=r"node '1' \(SiLU\) has no exact spiking counterpart"):
+        convert_to_snn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), models.QCFS(2)))
 
 
 def test_generic_sequential_with_standalone_batchnorm():

@@ -1,7 +1,6 @@
 """Cost accounting (snn_cost.py), the conventional QCFS baseline (models/baseline.py) and the
 --report / --baseline options of main_test.py."""
 import csv
-import inspect
 import json
 
 import pytest
@@ -29,9 +28,9 @@ def measure(ann, x, sim="step", chunked=False):
         snn = multi_segment_snn(ann, x.double(), sim=sim)
     else:
         snn = convert_to_snn(ann, **({"sim": sim} if sim != "step" else {}))
-    with CostMeter(snn) as meter:
-        _, stats = snn.forward_with_stats(x.double())
-        meter.add_layer_stats(stats)
+    meter = CostMeter(snn)
+    _, stats = snn.forward_with_stats(x.double(), keep_counts=True)
+    meter.add(x.double(), stats)
     timing = {"T_eff": 0.0, "T_eff_reference": None, "latency_steps": 0, "mean_level": 0.0}
     return meter, snn_cost.build_report(meter, timing)
 
@@ -119,6 +118,100 @@ def test_identity_shortcut_costs_one_addition_per_spike():
     assert row["layer"] == "act0" and row["shortcut_additions_per_image"] == 7
 
 
+class PooledSpikes(nn.Module):
+    """spikes -> 2x2 max pool -> 1x1 conv with 3 outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.act0 = spiking_input()
+        self.pool = nn.MaxPool2d(2)
+        self.conv = nn.Conv2d(1, 3, 1)
+
+    def forward(self, x):
+        return self.conv(self.pool(self.act0(x)))
+
+
+def test_spikes_through_a_max_pool_are_counted_after_it():
+    counts = torch.tensor([[[[1.0, 4.0, 0.0, 0.0], [0.0, 2.0, 0.0, 1.0],
+                             [3.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]])
+    meter, report = measure(PooledSpikes(), counts)
+    # the pool emits the burst of the largest count per window: 4, 1, 3, 0 -> 8 spikes,
+    # each reaching the 3 outputs of the 1x1 conv at its position
+    assert meter.pooled["pool"].spikes == 8
+    assert meter.weighted["conv"].operations == 8 * 3
+    assert meter.weighted["conv"].source == "pool"
+    rows = {row["layer"]: row for row in report["rows"]}
+    assert rows["act0"]["spikes_per_image"] == 14 and rows["act0"]["accumulates_per_image"] == 0
+    assert rows["pool"]["kind"] == "maxpool" and rows["pool"]["accumulates_per_image"] == 24
+    assert report["totals"]["spikes_per_image"] == 14  # pooled spikes are not emitted twice
+
+
+class ConcatSources(nn.Module):
+    """Two spiking layers (4 and 2 steps) concatenated along channels, then a 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = spiking_input(4), spiking_input(2)
+        self.conv = nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        return self.conv(torch.cat([self.a(x[:, :1]), self.b(x[:, 1:])], 1))
+
+
+def test_concatenated_sources_each_cause_their_own_accumulates():
+    counts = torch.tensor([[[[1.0, 4.0], [0.0, 3.0]], [[2.0, 0.0], [1.0, 1.0]]]])
+    meter, report = measure(ConcatSources(), counts)
+    assert meter.weighted["conv"].operations == (8 + 4) * 3
+    rows = {row["layer"]: row for row in report["rows"]}
+    assert rows["a"]["accumulates_per_image"] == 8 * 3
+    assert rows["b"]["accumulates_per_image"] == 4 * 3
+    # the conv's ANN MACs (2 inputs x 3 outputs x 4 positions) split by input share
+    assert rows["a"]["ann_macs_per_image"] == rows["b"]["ann_macs_per_image"] == 12
+
+
+class SumToConv(nn.Module):
+    """Two spiking layers added (3 and 1 steps), then a convolution: fed densely."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = spiking_input(3), spiking_input(1)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.a(x) + self.b(x))
+
+
+def test_a_sum_of_trains_costs_dense_macs_on_every_step():
+    counts = torch.tensor([[[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [3.0, 0.0, 0.0]]]])
+    meter, report = measure(SumToConv(), counts)
+    dense = meter.weighted["conv"]
+    # 3x3 conv, padding 1, on 3x3: (2+3+2)^2 taps, 1 in, 2 out; the sum has a's 3 steps
+    assert dense.ann_macs == 49 * 2 and dense.operations == 3 * 49 * 2
+    assert dense.source is None and not dense.analog
+    row = {row["layer"]: row for row in report["rows"]}["conv"]
+    assert row["kind"] == "dense" and row["num_steps_in"] == 3
+    # every spike reaching the sum costs one addition: a (L=3) emits 7, b (L=1) 4
+    assert meter.additions == {"a": 7, "b": 4}
+
+
+def test_report_of_a_torchvision_network_is_the_same_on_both_paths():
+    # max pools of bursts and concatenations of fire modules, no linear layer
+    model = models.create_model("tv:squeezenet1_1", num_classes=10, levels=[2, 3] * 13)
+    from helpers import calibrate_thresholds_, randomize_
+    randomize_(model, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    calibrate_thresholds_(model.double(), x)
+    step_meter, step = measure(model, x)
+    _, counts = measure(model, x, sim="counts")
+    assert step["rows"] == counts["rows"]
+    kinds = {row["kind"] for row in step["rows"]}
+    assert kinds == {"analog", "spiking", "maxpool"}
+    assert all(w.source is not None for name, w in step_meter.weighted.items()
+               if name != "features.0")
+    assert sum(row["accumulates_per_image"] for row in step["rows"]
+               if row["kind"] == "maxpool") > 0
+
+
 @pytest.mark.parametrize("pool, conv, shape", [
     (nn.AvgPool2d(3, 2, 1), nn.Conv2d(4, 6, 3, stride=2, padding=1), (4, 11, 9)),  # overlapping
     (nn.AdaptiveAvgPool2d(3), nn.Conv2d(4, 6, 2, padding=1, groups=2), (4, 7, 8)),
@@ -146,8 +239,8 @@ def test_energy_arithmetic_hand_example():
     counts = torch.tensor([[3.0, 0.0, 1.0, 4.0, 0.0, 2.0]])
     ann = nn.Sequential(nn.Linear(6, 6), spiking_input(), nn.Linear(6, 5))
     snn = convert_to_snn(ann.double())
-    with CostMeter(snn) as meter:
-        meter.add_layer_stats(snn.forward_with_stats(counts.double())[1])
+    meter = CostMeter(snn)
+    meter.add(counts.double(), snn.forward_with_stats(counts.double(), keep_counts=True)[1])
     report = snn_cost.build_report(meter, {"T_eff": 1.0, "T_eff_reference": None,
                                            "latency_steps": 1, "mean_level": 4.0},
                                    e_ac=2.0, e_mac=10.0)
@@ -237,8 +330,6 @@ def test_meter_matches_independent_count_on_real_architectures(arch, levels, siz
         assert additions > 0  # identity shortcuts were exercised
 
 
-@pytest.mark.skipif("sim" not in inspect.signature(convert_to_snn).parameters,
-                    reason="convert_to_snn has no counts simulation here")
 def test_counts_simulation_gives_the_same_report():
     model, x = live_model("vgg_small", [4, 2, 8, 1, 3], images=2)
     step_meter, step = measure(model, x)
@@ -342,7 +433,7 @@ def test_report_and_baseline_on_trained_digits(digits_run, tmp_path):
     levels = [4, 2, 8, 4, 3]
     model = models.create_model("vgg_small", num_classes=10, levels=levels)
     assert report["timing"]["T_eff"] == pytest.approx(teff(levels, layer_fan_ins(model))[0])
-    assert report["timing"]["latency_steps"] == latency_steps(levels)[0]
+    assert report["timing"]["latency_steps"] == latency_steps(model)[0]
     for row in rows[1:]:  # measured neuron updates: T_in + max(T_in, L) - 1 + L per neuron
         steps = row["num_steps_in"] + max(row["num_steps_in"], row["level"]) - 1 + row["level"]
         assert row["neuron_updates_per_image"] == row["neurons"] * steps

@@ -145,15 +145,11 @@ def test_chunk_plan_gives_long_trains_small_chunks_and_the_rest_the_batch():
     # from stage 3 on, trains are short or maps small: one chunk, weights read once
     assert "layer3.0" in plan[-1][0] and sizes[-1] == 32
     assert all(b % a == 0 for a, b in zip(sizes, sizes[1:])), sizes  # equal sub-chunks
+    # every operation once, in forward order (inputs, constants and the output not listed)
     assert [name for names, _ in plan for name in names] == [
-        name for name, _ in _named_units(snn)]
+        op.name for op in snn.ops if op.role not in ("input", "const", "meta", "output")]
     assert convert_to_snn(model, sim="counts").chunk_plan(x)[0][1] == 32
     assert convert_to_snn(model).chunk_plan(x[:1])[0][1] == 1
-
-
-def _named_units(snn):
-    names = {m: n for n, m in snn.body.named_modules()}
-    return [(names[u], u) for u in snn.units]
 
 
 def test_step_simulator_tensors_stay_within_the_anns_at_the_same_batch():
@@ -168,8 +164,9 @@ def test_step_simulator_tensors_stay_within_the_anns_at_the_same_batch():
             tensors = [t for t in (*args, output) if torch.is_tensor(t)]
             largest[0] = max(largest[0], sum(t.numel() for t in tensors))
 
+        # leaves: the SNN's convolutions, linear layers and pools run through their modules
         handles = [m.register_forward_hook(hook) for m in net.modules()
-                   if not m._modules and m is not net]  # leaves
+                   if not m._modules and m is not net]
         try:
             run()
         finally:
@@ -180,9 +177,9 @@ def test_step_simulator_tensors_stay_within_the_anns_at_the_same_batch():
     with torch.no_grad():
         ann_largest = largest_call(model, lambda: model(x))
     snn = convert_to_snn(model)
-    snn_largest = largest_call(snn.body, lambda: snn(x))
+    snn_largest = largest_call(snn, lambda: snn(x))
     unchunked = convert_to_snn(model, step_budget=10**6)
-    unchunked_largest = largest_call(unchunked.body, lambda: unchunked(x))
+    unchunked_largest = largest_call(unchunked, lambda: unchunked(x))
     assert snn_largest <= ann_largest  # the budget: the ANN's largest layer at this batch
     assert unchunked_largest >= 8 * ann_largest  # the 8-step trains the budget avoids
 

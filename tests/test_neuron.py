@@ -13,11 +13,9 @@ def run(units, level):
     amplitude = 0.25  # dyadic, so scaling by it stays exact
     neuron = PascalNeuron(level, torch.tensor(amplitude * level, dtype=torch.float64), name="n")
     x_seq = torch.tensor(units, dtype=torch.float64).view(-1, 1, 1) * amplitude  # (T_in, B=1, 1)
-    recorder = {"stats": [], "keep_counts": True}
-    neuron._recorder = recorder
-    spikes = neuron(x_seq)
-    neuron._recorder = None
-    return spikes.view(-1) / amplitude, recorder["stats"][0]
+    spikes, stats = neuron.simulate(x_seq, record=True, keep_counts=True)
+    assert torch.equal(neuron(x_seq), spikes)  # forward is the simulation without statistics
+    return spikes.view(-1) / amplitude, stats
 
 
 # (units per step, L, expected emitted train, excitatory, inhibitory corrections)

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 import models
 from utils import run_main
@@ -29,9 +30,9 @@ def printed_teff(out):
     return values[0]
 
 
-def build(arch, variant="cifar"):
+def build(arch, levels=1, variant="cifar"):
     with torch.device("meta"):
-        return models.create_model(arch, num_classes=10, levels=1, variant=variant)
+        return models.create_model(arch, num_classes=10, levels=levels, variant=variant)
 
 
 # Hand-computed k*k*C_in / in_features of the layer before each activation.
@@ -56,7 +57,7 @@ def _resnet_fan_ins(stem, blocks_per_stage):
     ("resnet34", "imagenet", _resnet_fan_ins(147, (3, 4, 6, 3))),
 ])
 def test_layer_fan_ins_hand_computed(arch, variant, expected):
-    model = build(arch, variant)
+    model = build(arch, variant=variant)
     pairs = layer_fan_ins(model)
     assert [name for name, _ in pairs] == [name for name, _ in models.qcfs_layers(model)]
     assert [fan_in for _, fan_in in pairs] == expected
@@ -101,15 +102,61 @@ def test_uniform_teff_slightly_above_level_and_tends_to_it(level):
     assert values[-1] - level < 1e-7 * level * 16
 
 
+def chain(levels):
+    """conv -> QCFS -> conv -> QCFS ... with the given levels (a chain of spiking layers)."""
+    layers = []
+    for level in levels:
+        layers += [nn.Conv2d(3, 3, 1), models.QCFS(level)]
+    return nn.Sequential(*layers)
+
+
 def test_latency_hand_computed():
     # First layer: T_in = 1; spec example T_in = 1, L = 8 needs 7 correction steps.
-    total, per_layer = latency_steps([1, 8])
+    total, per_layer = latency_steps(chain([1, 8]))
     assert per_layer == [(1, 1 + 1 - 1 + 1), (1, 1 + 8 - 1 + 8)]
     assert total == 18
     # Uniform L: 2L for the first layer, 3L - 1 for the others.
-    total, per_layer = latency_steps([4] * 5)
+    total, per_layer = latency_steps(chain([4] * 5))
     assert [steps for _, steps in per_layer] == [8, 11, 11, 11, 11]
     assert total == 52
+
+
+class TwoBranches(nn.Module):
+    """Two parallel spiking paths joined by a concatenation: latency is the longer path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = models.QCFS(2), models.QCFS(8), models.QCFS(4)
+        self.a2 = models.QCFS(1)
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        short = self.a2(self.conv(self.a(x)))  # 1 -> 2 -> 1 steps
+        long = self.b(x)                        # 1 -> 8 steps
+        return self.c(torch.cat([short, long], 1))
+
+
+def test_latency_of_branches_is_the_longest_path():
+    total, per_layer = latency_steps(TwoBranches())
+    names = [name for name, _ in models.qcfs_layers(TwoBranches())]
+    steps = dict(zip(names, per_layer, strict=True))
+    assert steps["a"] == (1, 1 + 1 + 2) and steps["a2"] == (2, 2 + 1 + 1)
+    assert steps["b"] == (1, 1 + 7 + 8)
+    # the concatenation is as long as its longest input (8 steps): c takes T_in = 8
+    assert steps["c"] == (8, 8 + 7 + 4)
+    assert total == max(4 + 4, 16) + 19
+
+
+def test_fan_in_after_concatenation_and_max_pool():
+    """The largest fan-in among the weighted layers reaching a neuron without passing another
+    neuron; 1 when only spiking layers reach it (through a max pool)."""
+    model = TwoBranches()
+    fan_ins = dict(layer_fan_ins(model))
+    assert fan_ins == {"a": 3, "b": 3, "a2": 3, "c": 1}  # c: fed by spiking layers only
+    pooled = nn.Sequential(nn.Conv2d(3, 5, 3), models.QCFS(2), nn.MaxPool2d(2),
+                           nn.BatchNorm2d(5), models.QCFS(2))
+    assert layer_fan_ins(pooled) == [("1", 27), ("4", 1)]
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -191,7 +238,7 @@ def test_cli_reads_levels_from_checkpoint_and_writes_json(tmp_path, capsys):
     fan_ins = [fan_in for _, fan_in in layer_fan_ins(build("vgg_small"))]
     assert result["T_eff"] == pytest.approx(teff(levels, fan_ins)[0], rel=1e-12)
     assert printed_teff(out) == f"{result['T_eff']:.4f}"
-    assert result["latency_steps"] == latency_steps(levels)[0]
+    assert result["latency_steps"] == latency_steps(build("vgg_small", levels))[0]
     names = [name for name, _ in layer_fan_ins(build("vgg_small"))]
     assert [row["name"] for row in result["layers"]] == names
     # The same file through --checkpoint, and the default directory through the cwd.

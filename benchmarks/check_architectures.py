@@ -1,0 +1,113 @@
+"""Which torchvision architectures convert exactly: the measurements behind docs/architectures.md.
+
+For each ``tv:NAME``: build it with random live weights (random BatchNorm statistics and
+affine parameters, thresholds calibrated so every QCFS layer is partly active), mixed levels
+from {1, 2, 3, 4, 8}, two images of the smallest square size it accepts but at least 64x64,
+float64; convert it on both simulation paths and compare every neuron's emitted count with
+the ANN's QCFS level and the logits with the ANN's. A refused architecture records the
+one-line reason (the node and the operation).
+
+    python3 benchmarks/check_architectures.py --json benchmarks/results/architectures.json
+    python3 benchmarks/check_architectures.py --archs alexnet,vgg16
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import models  # noqa: E402  (needs the repository root on sys.path)
+from helpers import ann_levels, calibrate_thresholds_, randomize_  # noqa: E402
+
+DEFAULT = ("resnet18,resnet50,vgg11_bn,mobilenet_v2,densenet121,googlenet,squeezenet1_1,"
+           "alexnet,vgg16,shufflenet_v2_x1_0,regnet_x_400mf,mnasnet0_5,resnext50_32x4d,"
+           "inception_v3,efficientnet_b0,vit_b_16,regnet_y_400mf,mobilenet_v3_small,"
+           "convnext_tiny,swin_t")
+
+
+def mixed_levels(count, seed):
+    """Levels from {1, 2, 3, 4, 8}, adjacent layers differing, at most two 8s."""
+    generator = torch.Generator().manual_seed(seed)
+    levels = []
+    while len(levels) < count:
+        value = [1, 2, 3, 4, 8][int(torch.randint(5, (1,), generator=generator))]
+        if (not levels or value != levels[-1]) and not (value == 8 and levels.count(8) >= 2):
+            levels.append(value)
+    return levels
+
+
+def check(name, seed=0, images=2):
+    arch = f"tv:{name}"
+    started = time.perf_counter()
+    try:
+        model = models.create_model(arch, num_classes=10, levels=1)
+    except ValueError as error:
+        return {"arch": arch, "result": "refused", "reason": str(error)}
+    layers = len(models.qcfs_layers(model))
+    size = max(64, models.min_input_size(model) or 64)
+    models.set_levels(model, mixed_levels(layers, seed))
+    generator = torch.Generator().manual_seed(seed)
+    model = randomize_(model, generator).double()
+    x = torch.randn(images, 3, size, size, generator=generator, dtype=torch.float64)
+    calibrate_thresholds_(model, x)
+    logits, levels = ann_levels(model, x)
+    active = [float((level > 0).double().mean()) for level in levels.values()]
+    row = {"arch": arch, "result": "exact", "qcfs_layers": layers, "input_size": size,
+           "images": images, "levels": models.get_levels(model),
+           "active_min": min(active), "active_max": max(active)}
+    scale = float(logits.abs().max())
+    for sim in ("step", "counts"):
+        snn = models.convert_to_snn(model, sim=sim)
+        tick = time.perf_counter()
+        out, stats = snn.forward_with_stats(x, keep_counts=True)
+        row[f"{sim}_seconds"] = time.perf_counter() - tick
+        difference = max(int((s.counts.to(torch.int64) - levels[s.name]).abs().max())
+                         for s in stats)
+        error = float((out - logits).abs().max()) / scale
+        row[f"{sim}_max_count_difference"] = difference
+        row[f"{sim}_max_logit_error_over_max_logit"] = error
+        if difference != 0 or error > 1e-9:
+            row["result"] = "MISMATCH"
+    row["seconds"] = time.perf_counter() - started
+    return row
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.archs.split(","):
+        row = check(name)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "levels"}), flush=True)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result = {"torch": torch.__version__, "torchvision": models.torchvision_version(),
+                  "threads": torch.get_num_threads(), "rows": rows}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, path)
+    return rows
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", default=DEFAULT,
+                        help="comma-separated torchvision names (default: the documented set)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's default)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the rows as JSON (default: no file)")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

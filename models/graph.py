@@ -1,0 +1,532 @@
+"""The model graph: a network traced with torch.fx, every node classified by what it becomes
+in the PASCAL spiking network (its *role*), and the refusal of whatever has no exact spiking
+counterpart. qcfsify, the converter, T_eff/latency and the cost meter all read this one
+classification, so they agree on what a model is.
+
+Roles (the fate of each node in the spiking network):
+
+- ``input``: the image; it enters once, as an analog current (one step).
+- ``const``: a parameter or buffer read by the graph (``get_attr``).
+- ``meta``: Python values about tensors (``x.size()``, ``x.shape[0]``, ``c // g``).
+- ``neuron``: a QCFS activation, which becomes a PASCAL neuron.
+- ``weighted``: a convolution or linear layer (groups, stride, dilation, padding as they are);
+  its bias is injected once per window.
+- ``batchnorm``: an eval-mode BatchNorm; folded into the weighted layer before it when that
+  layer's output feeds only the BatchNorm, otherwise a per-step scale plus a once-per-window
+  shift.
+- ``add``: addition or subtraction of trains and constants (window sums add).
+- ``scale``: multiplication or division by a constant.
+- ``cat``: concatenation along a non-batch dimension; shorter trains are zero-padded at the end.
+- ``pool``: average and adaptive-average pooling, mean over non-batch dimensions.
+- ``maxpool``: max pooling, only of front-loaded spike bursts or of the one-step analog input.
+- ``route``: element rearrangements that keep time folded into the batch dimension:
+  flatten, view/reshape, transpose/permute, chunk/split and indexing of their parts, channel
+  shuffles built from them.
+- ``identity``: dropout (identity at inference), ``nn.Identity``, ``contiguous``, ``clone``.
+- ``output``: the network's output; the spiking network sums it over its steps.
+
+Value kinds, known statically, decide where max pooling is exact: ``analog`` (computed from the
+image alone: one step whose value is the ANN's), ``burst`` (a spiking layer's front-loaded
+burst of one amplitude per channel, possibly through channel concatenation, channel chunks,
+other max pools, dropout or identity), ``train`` (any other spike-derived value), ``const``
+and ``meta``.
+"""
+import builtins
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .qcfs import QCFS
+
+__all__ = ["GraphNode", "ModelGraph", "UnsupportedModelError", "call_site_names", "model_graph",
+           "trace"]
+
+
+class UnsupportedModelError(ValueError):
+    """A model, or one of its nodes, has no exact spiking counterpart (one-line message)."""
+
+
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                     nn.AlphaDropout, nn.FeatureAlphaDropout)
+_ROUTE_MODULES = (nn.Flatten, nn.Unflatten)
+RELU_MODULES = (nn.ReLU, nn.ReLU6)
+RELU_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_, F.relu6)
+RELU_METHODS = ("relu", "relu_")
+
+_POOL_FUNCTIONS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                   F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                      F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+_ADD_FUNCTIONS = (operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub)
+_SUB_FUNCTIONS = (operator.sub, operator.isub, torch.sub)
+_SCALE_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv,
+                    torch.div, operator.neg, torch.neg)
+_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
+_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+                      F.feature_alpha_dropout)
+# functions and methods that rearrange elements, with where their dim argument sits
+_ROUTE_FUNCTIONS = (torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.chunk,
+                    torch.split, torch.squeeze, torch.unsqueeze, operator.getitem)
+_ROUTE_METHODS = ("view", "reshape", "flatten", "transpose", "permute", "chunk", "split",
+                  "squeeze", "unsqueeze")
+_TUPLE_VALUED = ("chunk", "split")
+_META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul,
+                   operator.floordiv, operator.truediv, operator.mod, operator.eq, operator.ne,
+                   operator.lt, operator.le, operator.gt, operator.ge, operator.neg,
+                   torch._assert, builtins.getattr, builtins.len)
+_META_METHODS = ("size", "dim")
+
+SUPPORTED = ("QCFS activations, conv/linear layers, BatchNorm, average and adaptive-average "
+             "pooling, max pooling of spike bursts, addition, concatenation, multiplication by "
+             "constants, flatten/view/transpose/chunk/split and dropout")
+
+
+class Tracer(fx.Tracer):
+    """torch.fx tracer that keeps QCFS activations as single nodes."""
+
+    def is_leaf_module(self, module, qualified_name):
+        return isinstance(module, QCFS) or super().is_leaf_module(module, qualified_name)
+
+
+def trace(model):
+    """``(root, graph)``: the fx graph of ``model`` (its own graph for a GraphModule).
+
+    Raises:
+        UnsupportedModelError: tracing failed (e.g. data-dependent control flow).
+    """
+    if isinstance(model, fx.GraphModule):
+        return model, model.graph
+    try:
+        graph = Tracer().trace(model)
+    except Exception as error:  # fx raises many types; the first line says what happened
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UnsupportedModelError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: "
+            f"{first}); models with data-dependent control flow cannot be converted") from None
+    return model, graph
+
+
+def _describe(node, root):
+    """Short description of a node's operation, e.g. ``Conv2d``, ``torch.cat``,
+    ``Tensor.view``."""
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)).__name__
+    if node.op == "call_function":
+        module = getattr(node.target, "__module__", None) or ""
+        name = getattr(node.target, "__name__", str(node.target))
+        if module.startswith("torch.nn.functional"):
+            return f"F.{name}"
+        if module in ("_operator", "operator"):
+            return f"operator.{name}"
+        if module.startswith("torch"):
+            return f"torch.{name}"
+        return f"{module}.{name}" if module else name
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return node.op
+
+
+def _function_name(node):
+    if node.op == "call_method":
+        return node.target
+    return getattr(node.target, "__name__", "op").strip("_") or "op"
+
+
+def call_site_names(root, graph):
+    """``{fx node: call-site name}`` for every call node.
+
+    A module call is named by the module (``layer1.0.relu``); its second and later calls get
+    ``_1``, ``_2``, ... (``layer1.0.relu_1``). A function or method call is named by the
+    innermost module it was traced in plus the function (``conv1.relu`` for ``F.relu``
+    inside module ``conv1``; ``relu`` at the top level), with the same suffixes. A name never
+    collides with another module of ``root``.
+    """
+    taken = {name for name, _ in root.named_modules() if name}
+    names, counts = {}, {}
+    for node in graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        if node.op == "call_module":
+            base = node.target
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            scope = list(stack.values())[-1][0] if stack else ""
+            base = f"{scope}.{_function_name(node)}" if scope else _function_name(node)
+        index = counts.get(base, 0)
+        while True:
+            name = base if index == 0 else f"{base}_{index}"
+            index += 1
+            own_module = node.op == "call_module" and name == node.target
+            if name not in names.values() and (own_module or name not in taken):
+                break
+        counts[base] = index
+        names[node] = name
+    return names
+
+
+@dataclass(eq=False)
+class GraphNode:
+    """One node of the traced model and what it becomes in the spiking network."""
+
+    index: int
+    node: fx.Node
+    name: str            # call-site name (module path for module calls)
+    op: str              # e.g. "Conv2d", "torch.cat", "Tensor.view"
+    role: str            # see the module docstring
+    kind: str            # analog, burst, train, const or meta
+    inputs: list = field(default_factory=list)   # GraphNodes read, in order of appearance
+    users: list = field(default_factory=list)
+    module: nn.Module | None = None
+    tuple_valued: bool = False
+    folded_into: "GraphNode | None" = None  # for a BatchNorm folded into its weighted layer
+
+    def __repr__(self):
+        return f"GraphNode({self.name!r}, {self.op}, role={self.role}, kind={self.kind})"
+
+
+class ModelGraph:
+    """The classified graph of a model: ``nodes`` in topological (forward) order."""
+
+    def __init__(self, root, graph, nodes):
+        self.root, self.graph, self.nodes = root, graph, nodes
+        self.output = nodes[-1]
+
+    def neurons(self):
+        """The ``neuron`` nodes in forward order."""
+        return [n for n in self.nodes if n.role == "neuron"]
+
+    def num_steps(self):
+        """``{index: steps}``: length of each tensor value's train in the step simulator.
+
+        The image has one step; a spiking layer emits ``level`` steps; an addition has the
+        length of its first tensor operand (see :mod:`models.convert`); a concatenation the
+        longest of its inputs; every other operation its (first) input's. const and meta
+        values have None.
+        """
+        steps = {}
+        for n in self.nodes:
+            tensor_inputs = [steps[i.index] for i in n.inputs if steps.get(i.index) is not None]
+            if n.role == "input":
+                steps[n.index] = 1
+            elif n.role in ("const", "meta"):
+                steps[n.index] = None
+            elif n.role == "neuron":
+                steps[n.index] = n.module.level
+            elif n.role == "cat":
+                steps[n.index] = max(tensor_inputs)
+            else:
+                steps[n.index] = tensor_inputs[0] if tensor_inputs else None
+        return steps
+
+
+def model_graph(model, *, context=""):
+    """Trace ``model`` and classify every node; raise on the first node in forward order
+    that has no exact spiking counterpart.
+
+    Args:
+        model: an ``nn.Module`` (a ``GraphModule`` is used as it is).
+        context: prefix for error messages (e.g. the architecture name).
+
+    Raises:
+        UnsupportedModelError: one line naming the node, its operation and why.
+    """
+    root, graph = trace(model)
+    names = call_site_names(root, graph)
+    nodes, by_fx = [], {}
+    qcfs_calls = {}
+    prefix = f"{context}: " if context else ""
+    for fx_node in graph.nodes:
+        inputs = [by_fx[n] for n in fx_node.all_input_nodes]
+        gnode = GraphNode(index=len(nodes), node=fx_node, name=names.get(fx_node, fx_node.name),
+                          op=_describe(fx_node, root), role="", kind="", inputs=inputs)
+        if fx_node.op == "call_module":
+            gnode.module = root.get_submodule(fx_node.target)
+        reason = _classify(gnode, root)
+        if reason is not None:
+            raise UnsupportedModelError(f"{prefix}node {gnode.name!r} ({gnode.op}) {reason}")
+        if gnode.role == "neuron":
+            if fx_node.target in qcfs_calls:
+                raise UnsupportedModelError(
+                    f"{prefix}node {gnode.name!r} (QCFS) calls the QCFS module "
+                    f"{fx_node.target!r} a second time; each call site needs its own QCFS "
+                    "layer (models.qcfsify gives every ReLU call its own)")
+            qcfs_calls[fx_node.target] = gnode
+        for i in inputs:
+            if gnode not in i.users:
+                i.users.append(gnode)
+        nodes.append(gnode)
+        by_fx[fx_node] = gnode
+    _fold_batchnorms(nodes)
+    return ModelGraph(root, graph, nodes)
+
+
+def _fold_batchnorms(nodes):
+    """Mark each BatchNorm whose input is a weighted layer feeding only it as folded."""
+    for n in nodes:
+        if n.role == "batchnorm" and len(n.inputs) == 1:
+            source = n.inputs[0]
+            if source.role == "weighted" and source.users == [n]:
+                n.folded_into = source
+
+
+# --- classification ----------------------------------------------------------------------------
+
+def _arg(node, position, keyword, default=None):
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(keyword, default)
+
+
+def _is_node(value):
+    return isinstance(value, fx.Node)
+
+
+def _classify(g, root):
+    """Set ``g.role``, ``g.kind`` (and ``tuple_valued``); return a refusal reason or None."""
+    node = g.node
+    kinds = [i.kind for i in g.inputs]
+    tensor_kinds = [k for k in kinds if k in ("analog", "burst", "train")]
+    spike_kind = "train" if any(k in ("burst", "train") for k in tensor_kinds) else "analog"
+
+    if node.op == "placeholder":
+        g.role, g.kind = "input", "analog"
+        if any(n.op == "placeholder" for n in node.graph.nodes if n is not node):
+            return ("is one of several inputs; the spiking network takes one image batch "
+                    "(give the other inputs defaults or fix them in a wrapper)")
+        return None
+    if node.op == "get_attr":
+        g.role, g.kind = "const", "const"
+        return None
+    if node.op == "output":
+        g.role, g.kind = "output", spike_kind
+        if not _is_node(node.args[0]) or not tensor_kinds:
+            return "returns a tuple or a non-tensor; the spiking network needs one output tensor"
+        return None
+    if not tensor_kinds:
+        # computed from constants or Python values only: evaluated as the ANN does
+        if _is_meta_op(node) and "const" not in kinds:
+            g.role, g.kind = "meta", "meta"
+            return None
+        if "const" in kinds and "meta" not in kinds:
+            g.role, g.kind = "const", "const"  # e.g. a parameter reshaped or scaled
+            return None
+        g.role = "refused"
+        return ("builds a tensor from constants and sizes at run time (e.g. a class token "
+                "expanded to the batch), which has no spiking counterpart")
+
+    if node.op == "call_module":
+        return _classify_module(g, g.module, tensor_kinds, spike_kind)
+    target = node.target
+    if node.op == "call_function" and target in RELU_FUNCTIONS or (
+            node.op == "call_method" and target in RELU_METHODS):
+        g.role = "refused"
+        return ("is a ReLU call; convert a QCFS network (models.qcfsify turns every ReLU call "
+                "into a QCFS layer)")
+    if (node.op == "call_method" and target in _META_METHODS) or (
+            node.op == "call_function" and target is builtins.getattr):
+        g.role, g.kind = "meta", "meta"
+        if target is builtins.getattr and node.args[1] not in ("shape", "ndim"):
+            return f"reads the tensor attribute {node.args[1]!r}, which is not supported"
+        return None
+    if node.op == "call_function" and target is operator.getitem and g.inputs[0].tuple_valued:
+        g.role = "route"
+        g.kind = g.inputs[0].kind
+        return None
+    function = target if node.op == "call_function" else None
+    method = target if node.op == "call_method" else None
+
+    if method in ("add_", "sub_", "mul_", "div_"):
+        g.role = "refused"
+        return ("modifies a tensor in place, which the other users of that tensor would see in "
+                "the ANN; write it out of place")
+    if function in _ADD_FUNCTIONS or method in ("add", "sub"):
+        if _arg(node, 2, "alpha") is not None:
+            return "uses alpha; write the scaling as a separate multiplication"
+        g.role, g.kind = "add", spike_kind
+        return None
+    if function in _SCALE_FUNCTIONS or method in ("mul", "div", "neg"):
+        g.role, g.kind = "scale", spike_kind
+        operands = list(node.args[:2])
+        tensors = [a for a in operands if _is_node(a) and _node_kind(a, g) in
+                   ("analog", "burst", "train")]
+        if len(tensors) > 1:
+            return ("multiplies two non-constant tensors (e.g. sigmoid gating or attention); "
+                    "a product of spike trains has no exact spiking counterpart")
+        is_division = function in (operator.truediv, operator.itruediv, torch.div) or \
+            method == "div"
+        if is_division and len(operands) > 1 and _is_node(operands[1]) and \
+                _node_kind(operands[1], g) in ("analog", "burst", "train"):
+            return "divides by a non-constant tensor, which has no exact spiking counterpart"
+        if is_division and node.kwargs.get("rounding_mode") is not None:
+            return "divides with rounding, which is not linear"
+        return None
+    if function in _CAT_FUNCTIONS:
+        dim = _arg(node, 1, "dim", 0)
+        if not isinstance(dim, int) or dim == 0:
+            return (f"concatenates along dim {dim!r}; time is folded into the batch dimension, "
+                    "so only concatenation along other dimensions is supported")
+        g.role = "cat"
+        if all(k == "analog" for k in tensor_kinds):
+            g.kind = "analog"
+        elif dim == 1 and all(k == "burst" for k in tensor_kinds):
+            g.kind = "burst"
+        else:
+            g.kind = "train"
+        return None
+    if function in _POOL_FUNCTIONS:
+        g.role, g.kind = "pool", spike_kind
+        return None
+    if function in _MAXPOOL_FUNCTIONS:
+        if _arg(node, 5 if "adaptive" not in function.__name__ else 2, "return_indices", False):
+            return "returns indices, which have no spiking counterpart"
+        return _classify_maxpool(g, tensor_kinds)
+    if function in (torch.mean,) or method == "mean":
+        dims = _arg(node, 1, "dim")
+        if dims is None or _touches_batch(dims):
+            return (f"averages over dim {dims!r}, which includes the batch dimension (time is "
+                    "folded into it); average over the other dimensions only")
+        g.role, g.kind = "pool", spike_kind
+        return None
+    if function in _DROPOUT_FUNCTIONS:
+        if _arg(node, 2, "training", True) is not False:
+            return ("was traced with training=True, so it would drop in evaluation too; use an "
+                    "nn.Dropout module")
+        g.role, g.kind = "identity", tensor_kinds[0]
+        return None
+    if method in ("contiguous", "clone"):
+        g.role, g.kind = "identity", tensor_kinds[0]
+        return None
+    if function in _ROUTE_FUNCTIONS or method in _ROUTE_METHODS:
+        return _classify_route(g, function or method, tensor_kinds)
+    g.role = "refused"
+    return f"has no exact spiking counterpart (converted are {SUPPORTED})"
+
+
+def _node_kind(fx_node, g):
+    for i in g.inputs:
+        if i.node is fx_node:
+            return i.kind
+    return None
+
+
+def _is_meta_op(node):
+    return (node.op == "call_function" and node.target in _META_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _META_METHODS)
+
+
+def _touches_batch(dims):
+    dims = dims if isinstance(dims, (list, tuple)) else (dims,)
+    return any(not isinstance(d, int) or d == 0 for d in dims)
+
+
+def _classify_module(g, module, tensor_kinds, spike_kind):
+    if isinstance(module, QCFS):
+        g.role, g.kind = "neuron", "burst"
+        return None
+    if isinstance(module, _WEIGHTED):
+        g.role, g.kind = "weighted", spike_kind
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.padding_mode != "zeros":
+            return (f"pads with mode {module.padding_mode!r}; only zero padding is linear and "
+                    "free of constants")
+        return None
+    if isinstance(module, _BATCHNORM):
+        g.role, g.kind = "batchnorm", spike_kind
+        if module.running_mean is None or module.running_var is None:
+            return ("has no running statistics, so in evaluation it is not a fixed affine map "
+                    "(build it with track_running_stats=True)")
+        return None
+    if isinstance(module, _POOL_MODULES):
+        g.role, g.kind = "pool", spike_kind
+        return None
+    if isinstance(module, _MAXPOOL_MODULES):
+        if module.return_indices:
+            return "returns indices, which have no spiking counterpart"
+        return _classify_maxpool(g, tensor_kinds)
+    if isinstance(module, _IDENTITY_MODULES):
+        g.role, g.kind = "identity", tensor_kinds[0]
+        return None
+    if isinstance(module, _ROUTE_MODULES):
+        dim = module.start_dim if isinstance(module, nn.Flatten) else module.dim
+        if dim == 0:
+            return "reshapes the batch dimension, into which time is folded"
+        g.role, g.kind = "route", spike_kind
+        return None
+    g.role = "refused"
+    if isinstance(module, RELU_MODULES):
+        return ("is a ReLU; convert a QCFS network (models.qcfsify turns every ReLU into a QCFS "
+                "layer)")
+    return f"has no exact spiking counterpart (converted are {SUPPORTED})"
+
+
+def _classify_maxpool(g, tensor_kinds):
+    kind = tensor_kinds[0]
+    g.role, g.kind = "maxpool", kind
+    if kind in ("burst", "analog"):
+        return None
+    source = g.inputs[0]
+    return (f"max-pools the output of {source.name!r} ({source.op}), which is not a spike "
+            "burst; max pooling is exact only on a spiking layer's output (possibly through "
+            "channel concatenation, other max pools, dropout or identity) or on the one-step "
+            "analog input")
+
+
+def _classify_route(g, what, tensor_kinds):
+    node = g.node
+    g.role, g.kind = "route", tensor_kinds[0] if tensor_kinds[0] == "analog" else "train"
+    name = what if isinstance(what, str) else what.__name__
+    if name == "getitem":
+        index = node.args[1]
+        first = index[0] if isinstance(index, tuple) and index else index
+        if not (isinstance(first, slice) and first == slice(None)):
+            return (f"indexes with {index!r}; indexing must keep the whole batch dimension "
+                    "(time is folded into it): start the index with ':'")
+        return None
+    if name in _TUPLE_VALUED:
+        g.tuple_valued = True
+        dim = _arg(node, 2, "dim", 0)
+        if not isinstance(dim, int) or dim == 0:
+            return f"splits along dim {dim!r}; split along a non-batch dimension"
+        if dim == 1 and tensor_kinds[0] == "burst":
+            g.kind = "burst"  # whole channels of a burst remain bursts
+        return None
+    if name == "flatten":
+        start = _arg(node, 1, "start_dim", 0)
+        if not isinstance(start, int) or start == 0:
+            return "flattens the batch dimension, into which time is folded; flatten from dim 1"
+        return None
+    if name == "transpose":
+        dims = (_arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
+        if _touches_batch(dims):
+            return f"transposes dims {dims!r}, moving the batch dimension"
+        return None
+    if name == "permute":
+        dims = node.args[1] if len(node.args) == 2 and isinstance(
+            node.args[1], (list, tuple)) else node.args[1:]
+        dims = node.kwargs.get("dims", dims)
+        if not dims or dims[0] != 0:
+            return f"permutes dims {tuple(dims)!r}, moving the batch dimension"
+        return None
+    if name in ("squeeze", "unsqueeze"):
+        dim = _arg(node, 1, "dim")
+        if not isinstance(dim, int) or dim == 0:
+            return f"{name}s dim {dim!r}; give a non-batch dim"
+        return None
+    if name in ("view", "reshape"):
+        sizes = node.args[1:] if len(node.args) > 1 else (node.kwargs.get("shape"),)
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = sizes[0]
+        first = sizes[0] if sizes else None
+        if isinstance(first, int) and first != -1:
+            return (f"reshapes to a batch dimension of {first}; the batch size must be -1 or "
+                    "taken from the tensor (x.size(0)), because time is folded into it")
+        return None
+    return None

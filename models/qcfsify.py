@@ -1,0 +1,75 @@
+"""``qcfsify(model, levels)``: any ReLU network as a trainable QCFS network, via its fx graph."""
+import copy
+
+from torch import fx
+
+from .graph import RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names, model_graph, trace
+from .qcfs import QCFS, set_levels
+
+__all__ = ["qcfsify", "qcfsify_"]
+
+
+def _is_relu(node, root):
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), RELU_MODULES)
+    if node.op == "call_function":
+        return node.target in RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in RELU_METHODS
+
+
+def qcfsify(model, levels, init_threshold=4.0, *, context=""):
+    """A trainable QCFS network computing ``model`` with every ReLU replaced by QCFS.
+
+    The model is traced with torch.fx; every call of ``nn.ReLU``/``nn.ReLU6`` or of
+    ``F.relu``/``torch.relu``/``F.relu6``/``Tensor.relu`` becomes its own QCFS layer (own
+    threshold, own level), named from the call site: a module keeps its name for its first
+    call (``layer1.0.relu``) and later calls get ``_1``, ``_2`` (``layer1.0.relu_1``); a
+    function call is named by the module it is called in (``F.relu`` inside module
+    ``conv1``: ``conv1.relu``). ReLU6's clipping at 6 is dropped: QCFS clips at its own
+    threshold.
+
+    Args:
+        model: an ``nn.Module`` traceable by torch.fx (no data-dependent control flow). It
+            is copied, not changed.
+        levels: an int or one int >= 1 per QCFS layer, in the order of
+            :func:`models.qcfs_layers` of the result (forward order).
+        init_threshold: initial threshold (lambda) of every new QCFS layer, > 0.
+        context: prefix for error messages (e.g. ``"tv:efficientnet_b0"``).
+
+    Returns:
+        an ``fx.GraphModule`` (same submodule names and state_dict keys as ``model``, plus
+        ``NAME.threshold`` per QCFS layer) whose :func:`models.qcfs_layers` are in call order.
+
+    Raises:
+        ValueError: before any training, one line naming the first node with no exact
+            spiking counterpart (SiLU, GELU, Hardswish, sigmoid gating, attention, LayerNorm,
+            a max pool of something other than spike bursts, ...) and why; or bad levels.
+    """
+    return qcfsify_(copy.deepcopy(model), levels, init_threshold, context=context)
+
+
+def qcfsify_(model, levels, init_threshold=4.0, *, context=""):
+    """:func:`qcfsify` without the copy: the result shares ``model``'s submodules (for a
+    freshly built model, which nothing else holds)."""
+    if not float(init_threshold) > 0:
+        raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+    root, graph = trace(model)
+    network = root if isinstance(root, fx.GraphModule) else fx.GraphModule(
+        root, graph, class_name=type(model).__name__)
+    names = call_site_names(network, network.graph)
+    relus = [node for node in network.graph.nodes if _is_relu(node, network)]
+    for node in relus:
+        name = names[node]
+        network.add_submodule(name, QCFS(level=1, init_threshold=float(init_threshold)))
+        source = node.args[0] if node.args else node.kwargs["input"]
+        with network.graph.inserting_after(node):
+            qcfs = network.graph.call_module(name, (source,))
+        qcfs.meta = dict(node.meta)
+        node.replace_all_uses_with(qcfs)
+        network.graph.erase_node(node)
+    network.graph.lint()
+    network.delete_all_unused_submodules()
+    network.recompile()
+    model_graph(network, context=context)  # refuse now what conversion would refuse later
+    set_levels(network, levels)
+    return network
