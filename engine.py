@@ -62,12 +62,13 @@ class DistContext:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What the script knows of the data: ``model_args["dataset"]``, the class count and the
-    model variant (stem and classifier) it trains."""
+    """What the script knows of the data: ``model_args["dataset"]``, the class count, the
+    model variant (stem and classifier) it trains, and the side of its square images."""
 
     dataset: str
     num_classes: int
     variant: str
+    image_size: int
 
 
 @dataclass
@@ -238,6 +239,8 @@ def prepare_run(args, spec, ctx, logger):
         model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes,
                                           dropout)
     model_args["dataset"] = spec.dataset
+    # a torchvision network may need larger inputs than the data has: say so before training
+    models.check_input_size(model, (3, spec.image_size, spec.image_size), arch=args.arch)
     model.to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

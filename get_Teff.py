@@ -13,7 +13,7 @@ import torch
 import models
 from checkpoint import load_checkpoint_file, resolve_checkpoint
 from models.timing import latency_steps, layer_fan_ins, reference_rows, teff, teff_reference
-from utils import DATASETS, ArgumentParser, UsageError, parse_levels, run_main
+from utils import DATASETS, ArgumentParser, UsageError, arch_name, parse_levels, run_main
 
 
 
@@ -47,7 +47,8 @@ def _resolve(args):
         variant = variant or model_args.get("variant")
         dataset = dataset or model_args.get("dataset")
         levels, source = model_args.get("levels"), str(path)
-        if arch not in models.list_models() or levels is None:
+        known = arch in models.list_models() or models.is_torchvision_arch(arch)
+        if not known or levels is None:
             _fail(f"checkpoint {path} has unusable model_args {model_args!r}")
     variant = variant or ("imagenet" if dataset == "imagenet" else "cifar")
     return arch, variant, dataset, levels, source
@@ -57,8 +58,9 @@ def get_args_parser():
     parser = ArgumentParser(
         description="T_eff and latency of a PASCAL network for per-layer levels (spec section 5).")
     model = parser.add_argument_group("model")
-    model.add_argument("-arch", "--arch", choices=models.list_models(), default=None,
-                       help="architecture (default: the checkpoint's; required with --levels)")
+    model.add_argument("-arch", "--arch", type=arch_name, default=None,
+                       help="architecture, as main_train.py's -arch (default: the checkpoint's; "
+                            "required with --levels)")
     model.add_argument("-data", "--dataset", choices=list(DATASETS), default=None,
                        help="dataset; selects the variant and the checkpoint dir (default: none)")
     model.add_argument("--variant", choices=models.VARIANTS, default=None,

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
-import models
 from al_metric import (DEFAULT_THRESHOLDS, collect_level_counts, format_table, layer_metrics,
                        npy_metrics)
 from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_checkpoint,
@@ -26,7 +25,8 @@ from level_search import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_TOP_K, calibration
                           sweep_budgets)
 from models.timing import teff
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
-                   env_data_root, parse_levels, parse_thresholds, resolve_device, run_main)
+                   arch_name, env_data_root, parse_levels, parse_thresholds, resolve_device,
+                   run_main)
 
 
 def get_args_parser(add_help=True):
@@ -36,8 +36,8 @@ def get_args_parser(add_help=True):
     group = parser.add_argument_group("checkpoint")
     group.add_argument("-data", "--dataset", default="cifar10", choices=list(DATASETS),
                        help="dataset (default: cifar10)")
-    group.add_argument("-arch", "--arch", default=None, choices=models.list_models(),
-                       help="architecture (default: the checkpoint's)")
+    group.add_argument("-arch", "--arch", default=None, type=arch_name,
+                       help="architecture, as main_train.py's -arch (default: the checkpoint's)")
     group.add_argument("--id", default=None, help="run id: {checkpoint-dir}/{id}.pth")
     group.add_argument("-suffix", "--suffix", default="", help="id suffix, as in main_train.py")
     group.add_argument("--checkpoint-dir", default=None,

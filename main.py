@@ -30,7 +30,8 @@ from distributed import (ProcessPlace, detach_from_terminal, free_port, launch_m
                          process_device, run_worker, spawn)
 from utils import (ArgumentParser, UsageError, add_adaptive_args, add_model_args,
                    add_optimisation_args, add_output_flags, add_process_group_args, add_run_args,
-                   add_training_machine_args, check_training_args, default_checkpoint_dir,
+                   add_training_machine_args, arch_help, arch_name, check_training_args,
+                   default_checkpoint_dir,
                    run_main, seed_everything, setup_logging, silent_logger)
 
 DATASET = "imagenet"  # model_args["dataset"]: what main_test.py's -data names
@@ -47,8 +48,8 @@ def get_args_parser(add_help=True):
     group = parser.add_argument_group("model and data")
     group.add_argument("--data-root", default=None, metavar="DIR",
                        help="the data folder, as the positional DIR")
-    group.add_argument("-a", "-arch", "--arch", default="resnet34", choices=models.list_models(),
-                       help="architecture (default: resnet34)")
+    group.add_argument("-a", "-arch", "--arch", default="resnet34", type=arch_name,
+                       help=arch_help("resnet34"))
     group.add_argument("--variant", default="imagenet", choices=list(models.VARIANTS),
                        help="network stem/classifier variant (default: imagenet)")
     add_model_args(group)
@@ -210,7 +211,8 @@ def train(args, ctx):
     if args.deterministic:
         engine.enable_determinism()
         logger.info("deterministic algorithms on (torch.use_deterministic_algorithms)")
-    spec = engine.RunSpec(dataset=DATASET, num_classes=args.num_classes, variant=args.variant)
+    spec = engine.RunSpec(dataset=DATASET, num_classes=args.num_classes, variant=args.variant,
+                          image_size=args.image_size)
     run = engine.prepare_run(args, spec, ctx, logger)
     train_set = image_folder(args.data, "train", imagenet_transforms(True, args.image_size))
     test_set = image_folder(args.data, "val", imagenet_transforms(False, args.image_size))

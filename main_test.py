@@ -20,7 +20,7 @@ from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_che
 from data import get_dataset, make_loader
 from models.baseline import convert_to_if
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
-                   env_data_root, parse_levels, progress, resolve_device, run_main,
+                   arch_name, env_data_root, parse_levels, progress, resolve_device, run_main,
                    setup_logging)
 
 
@@ -31,11 +31,13 @@ def get_args_parser(add_help=True):
     group = parser.add_argument_group("what to evaluate")
     group.add_argument("-data", "--dataset", default="cifar10", choices=list(DATASETS),
                        help="dataset (default: cifar10)")
-    group.add_argument("-arch", "--arch", default=None, choices=models.list_models(),
-                       help="architecture; checked against the checkpoint, required for a "
-                            "reference-code checkpoint (default: from the checkpoint)")
+    group.add_argument("-arch", "--arch", default=None, type=arch_name,
+                       help="architecture, as main_train.py's -arch; checked against the "
+                            "checkpoint, required for a reference-code checkpoint (default: from "
+                            "the checkpoint)")
     group.add_argument("--id", default=None,
-                       help="run id: evaluates {checkpoint-dir}/{id}.pth (default: {arch}_{dataset})")
+                       help="run id: evaluates {checkpoint-dir}/{id}.pth "
+                            "(default: {arch}_{dataset})")
     group.add_argument("-suffix", "--suffix", default="", help="id suffix, as in main_train.py")
     group.add_argument("--checkpoint-dir", default=None,
                        help="folder of the run (default: {dataset}-checkpoints)")
@@ -87,8 +89,11 @@ def get_args_parser(add_help=True):
     group.add_argument("--e-mac", type=float, default=snn_cost.E_MAC_PJ,
                        help=f"energy per multiply-accumulate in pJ (default: {snn_cost.E_MAC_PJ}, "
                             "45 nm fp32)")
-    group.add_argument("--e-update", type=float, default=0.0,
-                       help="energy per neuron update in pJ (default: 0, not priced)")
+    group.add_argument("--e-op", "--e-update", dest="e_op", type=float,
+                       default=snn_cost.E_OP_PJ,
+                       help="energy per neuron operation in pJ, 2 T_in + 2 (max(T_in, L) - 1) + "
+                            f"L of them per neuron (default: {snn_cost.E_OP_PJ}, priced as an "
+                            "accumulate; 0 leaves the neurons' own work out)")
     group = parser.add_argument_group("conventional baseline (--baseline)")
     group.add_argument("--baseline", choices=["qcfs"], default=None,
                        help="also simulate the conventional QCFS spiking network (IF neurons, "
@@ -225,7 +230,7 @@ def main(args):
     if args.baseline and args.mode == "snn":
         raise UsageError("--baseline is compared with the ANN accuracy: use --mode both "
                          "(default) or --mode ann")
-    for name in ("e_ac", "e_mac", "e_update"):
+    for name in ("e_ac", "e_mac", "e_op"):
         value = getattr(args, name)
         if not (value >= 0 and value < float("inf")):
             raise UsageError(f"--{name.replace('_', '-')} must be a finite energy >= 0 (pJ), "
@@ -253,6 +258,7 @@ def main(args):
 
     test_set = get_dataset(args.dataset, args.data_root or env_data_root(), "test",
                            image_size=args.image_size or trained_image_size(checkpoint))
+    models.check_input_size(model, tuple(test_set[0][0].shape), arch=model_args["arch"])
     if args.num_images is not None:
         test_set = Subset(test_set, range(min(args.num_images, len(test_set))))
     loader = make_loader(test_set, args.batch_size, False, args.workers, device=device)
@@ -287,7 +293,7 @@ def main(args):
 def write_cost_report(meter, timing, args, path, logger):
     """Print the cost table and write its JSON, CSV and PNG; returns the totals and paths."""
     cost = snn_cost.build_report(meter, timing, e_ac=args.e_ac, e_mac=args.e_mac,
-                                 e_update=args.e_update)
+                                 e_op=args.e_op)
     logger.info(f"cost per image on {cost['images']} images ({args.sim} simulation):")
     for line in snn_cost.format_report(cost):
         logger.info(line)
@@ -314,6 +320,7 @@ def run_baseline(model, loader, device, dtype, timesteps, result, args, path, lo
     pascal = {"top1": result["snn_top1"], "T_eff": timing["T_eff"],
               "T_eff_reference": timing["T_eff_reference"],
               "latency_steps": timing["latency_steps"],
+              "latency_pipelined_steps": timing["latency_pipelined_steps"],
               "spikes_per_image": (sum(result["spikes_per_image"].values())
                                    if result.get("spikes_per_image") else None)}
     baseline.update(kind=args.baseline, ann_top1=ann_top1, tolerance_pp=args.baseline_tolerance,
@@ -335,7 +342,8 @@ def run_baseline(model, loader, device, dtype, timesteps, result, args, path, lo
     else:
         spikes = pascal["spikes_per_image"]
         logger.info(f"PASCAL (exact): {pascal['top1']:.2f}%, T_eff {pascal['T_eff']:.3f}, "
-                    f"latency {pascal['latency_steps']} steps"
+                    f"latency {pascal['latency_steps']} steps sequential, "
+                    f"{pascal['latency_pipelined_steps']} pipelined"
                     + (f", {spikes:.4g} spikes/img" if spikes is not None else ""))
     plot = Path(args.baseline_plot or path.with_name(f"{path.stem}_baseline.png"))
     snn_cost.plot_baseline(baseline, plot, title=(

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import engine
-import models
 from al_metric import DEFAULT_THRESHOLDS
 from data import get_dataset
 from distributed import ProcessPlace, launch_mode, process_device, run_worker
 from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args, add_model_args,
                    add_optimisation_args, add_output_flags, add_process_group_args,
-                   add_run_args, add_training_machine_args, check_training_args,
+                   add_run_args, add_training_machine_args, arch_help, arch_name,
+                   check_training_args,
                    default_checkpoint_dir, env_data_root, run_main, seed_everything,
                    setup_logging, silent_logger)
 
@@ -37,8 +37,8 @@ def get_args_parser(add_help=True):
     group = parser.add_argument_group("model and data")
     group.add_argument("-data", "--dataset", default="cifar10", choices=list(DEFAULTS),
                        help="dataset (default: cifar10; digits ships with scikit-learn)")
-    group.add_argument("-arch", "--arch", default="vgg16", choices=models.list_models(),
-                       help="architecture (default: vgg16)")
+    group.add_argument("-arch", "--arch", default="vgg16", type=arch_name,
+                       help=arch_help("vgg16"))
     add_model_args(group)
     group.add_argument("--data-root", default=None,
                        help="dataset folder (default: $PASCAL_DATA, else ./data)")
@@ -117,7 +117,8 @@ def train(args, ctx):
         engine.enable_determinism()
         logger.info("deterministic algorithms on (torch.use_deterministic_algorithms)")
     num_classes, variant = DATASETS[args.dataset]
-    spec = engine.RunSpec(dataset=args.dataset, num_classes=num_classes, variant=variant)
+    spec = engine.RunSpec(dataset=args.dataset, num_classes=num_classes, variant=variant,
+                          image_size=size or 32)
     run = engine.prepare_run(args, spec, ctx, logger)
     describe = f"device {ctx.device}" + (
         f", {ctx.world_size} processes (torchrun, {args.dist_backend}), batch "

@@ -14,13 +14,18 @@ Counting rules (all counts are exact integers, per image unless said otherwise):
   one per (input element, output element) pair joined by a weight, i.e. only the kernel taps
   that touch a real input (padding taps are not counted). Pools, biases and BN are not
   counted for either network.
-- *Neuron updates*: what the PASCAL simulation did, ``T_in + (max(T_in, L) - 1) + L`` per
-  neuron (``LayerStats.neuron_updates``), next to the analytical ``5L - 2`` per neuron that
-  T_eff assumes (``T_in = L``) and the ``L`` of a plain integrate-and-fire neuron.
-- *Energy*: ``e_ac * (ACs + shortcut additions) + e_mac * analog MACs + e_update * neuron
-  updates`` for the SNN, ``e_mac * MACs`` for the ANN. Defaults are the usual 45 nm CMOS
-  figures (Horowitz, ISSCC 2014): 0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate
-  (32-bit float); neuron updates are not priced unless ``e_update`` is set.
+- *Neuron operations*: the PASCAL neuron's own work in the unit system of T_eff's (5L - 2):
+  ``2 T_in + 2 (max(T_in, L) - 1) + L`` per neuron (2 per accumulate and correction step, 1
+  per emit step; ``5L - 2`` when ``T_in = L``; :func:`models.spiking.neuron_operations`),
+  next to the steps the simulation runs, ``T_in + (max(T_in, L) - 1) + L`` per neuron
+  (``LayerStats.neuron_updates``), and the ``L`` of a plain integrate-and-fire neuron.
+- *Energy*: ``e_ac * (ACs + shortcut additions) + e_mac * (analog and dense MACs) +
+  e_op * neuron operations`` for the SNN, ``e_mac * MACs`` for the ANN. Defaults are the usual
+  45 nm CMOS figures (Horowitz, ISSCC 2014): 0.9 pJ per accumulate, 4.6 pJ per
+  multiply-accumulate (32-bit float), and a neuron operation priced as one accumulate
+  (0.9 pJ); the energy ratio is reported with and without the neuron operations.
+- *Latency*: sequential (every layer accumulates, corrects and emits in turn) and pipelined
+  (a layer accumulates while the layer before it emits: :mod:`models.timing`).
 
 :class:`CostMeter` derives, from a converted :class:`models.SpikingNetwork`'s graph, which
 spike sources feed each weighted layer, and counts operations from the emitted spike counts
@@ -35,14 +40,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.timing import latency_steps, layer_fan_ins, teff, teff_reference
+from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps, teff,
+                           teff_reference)
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "CostMeter", "spike_reach", "dense_macs", "energy_pj",
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "E_OP_PJ", "CostMeter", "spike_reach", "dense_macs", "energy_pj",
            "timing_summary", "build_report", "format_report", "write_report_json",
            "write_report_csv", "plot_report", "first_reaching", "plot_baseline"]
 
 E_AC_PJ = 0.9    # pJ per accumulate (32-bit float add, 45 nm)
 E_MAC_PJ = 4.6   # pJ per multiply-accumulate (32-bit float mult + add, 45 nm)
+E_OP_PJ = E_AC_PJ  # pJ per neuron operation: an add or compare, priced as an accumulate
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WEIGHTED = _CONV + (nn.Linear,)
@@ -180,6 +187,7 @@ class _Neurons:
     images: int = 0
     emitted_spikes: int = 0
     neuron_updates: int = 0
+    neuron_operations: int = 0
 
 
 @dataclass
@@ -245,6 +253,7 @@ class CostMeter:
             entry.images += s.batch
             entry.emitted_spikes += s.emitted_spikes
             entry.neuron_updates += s.neuron_updates
+            entry.neuron_operations += s.neuron_operations
 
     def add(self, x, stats):
         """Count one batch: ``x`` the images it ran on, ``stats`` the ``LayerStats`` of
@@ -442,10 +451,10 @@ def _pool_module(snn, op, values):
 
 # --- energy, T_eff, report --------------------------------------------------------------------
 
-def energy_pj(accumulates=0, macs=0, neuron_updates=0, e_ac=E_AC_PJ, e_mac=E_MAC_PJ,
-              e_update=0.0):
-    """``e_ac * accumulates + e_mac * macs + e_update * neuron_updates`` (pJ)."""
-    return e_ac * accumulates + e_mac * macs + e_update * neuron_updates
+def energy_pj(accumulates=0, macs=0, neuron_operations=0, e_ac=E_AC_PJ, e_mac=E_MAC_PJ,
+              e_op=E_OP_PJ):
+    """``e_ac * accumulates + e_mac * macs + e_op * neuron_operations`` (pJ)."""
+    return e_ac * accumulates + e_mac * macs + e_op * neuron_operations
 
 
 def timing_summary(model, arch, variant, dataset, levels):
@@ -453,6 +462,7 @@ def timing_summary(model, arch, variant, dataset, levels):
     value, _ = teff(levels, layer_fan_ins(model))
     summary = {"T_eff": value, "T_eff_reference": None, "T_eff_reference_note": None,
                "latency_steps": latency_steps(model)[0],
+               "latency_pipelined_steps": pipelined_latency_steps(model),
                "mean_level": sum(levels) / len(levels)}
     try:
         reference_dataset = "imagenet" if variant == "imagenet" else dataset
@@ -463,7 +473,7 @@ def timing_summary(model, arch, variant, dataset, levels):
     return summary
 
 
-def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_update=0.0):
+def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
     """Per-layer rows and totals (per image) from a :class:`CostMeter` after a run.
 
     Rows, in forward order: an ``"analog"`` row per weighted layer fed by the image (its
@@ -482,7 +492,8 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_update=0.0):
     order = {op.name: op.index for op in meter.snn.ops}
     empty = {"level": None, "neurons": None, "firing_rate": None, "accumulates_per_image": 0.0,
              "shortcut_additions_per_image": 0.0, "macs_per_image": 0.0,
-             "neuron_updates_per_image": 0.0, "model_updates_per_image": 0.0,
+             "neuron_updates_per_image": 0.0, "neuron_operations_per_image": 0.0,
+             "model_updates_per_image": 0.0,
              "if_updates_per_image": 0.0, "ann_macs_per_image": 0.0, "spikes_per_image": 0.0}
 
     def caused(source, images):
@@ -507,6 +518,7 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_update=0.0):
             accumulates_per_image=accumulates,
             shortcut_additions_per_image=meter.additions.get(n.name, 0) / n.images,
             neuron_updates_per_image=n.neuron_updates / n.images,
+            neuron_operations_per_image=n.neuron_operations / n.images,
             model_updates_per_image=float(n.neurons * (5 * level - 2)),
             if_updates_per_image=float(n.neurons * level), ann_macs_per_image=ann_macs))
     for p in meter.pooled.values():
@@ -519,9 +531,11 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_update=0.0):
             ann_macs_per_image=ann_macs))
     rows.sort(key=lambda row: order.get(row["layer"], len(order)))
     for row in rows:
-        row["snn_energy_pj_per_image"] = energy_pj(
+        row["snn_synaptic_energy_pj_per_image"] = energy_pj(
             row["accumulates_per_image"] + row["shortcut_additions_per_image"],
-            row["macs_per_image"], row["neuron_updates_per_image"], e_ac, e_mac, e_update)
+            row["macs_per_image"], 0, e_ac, e_mac, e_op)
+        row["snn_energy_pj_per_image"] = row["snn_synaptic_energy_pj_per_image"] + energy_pj(
+            neuron_operations=row["neuron_operations_per_image"], e_op=e_op)
         row["ann_energy_pj_per_image"] = energy_pj(macs=row["ann_macs_per_image"], e_mac=e_mac)
 
     spiking = [row for row in rows if row["kind"] == "spiking"]
@@ -532,16 +546,19 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_update=0.0):
     neurons = sum(row["neurons"] for row in spiking)
     totals = {key: total(key) for key in (
         "spikes_per_image", "accumulates_per_image", "shortcut_additions_per_image",
-        "macs_per_image", "neuron_updates_per_image", "model_updates_per_image",
-        "if_updates_per_image", "ann_macs_per_image", "snn_energy_pj_per_image",
+        "macs_per_image", "neuron_updates_per_image", "neuron_operations_per_image",
+        "model_updates_per_image", "if_updates_per_image", "ann_macs_per_image",
+        "snn_energy_pj_per_image", "snn_synaptic_energy_pj_per_image",
         "ann_energy_pj_per_image")}
     slots = sum(row["neurons"] * row["level"] for row in spiking)
     totals.update(neurons=neurons, firing_rate=totals["spikes_per_image"] / slots if slots else 0.0)
-    totals["energy_ratio_ann_over_snn"] = (totals["ann_energy_pj_per_image"]
-                                          / totals["snn_energy_pj_per_image"]
-                                          if totals["snn_energy_pj_per_image"] else None)
+    for key, energy in (("energy_ratio_ann_over_snn", "snn_energy_pj_per_image"),
+                        ("energy_ratio_ann_over_snn_synaptic_only",
+                         "snn_synaptic_energy_pj_per_image")):
+        totals[key] = (totals["ann_energy_pj_per_image"] / totals[energy]
+                       if totals[energy] else None)
     return {"images": images, "rows": rows, "totals": totals, "timing": dict(timing),
-            "energy_pj": {"accumulate": e_ac, "mac": e_mac, "neuron_update": e_update}}
+            "energy_pj": {"accumulate": e_ac, "mac": e_mac, "neuron_operation": e_op}}
 
 
 def _si(value):
@@ -559,8 +576,8 @@ _TABLE = (("layer", "layer", "<", 20), ("L", "level", ">", 3), ("T_in", "num_ste
           ("ACs/img", "accumulates_per_image", ">", 9),
           ("adds/img", "shortcut_additions_per_image", ">", 8),
           ("MACs/img", "macs_per_image", ">", 8),
-          ("updates/img", "neuron_updates_per_image", ">", 11),
-          ("(5L-2)/img", "model_updates_per_image", ">", 10),
+          ("steps/img", "neuron_updates_per_image", ">", 10),
+          ("neuron ops/img", "neuron_operations_per_image", ">", 14),
           ("ANN MACs/img", "ann_macs_per_image", ">", 12))
 
 
@@ -587,28 +604,35 @@ def format_report(report):
         lines.append(" ".join(f"{_cell(key, row.get(key)):{align}{width}}"
                               for _, key, align, width in _TABLE))
     t, e, timing = report["totals"], report["energy_pj"], report["timing"]
+
+    def ratio(key):
+        return f"{t[key]:.2f}x" if t[key] else "-"
+
     lines.append(
         f"energy per image: SNN {t['snn_energy_pj_per_image'] / 1e6:.4g} uJ "
-        f"({e['accumulate']} pJ/AC, {e['mac']} pJ/MAC"
-        + (f", {e['neuron_update']} pJ/neuron update" if e["neuron_update"] else
-           ", neuron updates not priced") +
-        f"), ANN {t['ann_energy_pj_per_image'] / 1e6:.4g} uJ; ANN/SNN = "
-        + (f"{t['energy_ratio_ann_over_snn']:.2f}x" if t["energy_ratio_ann_over_snn"] else "-"))
-    lines.append(f"neuron updates: {_si(t['neuron_updates_per_image'])}/img simulated, "
-                 f"{_si(t['model_updates_per_image'])}/img by the (5L-2) model, "
-                 f"{_si(t['if_updates_per_image'])}/img for IF neurons with the same L")
+        f"({e['accumulate']} pJ/AC, {e['mac']} pJ/MAC, {e['neuron_operation']} pJ/neuron "
+        f"operation), ANN {t['ann_energy_pj_per_image'] / 1e6:.4g} uJ; ANN/SNN = "
+        f"{ratio('energy_ratio_ann_over_snn')} ({ratio('energy_ratio_ann_over_snn_synaptic_only')} "
+        f"counting synaptic operations only: SNN {t['snn_synaptic_energy_pj_per_image'] / 1e6:.4g}"
+        " uJ)")
+    lines.append(f"neuron operations: {_si(t['neuron_operations_per_image'])}/img (2 T_in + "
+                 f"2 (max(T_in, L) - 1) + L per neuron; (5L-2) model with T_in = L: "
+                 f"{_si(t['model_updates_per_image'])}); simulated steps "
+                 f"{_si(t['neuron_updates_per_image'])}/img; IF neurons with the same L: "
+                 f"{_si(t['if_updates_per_image'])}/img")
     reference = ("n/a" if timing["T_eff_reference"] is None
                  else f"{timing['T_eff_reference']:.4f}")
     lines.append(f"T_eff = {timing['T_eff']:.4f} (all layers), {reference} (published script); "
-                 f"mean level {timing['mean_level']:.3f}; sequential latency "
-                 f"{timing['latency_steps']} steps")
+                 f"mean level {timing['mean_level']:.3f}; latency {timing['latency_steps']} "
+                 f"steps sequential, {timing['latency_pipelined_steps']} pipelined")
     return lines
 
 
 _CSV_FIELDS = ("layer", "kind", "level", "num_steps_in", "neurons", "feeds", "spikes_per_image",
                "firing_rate", "accumulates_per_image", "shortcut_additions_per_image",
-               "macs_per_image", "neuron_updates_per_image", "model_updates_per_image",
-               "if_updates_per_image", "ann_macs_per_image", "snn_energy_pj_per_image",
+               "macs_per_image", "neuron_updates_per_image", "neuron_operations_per_image",
+               "model_updates_per_image", "if_updates_per_image", "ann_macs_per_image",
+               "snn_energy_pj_per_image", "snn_synaptic_energy_pj_per_image",
                "ann_energy_pj_per_image")
 
 

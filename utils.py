@@ -14,8 +14,8 @@ __all__ = ["ArgumentParser", "UsageError", "ignore_signals_in_worker", "run_main
            "setup_logging", "silent_logger", "seed_everything", "resolve_device", "parse_levels",
            "parse_thresholds", "progress", "stretch_cosine_schedule", "DATASETS",
            "default_checkpoint_dir", "add_optimisation_args", "add_adaptive_args",
-           "add_run_args", "add_process_group_args", "add_training_machine_args",
-           "check_training_args"]
+           "add_run_args", "add_process_group_args", "arch_name", "arch_help",
+           "add_training_machine_args", "check_training_args"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
@@ -110,6 +110,34 @@ def resolve_device(spec=None):
             raise UsageError(f"device {spec!r} does not exist: this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def arch_name(text):
+    """argparse type of ``-arch``: a built-in architecture or ``tv:NAME`` (any torchvision
+    classification model)."""
+    import models  # models is the network side; utils only names its architectures
+    if text in models.list_models():
+        return text
+    if models.is_torchvision_arch(text):
+        name = text[len(models.TORCHVISION_PREFIX):]
+        if name in models.torchvision_names():
+            return text
+        raise argparse.ArgumentTypeError(
+            f"unknown torchvision model {name!r}: pick one of "
+            "torchvision.models.list_models(module=torchvision.models), e.g. tv:resnet50")
+    raise argparse.ArgumentTypeError(
+        f"invalid choice {text!r}: choose {', '.join(models.list_models())} or tv:NAME for a "
+        "torchvision classification model")
+
+
+ARCH_HELP = ("architecture: " + "{names}" + ", or tv:NAME for any torchvision classification "
+             "model (e.g. tv:resnet50; made a QCFS network, refused in one line if it has an "
+             "operation without an exact spiking counterpart)")
+
+
+def arch_help(default):
+    import models
+    return ARCH_HELP.format(names=", ".join(models.list_models())) + f" (default: {default})"
 
 
 def add_model_args(group):

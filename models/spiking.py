@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "SIM_MODES", "LayerStats", "PascalNeuron", "check_seq", "pascal_accumulate_",
-    "pascal_correct_", "pascal_counts", "pascal_emit",
+    "SIM_MODES", "LayerStats", "PascalNeuron", "check_seq", "neuron_operations",
+    "pascal_accumulate_", "pascal_correct_", "pascal_counts", "pascal_emit",
 ]
 
 SIM_MODES = ("step", "counts")
@@ -119,6 +119,17 @@ def pascal_counts(total_u, level):
     return torch.floor(total_u + 0.5).clamp_(0, level).to(torch.int32)
 
 
+def neuron_operations(num_steps_in, level):
+    """Operations of one PASCAL neuron over a window, in the unit system of T_eff's (5L - 2):
+    2 per step of the accumulate phase (add the input, compare), 2 per step of the correction
+    phase (compare, correct), 1 per step of the emit phase (compare with the count):
+
+        2 T_in + 2 (max(T_in, L) - 1) + L       (= 5L - 2 when T_in = L)
+
+    A plain integrate-and-fire neuron does L of the same operations in L steps."""
+    return 2 * num_steps_in + 2 * (max(num_steps_in, level) - 1) + level
+
+
 @dataclass
 class LayerStats:
     """What one spiking layer did in one forward pass (totals over the batch).
@@ -143,6 +154,11 @@ class LayerStats:
     def neuron_updates(self):
         """Updates the step simulation performs: T_in + (max(T_in, L) - 1) + L per neuron."""
         return self.neurons * self.batch * (self.num_steps_in + self.correct_steps + self.level)
+
+    @property
+    def neuron_operations(self):
+        """Operations in the unit system of T_eff, :func:`neuron_operations` per neuron."""
+        return self.neurons * self.batch * neuron_operations(self.num_steps_in, self.level)
 
     @classmethod
     def concat(cls, parts):
@@ -169,7 +185,8 @@ class LayerStats:
                 "emitted_spikes": self.emitted_spikes,
                 "excitatory_corrections": self.excitatory_corrections,
                 "inhibitory_corrections": self.inhibitory_corrections,
-                "correct_steps": self.correct_steps, "neuron_updates": self.neuron_updates}
+                "correct_steps": self.correct_steps, "neuron_updates": self.neuron_updates,
+                "neuron_operations": self.neuron_operations}
 
 
 class PascalNeuron(nn.Module):

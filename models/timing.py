@@ -7,9 +7,11 @@ from fractions import Fraction
 
 from .graph import model_graph
 from .qcfs import qcfs_layers
+from .spiking import neuron_operations
 
 __all__ = ["layer_fan_ins", "layer_num_steps_in", "teff", "teff_term", "latency_steps",
-           "reference_constants", "reference_rows", "teff_reference"]
+           "pipelined_latency_steps", "neuron_operations", "reference_constants",
+           "reference_rows", "teff_reference"]
 
 # Weight-free operations a neuron's input may pass through from a weighted layer.
 _TRANSPARENT = ("batchnorm", "add", "scale", "cat", "pool", "maxpool", "route", "identity")
@@ -103,23 +105,51 @@ def latency_steps(model):
     shortcut does not, so it is the sum again (the activation after the addition takes the
     branch's length: the shortcut's train is folded into the branch's steps, spec 3.5).
     Windows are summed without overlap (a layer's emit phase is not counted as the next
-    layer's accumulate phase); with that overlap the total would be smaller.
+    layer's accumulate phase); :func:`pipelined_latency_steps` counts that overlap.
 
     Returns:
         ``(total, per_layer)``: total steps and ``[(T_in, steps), ...]`` in the order of
         :func:`models.qcfs_layers`.
     """
+    total, per_layer, _ = _latencies(model)
+    return total, per_layer
+
+
+def pipelined_latency_steps(model):
+    """The critical path when each layer accumulates while the layer before it emits.
+
+    A layer's input window is the previous spiking layer's emit window, so a layer can start
+    accumulating L_prev steps before its predecessor finishes: every spiking layer on the
+    path but the last saves its L. For a chain that is :func:`latency_steps` minus the sum of
+    L over all spiking layers but the last.
+    """
+    return _latencies(model)[2]
+
+
+def _latencies(model):
+    """``(sequential total, per-layer steps, pipelined total)`` over the model's graph.
+
+    Per node: when its value is complete, sequentially (``done``) and pipelined
+    (``finish``), and from when its last steps arrive pipelined (``emitting``: a spiking
+    layer's emit window; a value computed from others, the latest of theirs). A neuron waits
+    for its input to be complete, sequentially, or to start emitting, pipelined.
+    """
     graph = model_graph(model)
     steps = graph.num_steps()
-    ready, per_layer = {}, {}
+    done, finish, emitting, per_layer = {}, {}, {}, {}
     for node in graph.nodes:
-        start = max((ready[i.index] for i in node.inputs), default=0)
+        inputs = [i.index for i in node.inputs]
+        done[node.index] = max((done[i] for i in inputs), default=0)
+        finish[node.index] = max((finish[i] for i in inputs), default=0)
+        emitting[node.index] = max((emitting[i] for i in inputs), default=0)
         if node.role == "neuron":
             t_in, level = steps[node.inputs[0].index], node.module.level
             per_layer[node.name] = (t_in, t_in + max(t_in, level) - 1 + level)
-            start += per_layer[node.name][1]
-        ready[node.index] = start
-    return ready[graph.output.index], [per_layer[name] for name, _ in qcfs_layers(model)]
+            done[node.index] += per_layer[node.name][1]
+            finish[node.index] = emitting[node.index] + per_layer[node.name][1]
+            emitting[node.index] = finish[node.index] - level
+    out = graph.output.index
+    return done[out], [per_layer[name] for name, _ in qcfs_layers(model)], finish[out]
 
 
 # The published T_eff script's constant lists (spec section 5), as exact fractions.

@@ -44,8 +44,9 @@ def calibrate_thresholds_(model, x, percentile=0.95):
     """
     def hook(module, args):
         values = args[0].detach().flatten().float()
-        if values.numel() > 1_000_000:
-            values = values[torch.randperm(values.numel())[:1_000_000]]
+        if values.numel() > 1_000_000:  # a fixed subsample: the same thresholds every run
+            subsample = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))
+            values = values[subsample[:1_000_000]]
         positive = values[values > 0]
         source = positive if positive.numel() else values.abs()
         module.threshold.fill_(max(float(torch.quantile(source, percentile)), 1e-3))

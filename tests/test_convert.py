@@ -77,7 +77,7 @@ def test_conversion_leaves_the_ann_unchanged():
 
 @pytest.mark.parametrize("arch", ["vgg16", "resnet18"])
 def test_float32_adds_no_error_beyond_rounding(arch):
-    """float32 SNN vs float64 ANN agrees (top-1) as well as the float32 ANN does, -0.5 pp."""
+    """float32 SNN vs float64 ANN agrees (top-1) as well as the float32 ANN does, -2 pp."""
     model64, x64 = live_model(arch, REFERENCE_LEVELS[arch], images=16, seed=5)
     generator = torch.Generator().manual_seed(11)
     x64 = torch.randn(256, 3, 32, 32, generator=generator, dtype=torch.float64)
@@ -94,7 +94,13 @@ def test_float32_adds_no_error_beyond_rounding(arch):
           f"float32 SNN {snn_agree:.2%}")
     print("per-layer count mismatch rate (float32 SNN vs float64 ANN): " +
           ", ".join(f"{k} {v:.2e}" for k, v in mismatch.items()))
-    assert snn_agree >= ann_agree - 0.005
+    # Random networks have tiny logit margins, so float32 rounding flips the top-1 of a few
+    # inputs in either network (about 2-4 % of 256 here); the two sets of flips are
+    # independent, so their counts differ by a few inputs either way (a difference of two
+    # counts near 7 has a standard deviation near 4 inputs, 1.5 pp). 2 pp allows that and
+    # still catches a systematic error: the reference code's fixed tolerance agreed on only
+    # 86 % (VGG-16) and 73 % (ResNet-18) of such inputs.
+    assert snn_agree >= ann_agree - 0.02
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])

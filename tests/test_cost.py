@@ -31,7 +31,8 @@ def measure(ann, x, sim="step", chunked=False):
     meter = CostMeter(snn)
     _, stats = snn.forward_with_stats(x.double(), keep_counts=True)
     meter.add(x.double(), stats)
-    timing = {"T_eff": 0.0, "T_eff_reference": None, "latency_steps": 0, "mean_level": 0.0}
+    timing = {"T_eff": 0.0, "T_eff_reference": None, "latency_steps": 0,
+              "latency_pipelined_steps": 0, "mean_level": 0.0}
     return meter, snn_cost.build_report(meter, timing)
 
 
@@ -234,21 +235,68 @@ def test_reach_matches_brute_force(pool, conv, shape):
 
 def test_energy_arithmetic_hand_example():
     assert energy_pj(accumulates=100, macs=10) == pytest.approx(100 * 0.9 + 10 * 4.6)
-    assert energy_pj(100, 10, 50, e_ac=2.0, e_mac=10.0, e_update=0.5) == \
+    assert energy_pj(100, 10, 50, e_ac=2.0, e_mac=10.0, e_op=0.5) == \
         pytest.approx(200 + 100 + 25)
     counts = torch.tensor([[3.0, 0.0, 1.0, 4.0, 0.0, 2.0]])
     ann = nn.Sequential(nn.Linear(6, 6), spiking_input(), nn.Linear(6, 5))
     snn = convert_to_snn(ann.double())
     meter = CostMeter(snn)
     meter.add(counts.double(), snn.forward_with_stats(counts.double(), keep_counts=True)[1])
-    report = snn_cost.build_report(meter, {"T_eff": 1.0, "T_eff_reference": None,
-                                           "latency_steps": 1, "mean_level": 4.0},
-                                   e_ac=2.0, e_mac=10.0)
+    timing = {"T_eff": 1.0, "T_eff_reference": None, "latency_steps": 1,
+              "latency_pipelined_steps": 1, "mean_level": 4.0}
+    report = snn_cost.build_report(meter, timing, e_ac=2.0, e_mac=10.0, e_op=0.5)
     totals = report["totals"]
     accumulates, macs = totals["accumulates_per_image"], totals["macs_per_image"]
     assert macs == 36 and totals["ann_macs_per_image"] == 36 + 30
-    assert totals["snn_energy_pj_per_image"] == pytest.approx(2.0 * accumulates + 10.0 * 36)
+    # the 6 neurons of the spiking layer: T_in = 1 (fed by the analog layer), L = 4, so
+    # 2*1 + 2*(4 - 1) + 4 = 12 operations each, 72 in all, at 0.5 pJ
+    assert totals["neuron_operations_per_image"] == 72
+    assert totals["snn_synaptic_energy_pj_per_image"] == pytest.approx(
+        2.0 * accumulates + 10.0 * 36)
+    assert totals["snn_energy_pj_per_image"] == pytest.approx(
+        2.0 * accumulates + 10.0 * 36 + 0.5 * 72)
     assert totals["ann_energy_pj_per_image"] == pytest.approx(10.0 * 66)
+    assert totals["energy_ratio_ann_over_snn"] == pytest.approx(
+        660 / (2.0 * accumulates + 360 + 36))
+    assert totals["energy_ratio_ann_over_snn_synaptic_only"] == pytest.approx(
+        660 / (2.0 * accumulates + 360))
+
+
+def test_neuron_operations_of_one_pascal_neuron_by_hand():
+    """2 per accumulate step, 2 per correction step, 1 per emit step."""
+    from models.spiking import LayerStats, neuron_operations
+    # T_in = 3, L = 5: accumulate 3 steps (6), correct max(3, 5) - 1 = 4 steps (8), emit 5
+    assert neuron_operations(3, 5) == 6 + 8 + 5 == 19
+    # T_in = 8, L = 2: accumulate 8 (16), correct 7 (14), emit 2
+    assert neuron_operations(8, 2) == 16 + 14 + 2 == 32
+    assert neuron_operations(1, 1) == 2 + 0 + 1
+    for level in range(1, 17):  # T_eff's (5L - 2) is the case T_in = L
+        assert neuron_operations(level, level) == 5 * level - 2
+    # a layer's statistics count them for every neuron of every image, next to the steps run
+    stats = LayerStats(name="x", num_steps_in=3, level=5, neurons=7, batch=2,
+                       emitted_spikes=0, excitatory_corrections=None,
+                       inhibitory_corrections=None, correct_steps=4)
+    assert stats.neuron_operations == 7 * 2 * 19
+    assert stats.neuron_updates == 7 * 2 * (3 + 4 + 5)
+    # and a converted layer reports them: one neuron fed by the image (T_in = 1), L = 4
+    neuron_net = nn.Sequential(nn.Linear(2, 1), spiking_input(), nn.Linear(1, 1))
+    snn = convert_to_snn(neuron_net.double())
+    _, layer_stats = snn.forward_with_stats(torch.ones(1, 2, dtype=torch.float64))
+    assert (layer_stats[0].num_steps_in, layer_stats[0].level) == (1, 4)
+    assert layer_stats[0].neuron_operations == 2 * 1 + 2 * 3 + 4
+
+
+def test_sequential_and_pipelined_latency_of_a_three_layer_network_by_hand():
+    """Levels 2, 4, 3 in a chain. Sequential: layer 1 (T_in = 1): 1 + max(1, 2) - 1 + 2 = 4;
+    layer 2 (T_in = 2): 2 + 4 - 1 + 4 = 9; layer 3 (T_in = 4): 4 + 4 - 1 + 3 = 10; 23 in all.
+    Pipelined: each layer accumulates while the one before emits, saving L1 + L2 = 6: 17."""
+    from models.timing import pipelined_latency_steps
+    model = nn.Sequential(nn.Linear(3, 4), models.QCFS(level=2), nn.Linear(4, 4),
+                          models.QCFS(level=4), nn.Linear(4, 8), models.QCFS(level=3),
+                          nn.Linear(8, 2))
+    total, per_layer = latency_steps(model)
+    assert per_layer == [(1, 4), (2, 9), (4, 10)] and total == 23
+    assert pipelined_latency_steps(model) == 23 - 2 - 4 == 17
 
 
 def ones_conv_accumulates(conv, counts):
@@ -425,19 +473,22 @@ def test_report_and_baseline_on_trained_digits(digits_run, tmp_path):
     assert rows[0]["kind"] == "analog" and rows[0]["macs_per_image"] > 0
     totals = report["totals"]
     assert totals["spikes_per_image"] == pytest.approx(sum(result["spikes_per_image"].values()))
-    assert report["energy_pj"] == {"accumulate": 2.0, "mac": 10.0, "neuron_update": 0.0}
+    assert report["energy_pj"] == {"accumulate": 2.0, "mac": 10.0, "neuron_operation": 0.9}
     assert totals["snn_energy_pj_per_image"] == pytest.approx(
         2.0 * (totals["accumulates_per_image"] + totals["shortcut_additions_per_image"])
-        + 10.0 * totals["macs_per_image"])
+        + 10.0 * totals["macs_per_image"] + 0.9 * totals["neuron_operations_per_image"])
     assert totals["ann_energy_pj_per_image"] == pytest.approx(10.0 * totals["ann_macs_per_image"])
     levels = [4, 2, 8, 4, 3]
     model = models.create_model("vgg_small", num_classes=10, levels=levels)
     assert report["timing"]["T_eff"] == pytest.approx(teff(levels, layer_fan_ins(model))[0])
     assert report["timing"]["latency_steps"] == latency_steps(model)[0]
-    for row in rows[1:]:  # measured neuron updates: T_in + max(T_in, L) - 1 + L per neuron
-        steps = row["num_steps_in"] + max(row["num_steps_in"], row["level"]) - 1 + row["level"]
+    for row in rows[1:]:  # simulated steps: T_in + max(T_in, L) - 1 + L per neuron
+        t_in, level = row["num_steps_in"], row["level"]
+        steps = t_in + max(t_in, level) - 1 + level
         assert row["neuron_updates_per_image"] == row["neurons"] * steps
-        assert row["model_updates_per_image"] == row["neurons"] * (5 * row["level"] - 2)
+        assert row["neuron_operations_per_image"] == row["neurons"] * (
+            2 * t_in + 2 * (max(t_in, level) - 1) + level)
+        assert row["model_updates_per_image"] == row["neurons"] * (5 * level - 2)
 
     with open(files["csv"], newline="") as handle:
         table = list(csv.DictReader(handle))
