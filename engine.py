@@ -36,6 +36,7 @@ from al_metric import collect_level_counts, format_table, layer_metrics
 from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, load_checkpoint_file,
                         model_from_checkpoint, plain, restore_training_state, save_checkpoint)
 from data import SeededAugmentation, make_loader, shard_order
+from level_search import calibration_loader, default_candidates, minimum_teff, search_levels
 from utils import UsageError, progress
 
 __all__ = ["MIN_THRESHOLD", "DistContext", "RunSpec", "Run", "StopRequest", "Diverged",
@@ -325,9 +326,12 @@ def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
     here); ``test_set`` is the held-out split (sharded over processes); ``stats_set``: training
     images with evaluation transforms, for the adaptive switch. Reads ``args``: epochs,
     batch_size (global), workers, seed, skip_nonfinite, adaptive, phase1_epochs, max_level,
-    thresholds, stats_batches, no_progress, id, checkpoint_dir.
+    thresholds, stats_batches, budget_teff, candidates, calib_images, no_progress, id,
+    checkpoint_dir.
     """
     model_without_ddp = run.model
+    if run.adaptive is None:
+        check_budget(model_without_ddp, args)
     model = model_without_ddp
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -525,11 +529,14 @@ def _summed_progress(state, ctx):
 
 def switch_levels(model, model_args, stats_set, args, ctx, logger):
     """Phase 1 -> 2 of the adaptive schedule: the AL metric of every layer on the first
-    ``args.stats_batches`` x global batch training images (evaluation transforms), then the
-    level rule. Rank 0 computes, every process takes its levels, and all check that they
-    agree. Sets the levels on ``model`` and in ``model_args``; returns the ``adaptive`` record.
+    ``args.stats_batches`` x global batch training images (evaluation transforms) and the level
+    rule; with ``args.budget_teff``, the level search (:mod:`level_search`) on
+    ``args.calib_images`` of them chooses instead, the AL rule's levels being one of the
+    combinations it measures. Rank 0 computes, every process takes its levels, and all check
+    that they agree. Sets the levels on ``model`` and in ``model_args``; returns the
+    ``adaptive`` record.
     """
-    chosen = [None, None]
+    chosen = [None]
     if ctx.is_main:
         images = min(len(stats_set), args.stats_batches * args.batch_size)
         loader = make_loader(Subset(stats_set, range(images)), args.batch_size // ctx.world_size,
@@ -537,15 +544,33 @@ def switch_levels(model, model_args, stats_set, args, ctx, logger):
         counts = collect_level_counts(model, loader, ctx.device)
         rows = layer_metrics(model, counts, 5, args.max_level, args.thresholds)
         logger.info(f"AL metric on {images} training images:\n{format_table(rows)}")
-        chosen = [[r["suggested_level"] for r in rows],
-                  [{k: r[k] for k in ("name", "level", "metric", "suggested_level")}
-                   for r in rows]]
-    if ctx.distributed:
+        al_levels = [r["suggested_level"] for r in rows]
+        record = {"method": "al_metric", "levels": al_levels, "metrics": [
+            {k: r[k] for k in ("name", "level", "metric", "suggested_level")} for r in rows]}
+        if args.budget_teff is not None:
+            calibration = calibration_loader(
+                stats_set, args.calib_images, args.batch_size // ctx.world_size, args.workers,
+                device=ctx.device)
+            result = search_levels(model, calibration, args.budget_teff,
+                                   candidates=args.candidates, max_level=args.max_level,
+                                   al_levels=al_levels, show_progress=not args.no_progress)
+            logger.info(
+                f"level search at T_eff <= {args.budget_teff:g} on {args.calib_images} training "
+                f"images ({result.num_evaluations} evaluations, {result.seconds:.0f}s): "
+                f"{result.levels}, T_eff {result.teff:.4f}, calibration loss "
+                f"{result.calibration_loss:.4f}; AL rule {result.al_rule.levels}: T_eff "
+                f"{result.al_rule.teff:.4f}, calibration loss "
+                f"{result.al_rule.calibration_loss:.4f}")
+            record.update(method="level_search", levels=result.levels,
+                          budget_teff=args.budget_teff, al_levels=al_levels,
+                          level_search=result.as_dict())
+        chosen = [record]
+    if ctx.distributed:  # the timeout of this wait is --dist-timeout (rank 0 measures above)
         dist.broadcast_object_list(chosen, src=0,
                                    device=ctx.device if ctx.device.type == "cuda" else None)
-    levels, metrics = chosen
+    record = chosen[0]
     old = models.get_levels(model)
-    levels = models.set_levels(model, levels)
+    levels = models.set_levels(model, record["levels"])
     model_args["levels"] = levels
     if ctx.distributed:
         every = [None] * ctx.world_size
@@ -554,7 +579,20 @@ def switch_levels(model, model_args, stats_set, args, ctx, logger):
             raise RuntimeError(f"processes disagree on the adaptive levels: {every}")
     logger.info(f"adaptive levels: {old} -> {levels}" + (
         f" (the same on all {ctx.world_size} processes)" if ctx.distributed else ""))
-    return {"method": "al_metric", "levels": levels, "metrics": metrics}
+    return record
+
+
+def check_budget(model, args):
+    """With ``--budget-teff``, refuse (before phase 1) a budget the candidates cannot meet."""
+    if not args.adaptive or args.budget_teff is None:
+        return
+    candidates = args.candidates or default_candidates(
+        args.max_level or max(models.get_levels(model)))
+    lowest = minimum_teff(model, candidates)
+    if args.budget_teff < lowest:
+        raise UsageError(f"--budget-teff {args.budget_teff:g} is below the smallest T_eff the "
+                         f"candidate levels {candidates} reach on this model ({lowest:.4f}): "
+                         "raise it")
 
 
 def checkpoint_args(args):

@@ -271,6 +271,16 @@ def add_adaptive_args(parser):
     group.add_argument("--stats-batches", type=int, default=20,
                        help="training batches (evaluation transforms, global batch size) the "
                             "metric is measured on (default: 20)")
+    group.add_argument("--budget-teff", type=float, default=None, metavar="X",
+                       help="choose the phase-2 levels by the level search instead of the AL "
+                            "rule: the least calibration loss at all-layer T_eff <= X (default: "
+                            "off; see docs/level-search.md)")
+    group.add_argument("--candidates", default=None,
+                       help="levels the search may give a layer, comma-separated (default: "
+                            "powers of two up to --max-level)")
+    group.add_argument("--calib-images", type=int, default=512,
+                       help="training images (evaluation transforms) the search measures on "
+                            "(default: 512)")
 
 
 def add_run_args(group, default_id, default_dir):
@@ -351,8 +361,21 @@ def check_training_args(args, thresholds_default):
             raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
         if args.stats_batches < 1:
             raise UsageError(f"--stats-batches must be >= 1, got {args.stats_batches}")
-    elif args.phase1_epochs is not None:
-        raise UsageError("--phase1-epochs only makes sense with --adaptive")
+        if args.budget_teff is not None and not args.budget_teff > 0:
+            raise UsageError(f"--budget-teff must be a T_eff > 0, got {args.budget_teff}")
+        if args.calib_images < 1:
+            raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
+        if args.candidates is not None:
+            try:
+                candidates = sorted({int(v) for v in str(args.candidates).split(",") if v})
+            except ValueError:
+                candidates = []
+            if not candidates or candidates[0] < 1:
+                raise UsageError(f"--candidates must be comma-separated levels >= 1, got "
+                                 f"{args.candidates!r}")
+            args.candidates = candidates
+    elif args.phase1_epochs is not None or args.budget_teff is not None:
+        raise UsageError("--phase1-epochs and --budget-teff only make sense with --adaptive")
     if args.suffix:
         args.id = f"{args.id}_{args.suffix}"
     return args

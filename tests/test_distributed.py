@@ -29,6 +29,7 @@ from checkpoint import load_checkpoint_file, model_from_checkpoint
 from data import image_folder, imagenet_transforms, make_loader
 from conftest import run_script
 from helpers import assert_one_line_error
+from models.timing import layer_fan_ins, teff
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 40, 5
@@ -442,6 +443,7 @@ def test_adaptive_levels_under_ddp(image_root, tmp_path):
     checkpoint = torch.load(tmp_path / "ad.pth", weights_only=True)
     levels = checkpoint["model_args"]["levels"]
     assert checkpoint["adaptive"]["levels"] == levels
+    assert checkpoint["adaptive"]["method"] == "al_metric"
     assert f"-> {levels} (the same on all 2 processes)" in output, output
 
     # the levels are the AL rule's on the phase-1 weights: recompute them independently,
@@ -454,6 +456,25 @@ def test_adaptive_levels_under_ddp(image_root, tmp_path):
     rows = layer_metrics(model, counts, 5, None, DEFAULT_THRESHOLDS)
     assert levels == [row["suggested_level"] for row in rows]
     check_run(image_root, tmp_path, "ad", epochs=2, levels=levels)
+
+
+def test_level_search_under_ddp(image_root, tmp_path):
+    """--adaptive --budget-teff with 2 processes: rank 0 searches, the levels are broadcast
+    and checked on every rank, they meet the budget, and the result is exact as an SNN."""
+    argv = CPU + ["--epochs", "2", "--adaptive", "--phase1-epochs", "1", "--levels", "8",
+                  "--budget-teff", "3", "--calib-images", "32", "--id", "ls",
+                  "--checkpoint-dir", str(tmp_path), str(image_root)]
+    status, _, output = launch(argv, torchrun=True)
+    assert status == 0, output
+    checkpoint = torch.load(tmp_path / "ls.pth", weights_only=True)
+    adaptive, levels = checkpoint["adaptive"], checkpoint["model_args"]["levels"]
+    assert adaptive["method"] == "level_search" and adaptive["budget_teff"] == 3.0
+    assert adaptive["levels"] == levels == adaptive["level_search"]["levels"]
+    assert f"-> {levels} (the same on all 2 processes)" in output, output
+    assert "level search at T_eff <= 3 on 32 training images" in output
+    model, _ = model_from_checkpoint(checkpoint, tmp_path / "ls.pth")
+    assert teff(levels, layer_fan_ins(model))[0] <= 3.0 + 1e-9
+    check_run(image_root, tmp_path, "ls", epochs=2, levels=levels)
 
 
 def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_path,

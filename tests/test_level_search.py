@@ -373,3 +373,41 @@ def test_loss_table_entries_equal_full_passes():
             full = evaluate_levels(model, loader, changed)["loss"]
             assert table.losses[name][str(level)] == pytest.approx(full, rel=1e-12), name
     assert table.num_evaluations == 1 + sum(2 - (level in (1, 4)) for level in current)
+
+
+def test_adaptive_training_with_a_budget_is_exact_as_an_snn(tmp_path, capsys):
+    """main_train.py --adaptive --budget-teff: phase 2 trains with the searched levels, which
+    meet the budget, are recorded with the search in the checkpoint, and convert exactly."""
+    import main_test
+    import main_train
+    common = ["-data", "digits", "-arch", "vgg_small", "-j", "0", "--no-progress",
+              "--checkpoint-dir", str(tmp_path), "-b", "128", "-lr", "0.1",
+              "--init-threshold", "2"]
+    assert run_script(main_train, common + [
+        "--id", "bt", "-epochs", "3", "--adaptive", "--phase1-epochs", "2", "--levels", "8",
+        "--budget-teff", "3", "--calib-images", "128"]) == 0
+    checkpoint = torch.load(tmp_path / "bt.pth", weights_only=True)
+    adaptive, levels = checkpoint["adaptive"], checkpoint["model_args"]["levels"]
+    assert adaptive["method"] == "level_search" and adaptive["levels"] == levels
+    search = adaptive["level_search"]
+    assert search["levels"] == levels and search["budget_teff"] == 3.0
+    assert search["al_rule"]["levels"] == adaptive["al_levels"]
+    model, _ = model_from_checkpoint(checkpoint, tmp_path / "bt.pth")
+    assert teff(levels, layer_fan_ins(model))[0] <= 3.0 + 1e-9
+    assert "level search at T_eff <= 3 on 128 training images" in \
+        (tmp_path / "bt.log").read_text()
+    capsys.readouterr()
+    output = tmp_path / "bt.json"
+    assert run_script(main_test, ["-data", "digits", "--id", "bt", "--checkpoint-dir",
+                                  str(tmp_path), "--dtype", "float64", "-j", "0",
+                                  "--no-progress", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["levels"] == levels and result["num_images"] == 360
+    assert result["ann_top1"] == result["snn_top1"] and result["agreement"] == 100.0
+    assert all(v == 1.0 for v in result["layer_count_agreement"].values())
+    # a budget no candidate combination meets is refused before phase 1
+    assert run_script(main_train, common + [
+        "--id", "low", "-epochs", "3", "--adaptive", "--phase1-epochs", "2", "--levels", "8",
+        "--budget-teff", "0.5"]) == 2
+    assert_one_line_error(capsys, "--budget-teff 0.5", "smallest T_eff")
+    assert not (tmp_path / "low.pth").exists()
