@@ -1,4 +1,4 @@
-"""T_eff (effective timesteps) and sequential latency of a PASCAL network for per-layer levels.
+"""T_eff (effective timesteps) and latency of a PASCAL network for per-layer levels.
 
     python get_Teff.py -arch vgg16 -data cifar10 --levels 8,4,4,1,4,4,1,1,1,1,1,4,8,8,8
     python get_Teff.py -data cifar10 --id myid                 # levels from the checkpoint
@@ -12,7 +12,8 @@ import torch
 
 import models
 from checkpoint import load_checkpoint_file, resolve_checkpoint
-from models.timing import latency_steps, layer_fan_ins, reference_rows, teff, teff_reference
+from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps, reference_rows,
+                           teff, teff_reference)
 from utils import DATASETS, ArgumentParser, UsageError, arch_name, parse_levels, run_main
 
 
@@ -105,9 +106,11 @@ def main(args):
     fan_ins = layer_fan_ins(model)
     value, rows = teff(levels, fan_ins)
     total_latency, per_layer = latency_steps(model)
+    pipelined = pipelined_latency_steps(model)
     mean_level = sum(levels) / len(levels)
     result = {"arch": arch, "variant": variant, "dataset": dataset, "levels_from": source,
               "levels": levels, "mean_level": mean_level, "latency_steps": total_latency,
+              "latency_pipelined_steps": pipelined,
               "mode": "reference" if args.reference else "all-layers"}
 
     print(f"{arch} ({variant} variant), {len(levels)} spiking layers, levels from {source}")
@@ -118,8 +121,10 @@ def main(args):
               f"{row['term']:>9.4f} {t_in:>5} {steps:>6}")
     result["layers"] = rows
     print(f"mean level = {mean_level:.4f}")
-    print(f"sequential latency = {total_latency} steps "
-          f"(sum over layers of T_in + max(T_in, L) - 1 + L)")
+    print(f"sequential latency = {total_latency} steps (T_in + max(T_in, L) - 1 + L per layer, "
+          f"summed along the longest path)")
+    print(f"pipelined latency = {pipelined} steps (each layer accumulates while the one before "
+          f"it emits: L saved per layer on the path but the last)")
     if args.reference:
         reference_dataset = "imagenet" if variant == "imagenet" else (dataset or "cifar10")
         try:

@@ -20,9 +20,10 @@ transforms; the test split is for reporting only):
 3. **Measured choice.** The estimate ignores interactions between layers, so the ``top_k``
    frontier points that fit the budget with the lowest estimated loss, the AL rule's levels and
    the uniform levels (the largest uniform candidate that fits) are evaluated on the
-   calibration images, and the fitting one with the lowest measured calibration loss is
-   returned. The AL rule's levels are measured even when they do not fit, for comparison, but
-   are then never chosen.
+   calibration images, and of everything measured that fits (these, the loss table's entries
+   and, in a sweep, what other budgets measured) the one with the lowest measured calibration
+   loss is returned. The AL rule's levels are measured even when they do not fit, for
+   comparison, but are then never chosen.
 
 Entry points: :func:`search_levels` (one budget) and :func:`sweep_budgets` (many budgets, one
 loss table); :func:`calibration_loader` builds the default calibration data and
@@ -469,7 +470,7 @@ def _search(model, loader, budgets, candidates, max_level, al_levels, top_k, sho
                     sources=sources))
         finally:
             evaluator.close()
-        best = min((e for e in evaluated if e.fits), key=lambda e: (e.calibration_loss, e.teff))
+        best = _best_measured(evaluator, costs, table, budget, evaluated)
         by_source = {source: e for e in evaluated for source in e.sources}
         # the table's evaluations and seconds are counted once, in the first budget's result
         first = index == 0
@@ -483,6 +484,33 @@ def _search(model, loader, budgets, candidates, max_level, al_levels, top_k, sho
             seconds=time.perf_counter() - start + (table.seconds if first else 0.0),
             table=table))
     return results
+
+
+def _best_measured(evaluator, costs, table, budget, evaluated):
+    """The fitting combination with the lowest measured calibration loss among everything
+    measured on these calibration images: this budget's re-evaluations, and also the loss
+    table's entries (one layer changed) and what earlier budgets of a sweep measured, which
+    cost nothing more to consider; so within a sweep the chosen loss never rises with the
+    budget. Ties go to the smaller T_eff."""
+    known = {tuple(e.levels): e for e in evaluated}
+    best = None
+    for combination, measured in evaluator.measured.items():
+        if not costs.fits(combination, budget):
+            continue
+        key = (measured["loss"], costs.teff(combination))
+        if best is None or key < best[0]:
+            best = (key, combination, measured)
+    _, combination, measured = best
+    if combination in known:
+        return known[combination]
+    source = "loss table" if sum(a != b for a, b in zip(combination, table.levels,
+                                                         strict=True)) <= 1 else "earlier budget"
+    entry = Evaluation(levels=list(combination), teff=costs.teff(combination), fits=True,
+                       estimated_loss=table.estimate(combination),
+                       calibration_loss=measured["loss"], calibration_top1=measured["top1"],
+                       sources=[source])
+    evaluated.append(entry)
+    return entry
 
 
 def search_levels(model, loader, budget_teff, candidates=None, max_level=None, al_levels=None,

@@ -237,6 +237,15 @@ def test_sweep_honours_every_budget_with_one_table(digits_run, digits_calibratio
                                               if e.fits)
         assert len([e for e in result.evaluated if any(s.startswith("frontier")
                                                        for s in e.sources)]) <= 2
+    # everything measured is considered at every budget, the loss table's entries and other
+    # budgets' re-evaluations included: a larger budget never ends with a higher loss
+    losses = [result.calibration_loss for result in results]
+    assert losses == sorted(losses, reverse=True)
+    measured = {tuple(e.levels): e.calibration_loss for r in results for e in r.evaluated}
+    for budget, result in zip(budgets, results, strict=True):
+        fitting = [loss for levels, loss in measured.items()
+                   if teff(list(levels), layer_fan_ins(model))[0] <= budget + 1e-9]
+        assert result.calibration_loss <= min(fitting)
 
 
 def test_budget_below_the_minimum_is_one_clear_error(digits_run, digits_calibration):
