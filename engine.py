@@ -418,6 +418,7 @@ def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
                                                          show)
             is_best = test_acc1 > best_acc1
             best_acc1 = max(best_acc1, test_acc1)
+            switched = False
             if args.adaptive and epoch + 1 == args.phase1_epochs and adaptive is None:
                 logger.info(f"epoch {epoch + 1}: phase 1 ends with test top-1 {test_acc1:.2f}%")
                 if ctx.is_main:
@@ -427,7 +428,7 @@ def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
                                          ctx, logger)
                 adaptive.update(phase1_epochs=args.phase1_epochs, phase1_test_acc1=test_acc1)
                 # phase-2 accuracy is not comparable with phase 1: track the best afresh
-                best_acc1, is_best = 0.0, False
+                best_acc1, is_best, switched = 0.0, False, True
             if ctx.is_main:
                 state_dict = snapshot(epoch + 1, test=(test_acc1, test_images))
                 save_checkpoint(latest, state_dict)
@@ -437,8 +438,9 @@ def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
                 seconds = time.time() - started
                 logger.info(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4f}  train loss "
                             f"{train_loss:.4f} acc {train_acc1:.2f}%  test loss {test_loss:.4f} "
-                            f"acc {test_acc1:.2f}% ({test_images} images)  best "
-                            f"{best_acc1:.2f}%  {seconds:.1f}s" +
+                            f"acc {test_acc1:.2f}% ({test_images} images)  " +
+                            ("levels changed, best reset" if switched else
+                             f"best {best_acc1:.2f}%") + f"  {seconds:.1f}s" +
                             (f"  ({state.skipped} non-finite batches skipped)"
                              if state.skipped else ""))
                 write_csv_row(csv_path, {
