@@ -24,23 +24,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
-from helpers import ann_levels, calibrate_thresholds_, randomize_  # noqa: E402
+from helpers import (ann_levels, calibrate_thresholds_, few_long_levels,  # noqa: E402
+                     randomize_)
 
 DEFAULT = ("resnet18,resnet50,vgg11_bn,mobilenet_v2,densenet121,googlenet,squeezenet1_1,"
            "alexnet,vgg16,shufflenet_v2_x1_0,regnet_x_400mf,mnasnet0_5,resnext50_32x4d,"
            "inception_v3,efficientnet_b0,vit_b_16,regnet_y_400mf,mobilenet_v3_small,"
            "convnext_tiny,swin_t")
-
-
-def mixed_levels(count, seed):
-    """Levels from {1, 2, 3, 4, 8}, adjacent layers differing, at most two 8s."""
-    generator = torch.Generator().manual_seed(seed)
-    levels = []
-    while len(levels) < count:
-        value = [1, 2, 3, 4, 8][int(torch.randint(5, (1,), generator=generator))]
-        if (not levels or value != levels[-1]) and not (value == 8 and levels.count(8) >= 2):
-            levels.append(value)
-    return levels
 
 
 def check(name, seed=0, images=2):
@@ -52,7 +42,7 @@ def check(name, seed=0, images=2):
         return {"arch": arch, "result": "refused", "reason": str(error)}
     layers = len(models.qcfs_layers(model))
     size = max(64, models.min_input_size(model) or 64)
-    models.set_levels(model, mixed_levels(layers, seed))
+    models.set_levels(model, few_long_levels(layers, seed))
     generator = torch.Generator().manual_seed(seed)
     model = randomize_(model, generator).double()
     x = torch.randn(images, 3, size, size, generator=generator, dtype=torch.float64)

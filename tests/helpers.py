@@ -95,6 +95,19 @@ def live_model(arch, levels, variant="cifar", num_classes=10, seed=0, images=4, 
     return model, x
 
 
+def few_long_levels(count, seed):
+    """Mixed levels from {1, 2, 3, 4, 8}, adjacent layers differing, at most two 8s: the step
+    simulator costs about the sum of the input train lengths times the ANN, so few long trains
+    keep large networks' float64 simulations fast."""
+    generator = torch.Generator().manual_seed(seed)
+    levels = []
+    while len(levels) < count:
+        value = [1, 2, 3, 4, 8][int(torch.randint(5, (1,), generator=generator))]
+        if (not levels or value != levels[-1]) and not (value == 8 and levels.count(8) >= 2):
+            levels.append(value)
+    return levels
+
+
 def assert_one_line_error(capsys, *fragments):
     """The captured stderr is exactly one line, no traceback, containing every fragment."""
     err = capsys.readouterr().err

@@ -9,25 +9,13 @@ import pytest
 import torch
 
 import models
-from helpers import live_model, multi_segment_snn
+from helpers import few_long_levels, live_model, multi_segment_snn
 from models import convert_to_snn, list_models
 from models.spiking import pascal_correct_
 from test_convert import REFERENCE_LEVELS
 from test_models import EXPECTED_LAYERS
 
 CASES = [(arch, "cifar") for arch in list_models()] + [("resnet18", "imagenet")]
-
-
-def varied_levels(count, seed):
-    """Levels from {1, 2, 3, 4, 8}, adjacent layers differing, at most two 8s (keeps the
-    float64 step simulation of the big networks fast)."""
-    generator = torch.Generator().manual_seed(seed)
-    levels = []
-    while len(levels) < count:
-        value = [1, 2, 3, 4, 8][int(torch.randint(5, (1,), generator=generator))]
-        if (not levels or value != levels[-1]) and not (value == 8 and levels.count(8) >= 2):
-            levels.append(value)
-    return levels
 
 
 def assert_logits_close(actual, expected):
@@ -41,7 +29,7 @@ def assert_logits_close(actual, expected):
 def test_counts_path_equals_step_simulator(arch, variant):
     # Varied levels (adjacent layers differ) make T_in < L, T_in > L and residual additions
     # of trains of different lengths all occur.
-    levels = varied_levels(EXPECTED_LAYERS[arch], seed=7)
+    levels = few_long_levels(EXPECTED_LAYERS[arch], seed=7)
     model, x = live_model(arch, levels, variant=variant, images=2, seed=4)
     step_logits, step_stats = convert_to_snn(model).forward_with_stats(x, keep_counts=True)
     counts_snn = convert_to_snn(model, sim="counts")

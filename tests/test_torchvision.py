@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models
-from helpers import ann_levels, calibrate_thresholds_, randomize_
+from helpers import ann_levels, calibrate_thresholds_, few_long_levels, randomize_
 
 # The acceptance set of issue 13: residual (basic and bottleneck), plain with BatchNorm and max
 # pools, depthwise with ReLU6 and residual sums fed to convolutions, dense concatenation with
@@ -14,23 +14,10 @@ ACCEPTANCE = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "densenet121",
               "squeezenet1_1"]
 
 
-def acceptance_levels(count, seed):
-    """Levels from {1, 2, 3, 4, 8}, adjacent layers differing, at most two 8s (the step
-    simulator costs about the sum of the input lengths times the ANN, so few long trains
-    keep the 7 networks within the time budget)."""
-    generator = torch.Generator().manual_seed(seed)
-    levels = []
-    while len(levels) < count:
-        value = [1, 2, 3, 4, 8][int(torch.randint(5, (1,), generator=generator))]
-        if (not levels or value != levels[-1]) and not (value == 8 and levels.count(8) >= 2):
-            levels.append(value)
-    return levels
-
-
 def live_torchvision(name, seed=0, images=2, size=64):
     generator = torch.Generator().manual_seed(seed)
     model = models.create_model(f"tv:{name}", num_classes=10, levels=1)
-    models.set_levels(model, acceptance_levels(len(models.qcfs_layers(model)), seed))
+    models.set_levels(model, few_long_levels(len(models.qcfs_layers(model)), seed))
     model = randomize_(model, generator).double()
     x = torch.randn(images, 3, size, size, generator=generator, dtype=torch.float64)
     calibrate_thresholds_(model, x)
