@@ -44,19 +44,23 @@ def test_checkpoint_rebuilds_the_torchvision_model(tv_run):
 
 def test_float64_snn_equals_ann_and_the_report_equals_the_library(tv_run, tmp_path):
     folder, path, model, model_args = tv_run
+    output = tmp_path / "all.json"
+    assert run_script(main_test, [
+        "-data", "digits", "--id", "tv", "--checkpoint-dir", str(folder), "--dtype", "float64",
+        "-j", "0", "--no-progress", "-b", "120", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["num_images"] == 360 and result["agreement"] == 100.0  # every test image
+    assert result["ann_top1"] == result["snn_top1"]
+    assert len(result["layer_count_agreement"]) == 17
+    assert all(v == 1.0 for v in result["layer_count_agreement"].values())
+    assert result["ann_top1"] > 30  # two epochs learn something (chance: 10 %)
+
     output, report_json = tmp_path / "test.json", tmp_path / "cost.json"
     assert run_script(main_test, [
         "-data", "digits", "--checkpoint", str(path), "--dtype", "float64", "-j", "0",
         "--no-progress", "--num-images", "96", "-b", "48", "--report", "--report-json",
         str(report_json), "--report-csv", str(tmp_path / "c.csv"), "--report-plot",
         str(tmp_path / "c.png"), "--output", str(output)]) == 0
-    result = json.loads(output.read_text())
-    assert result["num_images"] == 96 and result["agreement"] == 100.0
-    assert result["ann_top1"] == result["snn_top1"]
-    assert len(result["layer_count_agreement"]) == 17
-    assert all(v == 1.0 for v in result["layer_count_agreement"].values())
-    assert result["ann_top1"] > 30  # two epochs learn something (chance: 10 %)
-
     # the report's numbers are the library's on the same images
     report = json.loads(report_json.read_text())
     double = model.double().eval()
@@ -82,7 +86,8 @@ def test_float64_snn_equals_ann_and_the_report_equals_the_library(tv_run, tmp_pa
 def test_get_teff_and_get_stats_print_the_library_values(tv_run, tmp_path, capsys):
     folder, path, model, model_args = tv_run
     out_json = tmp_path / "teff.json"
-    assert run_script(get_Teff, ["--checkpoint", str(path), "--json", str(out_json)]) == 0
+    assert run_script(get_Teff, ["--id", "tv", "-data", "digits", "--checkpoint-dir",
+                                 str(folder), "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
     value = teff(model_args["levels"], layer_fan_ins(model))[0]
     assert f"T_eff = {value:.4f}" in printed
