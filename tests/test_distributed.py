@@ -165,12 +165,25 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pending_shared_signals(pid):
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("ShdPnd:"):
-                return int(line.split()[1], 16)
-    return 0
+def signal_arrived(pid, signum):
+    """Whether ``signum`` has reached stopped process ``pid``: pending for the process or one
+    of its threads, or being handled by one of them.
+
+    The second case is real: when the signal arrives before the kernel has stopped every
+    thread (the machine is busy), a thread takes it first (a lower signal number is taken
+    before SIGSTOP), its handler's frame is set up with the signal blocked, and the thread
+    stops before running it. Nothing in these processes blocks SIGTERM otherwise (the
+    workers' and torch's threads block no signal), so a blocked SIGTERM means exactly this.
+    """
+    bit = 1 << (signum - 1)
+    masks = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key in ("SigPnd", "ShdPnd", "SigBlk"):
+                    masks |= int(value, 16)
+    return bool(masks & bit)
 
 
 def wait_until(condition, process, what, timeout=LAUNCH_TIMEOUT):
@@ -370,9 +383,9 @@ def test_sigterm_to_the_launcher_saves_mid_epoch_and_the_relaunch_matches(
     signal_all(workers, signal.SIGSTOP)
     assert torch.load(path, weights_only=True)["epoch"] == 1
     os.kill(process.pid, signal.SIGTERM)
-    # the launcher forwards SIGTERM to every (stopped) worker: wait until it is pending
-    wait_until(lambda: all(pending_shared_signals(pid) & (1 << (signal.SIGTERM - 1))
-                           for pid in workers), process, "SIGTERM reached the workers")
+    # the launcher forwards SIGTERM to every (stopped) worker: wait until it has arrived
+    wait_until(lambda: all(signal_arrived(pid, signal.SIGTERM) for pid in workers), process,
+               "SIGTERM reached the workers")
     signal_all(workers, signal.SIGCONT)
     status, output = finish(process)
     assert status != 0, output
