@@ -1,4 +1,5 @@
 """Fixtures shared by the script tests: one small trained digits checkpoint, CIFAR-format data."""
+import json
 import pickle
 
 import pytest
@@ -19,6 +20,15 @@ from utils import run_main
 def run_script(module, argv):
     """Run ``module.main`` in-process exactly as its command line would; returns exit status."""
     return run_main(module.main, module.get_args_parser().parse_args(argv))
+
+
+def evaluate_digits_run(folder, run_id, output):
+    """main_test in float64 on run ``run_id``'s digits checkpoint (all 360 test images);
+    returns the JSON result it wrote to ``output``."""
+    assert run_script(main_test, ["-data", "digits", "--id", run_id, "--checkpoint-dir",
+                                  str(folder), "--dtype", "float64", "-j", "0",
+                                  "--no-progress", "--output", str(output)]) == 0
+    return json.loads(output.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import get_stats
 import models
 from al_metric import collect_level_counts, layer_metrics
 from checkpoint import load_checkpoint_file, model_from_checkpoint
-from conftest import run_script
+from conftest import evaluate_digits_run, run_script
 from data import get_dataset
 from helpers import assert_one_line_error
 from level_search import (calibration_loader, default_budgets, evaluate_levels,
@@ -387,7 +387,6 @@ def test_loss_table_entries_equal_full_passes():
 def test_adaptive_training_with_a_budget_is_exact_as_an_snn(tmp_path, capsys):
     """main_train.py --adaptive --budget-teff: phase 2 trains with the searched levels, which
     meet the budget, are recorded with the search in the checkpoint, and convert exactly."""
-    import main_test
     import main_train
     common = ["-data", "digits", "-arch", "vgg_small", "-j", "0", "--no-progress",
               "--checkpoint-dir", str(tmp_path), "-b", "128", "-lr", "0.1",
@@ -406,11 +405,7 @@ def test_adaptive_training_with_a_budget_is_exact_as_an_snn(tmp_path, capsys):
     assert "level search at T_eff <= 3 on 128 training images" in \
         (tmp_path / "bt.log").read_text()
     capsys.readouterr()
-    output = tmp_path / "bt.json"
-    assert run_script(main_test, ["-data", "digits", "--id", "bt", "--checkpoint-dir",
-                                  str(tmp_path), "--dtype", "float64", "-j", "0",
-                                  "--no-progress", "--output", str(output)]) == 0
-    result = json.loads(output.read_text())
+    result = evaluate_digits_run(tmp_path, "bt", tmp_path / "bt.json")
     assert result["levels"] == levels and result["num_images"] == 360
     assert result["ann_top1"] == result["snn_top1"] and result["agreement"] == 100.0
     assert all(v == 1.0 for v in result["layer_count_agreement"].values())

@@ -6,7 +6,7 @@ import torch
 
 import main_test
 import main_train
-from conftest import run_script
+from conftest import evaluate_digits_run, run_script
 from test_convert import REFERENCE_LEVELS, reference_state_dict
 from helpers import assert_one_line_error
 
@@ -32,11 +32,7 @@ def test_digits_checkpoint_is_self_describing(digits_run):
 
 def test_main_test_float64_ann_equals_snn(digits_run, tmp_path):
     folder, run_id = digits_run
-    output = tmp_path / "result.json"
-    assert run_script(main_test, ["-data", "digits", "--id", run_id, "--checkpoint-dir",
-                                  str(folder), "--dtype", "float64", "-j", "0",
-                                  "--no-progress", "--output", str(output)]) == 0
-    result = read_json(output)
+    result = evaluate_digits_run(folder, run_id, tmp_path / "result.json")
     assert result["num_images"] == 360
     assert result["ann_top1"] == result["snn_top1"]
     assert result["agreement"] == 100.0

@@ -7,12 +7,11 @@ from PIL import Image
 
 import get_stats
 import get_Teff
-import main_test
 import main_train
 import models
 from al_metric import collect_level_counts, level_histogram, suggest_level
 from checkpoint import load_checkpoint_file, model_from_checkpoint
-from conftest import run_script
+from conftest import evaluate_digits_run, run_script
 from data import get_dataset, make_loader
 
 
@@ -81,11 +80,7 @@ def test_adaptive_schedule_end_to_end(tmp_path, capsys):
     assert f"adaptive levels: [8, 8, 8, 8, 8] -> {chosen}" in log
     capsys.readouterr()
 
-    output = tmp_path / "test.json"
-    assert run_script(main_test, ["-data", "digits", "--id", "ad", "--checkpoint-dir",
-                                  str(tmp_path), "--dtype", "float64", "-j", "0",
-                                  "--no-progress", "--output", str(output)]) == 0
-    result = json.loads(output.read_text())
+    result = evaluate_digits_run(tmp_path, "ad", tmp_path / "test.json")
     assert result["levels"] == chosen and result["ann_top1"] == result["snn_top1"]
 
     assert run_script(get_Teff, ["--id", "ad", "-data", "digits", "--checkpoint-dir",
