@@ -26,8 +26,8 @@ import models
 from al_metric import DEFAULT_THRESHOLDS
 from checkpoint import checkpoint_path
 from data import check_image_folder, image_folder, imagenet_transforms
-from distributed import (ProcessPlace, detach_from_terminal, free_port, launch_mode,
-                         process_device, run_worker, spawn)
+from distributed import (ProcessPlace, detach_from_terminal, exit_process, exit_worker, free_port,
+                         launch_mode, process_device, run_worker, spawn)
 from utils import (ArgumentParser, UsageError, add_adaptive_args, add_model_args,
                    add_optimisation_args, add_output_flags, add_process_group_args, add_run_args,
                    add_training_machine_args, arch_help, arch_name, check_training_args,
@@ -184,19 +184,10 @@ def main(args):
 
 
 def spawned_worker(local_rank, args):
-    """The spawn launch's entry point: the worker's status becomes the process's exit status.
-
-    The process leaves without the interpreter's teardown: in this launch rank 0 hosts the
-    rendezvous store, and destroying its C++ objects at exit can abort a process ("terminate
-    called without an active exception", SIGABRT) after the run has finished and saved (seen
-    once in about a hundred two-process CPU runs). Logs are written line by line, so nothing
-    is lost by leaving this way.
-    """
+    """The spawn launch's entry point: the worker's status becomes the process's exit status
+    (see :func:`distributed.exit_worker`)."""
     detach_from_terminal()
-    status = worker(local_rank, args)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    exit_worker(worker(local_rank, args))
 
 
 def worker(local_rank, args):
@@ -241,4 +232,4 @@ def train(args, ctx):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, get_args_parser().parse_args()))
+    exit_process(run_main(main, get_args_parser().parse_args()))

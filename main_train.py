@@ -8,13 +8,13 @@ The training itself (resuming, signals, evaluation, checkpoints, the adaptive sc
 is the engine's (engine.py), shared with main.py.
 """
 import os
-import sys
 from pathlib import Path
 
 import engine
 from al_metric import DEFAULT_THRESHOLDS
 from data import get_dataset
-from distributed import ProcessPlace, launch_mode, process_device, run_worker
+from distributed import (ProcessPlace, exit_process, launch_mode, process_device,
+                         run_worker)
 from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args, add_model_args,
                    add_optimisation_args, add_output_flags, add_process_group_args,
                    add_run_args, add_training_machine_args, arch_help, arch_name,
@@ -129,4 +129,4 @@ def train(args, ctx):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, get_args_parser().parse_args()))
+    exit_process(run_main(main, get_args_parser().parse_args()))
