@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 import models
-from utils import DATASETS, UsageError, default_checkpoint_dir, stretch_cosine_schedule
+from utils import (DATASETS, UsageError, default_checkpoint_dir, default_run_id,
+                   stretch_cosine_schedule)
 
 FORMAT_VERSION = 1
 
@@ -40,7 +41,7 @@ def resolve_checkpoint(args):
     if args.checkpoint:
         return Path(args.checkpoint), None
     checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
-    run_id = args.id or (f"{args.arch}_{args.dataset}" if args.arch else None)
+    run_id = args.id or (default_run_id(args.arch, args.dataset) if args.arch else None)
     if run_id is None:
         raise UsageError("say which checkpoint to use: --id ID (with -data) or "
                          "--checkpoint PATH")

@@ -31,7 +31,7 @@ from distributed import (ProcessPlace, detach_from_terminal, exit_process, exit_
 from utils import (ArgumentParser, UsageError, add_adaptive_args, add_model_args,
                    add_optimisation_args, add_output_flags, add_process_group_args, add_run_args,
                    add_training_machine_args, arch_help, arch_name, check_training_args,
-                   default_checkpoint_dir,
+                   default_checkpoint_dir, default_run_id,
                    run_main, seed_everything, setup_logging, silent_logger)
 
 DATASET = "imagenet"  # model_args["dataset"]: what main_test.py's -data names
@@ -99,7 +99,7 @@ def resolve_args(args):
     if args.data is None:
         raise UsageError("no data folder: pass DIR (or --data-root DIR), the folder that holds "
                          "train/ and val/")
-    args.id = args.id or f"{args.arch}_{DATASET}"
+    args.id = args.id or default_run_id(args.arch, DATASET)
     check_training_args(args, DEFAULT_THRESHOLDS)
     for flag, value, low in (("--image-size", args.image_size, 32),
                              ("--world-size", args.world_size, 1), ("--rank", args.rank, 0)):

@@ -19,7 +19,7 @@ from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args, add_
                    add_optimisation_args, add_output_flags, add_process_group_args,
                    add_run_args, add_training_machine_args, arch_help, arch_name,
                    check_training_args,
-                   default_checkpoint_dir, env_data_root, run_main, seed_everything,
+                   default_checkpoint_dir, default_run_id, env_data_root, run_main, seed_everything,
                    setup_logging, silent_logger)
 
 # Per-dataset defaults where the paper's CIFAR recipe does not fit (spec section 6).
@@ -69,7 +69,7 @@ def resolve_args(args):
     for key, value in DEFAULTS[args.dataset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.id = args.id or f"{args.arch}_{args.dataset}"
+    args.id = args.id or default_run_id(args.arch, args.dataset)
     check_training_args(args, DEFAULT_THRESHOLDS)
     if args.image_size is not None and args.image_size < 8:
         raise UsageError(f"--image-size must be >= 8, got {args.image_size}")

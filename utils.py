@@ -283,6 +283,12 @@ def add_adaptive_args(parser):
                             "(default: 512)")
 
 
+def default_run_id(arch, dataset):
+    """The run id when --id is not given: ``{arch}_{dataset}``, with the ``:`` of ``tv:NAME``
+    as ``-`` (a colon in a file name breaks scp, rsync and Windows file systems)."""
+    return f"{arch.replace(':', '-')}_{dataset}"
+
+
 def add_run_args(group, default_id, default_dir):
     """Run id, checkpoint folder, resuming, initial weights and overwriting."""
     group.add_argument("--id", default=None,

@@ -127,3 +127,15 @@ def test_refused_and_too_small_architectures_stop_before_training(tmp_path, caps
     with pytest.raises(SystemExit):
         main_train.get_args_parser().parse_args(["-arch", "tv:nonexistent"])
     assert_one_line_error(capsys, "unknown torchvision model 'nonexistent'")
+
+
+def test_default_run_id_of_a_torchvision_arch_has_no_colon(tmp_path):
+    """Without --id, training and evaluation name the run tv-resnet18_digits (a file name
+    without the colon of tv:NAME), and agree on it."""
+    from checkpoint import resolve_checkpoint
+    args = main_train.resolve_args(main_train.get_args_parser().parse_args(
+        ["-data", "digits", "-arch", "tv:resnet18", "--checkpoint-dir", str(tmp_path)]))
+    assert args.id == "tv-resnet18_digits"
+    test_args = main_test.get_args_parser().parse_args(
+        ["-data", "digits", "-arch", "tv:resnet18", "--checkpoint-dir", str(tmp_path)])
+    assert resolve_checkpoint(test_args)[0] == tmp_path / "tv-resnet18_digits.pth"
