@@ -1,4 +1,6 @@
-"""Datasets and loaders: CIFAR-10/100 and ImageNet from disk, and the bundled digits."""
+"""Datasets and loaders: CIFAR-10/100 (torchvision's pickled batches or an image-folder copy)
+and ImageNet from disk, and the bundled digits."""
+import functools
 import os
 
 import numpy as np
@@ -11,6 +13,25 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
 CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# torchvision's class order (the label numbers) of CIFAR-10 and CIFAR-100: the datasets' own
+# meta files, which list the names in alphabetical order.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
+    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm")
+# Where torchvision's CIFAR classes keep their pickled batches under the root.
+CIFAR_PICKLE_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split never changes
 DIGITS_TEST_FRACTION = 0.2
 
@@ -126,18 +147,108 @@ def get_dataset(name, root, split, download=False, augment=None, image_size=None
     if name == "digits":
         return DigitsDataset(train=train, augment=augment, image_size=image_size or 32)
     if name in ("cifar10", "cifar100"):
+        return cifar_dataset(name, root, train, download,
+                             cifar_transforms(name, augment, image_size or 32))
+    return image_folder(root, "train" if train else "val",
+                        imagenet_transforms(augment, image_size or 224))
+
+
+def cifar_layout(name, root):
+    """Which copy of CIFAR ``root`` holds: ``"pickle"`` (torchvision's batches, which win when
+    both are there), ``"folder"`` (``root/train/CLASS/*`` and ``root/test/CLASS/*``) or None."""
+    if os.path.isdir(os.path.join(root, CIFAR_PICKLE_FOLDERS[name])):
+        return "pickle"
+    if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "test")):
+        return "folder"
+    return None
+
+
+def cifar_dataset(name, root, train, download, transform):
+    """CIFAR-10/100 from torchvision's pickled batches or from an image-folder copy.
+
+    The dataset's ``source`` attribute says which was read (the scripts log it)."""
+    layout = cifar_layout(name, root)
+    if layout == "folder" and not download:
+        dataset = CifarFolder(name, root, train, transform)
+    else:
         from torchvision import datasets
         cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
         try:
-            return cls(root, train=train, download=download,
-                       transform=cifar_transforms(name, augment, image_size or 32))
+            dataset = cls(root, train=train, download=download, transform=transform)
         except RuntimeError as error:
             raise UsageError(
                 f"{name} not found under {os.path.abspath(root)} ({error}): pass --download to "
-                "fetch it, set --data-root (or $PASCAL_DATA) to where it is, or try the bundled "
-                "dataset with -data digits") from None
-    return image_folder(root, "train" if train else "val",
-                        imagenet_transforms(augment, image_size or 224))
+                "fetch it, set --data-root (or $PASCAL_DATA) to where it is (torchvision's "
+                f"{CIFAR_PICKLE_FOLDERS[name]}/ or an image-folder copy with train/CLASS/ and "
+                "test/CLASS/), or try the bundled dataset with -data digits") from None
+        dataset.source = (f"{name}: torchvision's pickled batches in "
+                          f"{os.path.join(os.path.abspath(root), CIFAR_PICKLE_FOLDERS[name])}")
+    return dataset
+
+
+class CifarFolder(Dataset):
+    """CIFAR-10/100 from an image-folder copy: ``root/{train,test}/CLASS/*.{png,jpg,...}``.
+
+    The class folders must be exactly the dataset's classes (CIFAR-10's ten, CIFAR-100's
+    hundred fine labels, named as in torchvision's ``classes``); labels follow torchvision's
+    class order, so a network trained on one copy evaluates on the other. Every image is
+    decoded once, when the dataset is made, into one ``(N, 32, 32, 3)`` uint8 array (the whole
+    of CIFAR-10 is 184 MB) and then served exactly as torchvision's CIFAR classes serve theirs
+    (a PIL image through ``transform``): the same recipe, no decoding per epoch. Images are
+    listed in sorted file-name order within each class.
+    """
+
+    def __init__(self, name, root, train, transform=None):
+        classes = CIFAR10_CLASSES if name == "cifar10" else CIFAR100_CLASSES
+        split = "train" if train else "test"
+        folder = os.path.join(root, split)
+        found = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+        if found != sorted(classes):
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            raise UsageError(f"{folder} must hold exactly the {len(classes)} {name} class "
+                             f"folders: missing {_first(missing)}; unexpected {_first(extra)}")
+        self.data, targets = _decode_cifar_folder(os.path.abspath(folder), classes)
+        self.targets, self.classes, self.transform = list(targets), list(classes), transform
+        self.source = (f"{name}: image folders {os.path.abspath(folder)} ({len(targets)} "
+                       "images, decoded into memory)")
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        from PIL import Image
+        image = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_cifar_folder(folder, classes):
+    """``(uint8 array (N, 32, 32, 3), labels)`` of ``folder/CLASS/*`` in class order; decoded
+    once per process (a run's training and calibration sets share one array)."""
+    paths, targets = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(folder, cls))
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise UsageError(f"{os.path.join(folder, cls)} holds no images "
+                             f"({', '.join(IMAGE_EXTENSIONS)})")
+        paths += [os.path.join(folder, cls, f) for f in files]
+        targets += [label] * len(files)
+    data = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
+    for index, path in enumerate(paths):
+        image = load_rgb_image(path)
+        if image.size != (32, 32):
+            raise UsageError(f"{path} is {image.size[0]}x{image.size[1]}: CIFAR images are "
+                             "32x32 (use --image-size to resize them for a network)")
+        data[index] = np.asarray(image)
+    data.setflags(write=False)
+    return data, tuple(targets)
 
 
 def image_folder(root, split, transform):
@@ -197,8 +308,11 @@ class SeededAugmentation(Dataset):
 
     def __getitem__(self, index):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-                              % 2**63)
+            # The CPU generator alone (what the transforms draw from): torch.manual_seed would
+            # also queue a seed for every accelerator backend, which costs more per sample
+            # than decoding and augmenting a CIFAR image.
+            torch.default_generator.manual_seed(
+                ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63)
             return self.dataset[index]
 
 

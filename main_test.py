@@ -258,6 +258,8 @@ def main(args):
 
     test_set = get_dataset(args.dataset, args.data_root or env_data_root(), "test",
                            image_size=args.image_size or trained_image_size(checkpoint))
+    if hasattr(test_set, "source"):
+        logger.info(f"data: {test_set.source}")
     models.check_input_size(model, tuple(test_set[0][0].shape), arch=model_args["arch"])
     if args.num_images is not None:
         test_set = Subset(test_set, range(min(args.num_images, len(test_set))))

@@ -112,6 +112,8 @@ def train(args, ctx):
         logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
     else:
         logger = silent_logger()
+    if hasattr(train_set, "source"):
+        logger.info(f"data: {train_set.source}")
     seed_everything(args.seed)
     if args.deterministic:
         engine.enable_determinism()

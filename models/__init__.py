@@ -24,11 +24,13 @@ __all__ = [
 
 VARIANTS = ("cifar", "imagenet")
 
-# Paper architectures first; vgg_small is a fast stand-in for demos and tests.
+# Paper architectures first, then the CIFAR ResNet-20; vgg_small is a fast stand-in for demos
+# and tests.
 _REGISTRY = {
     "vgg16": vgg.vgg16,
     "resnet18": resnet.resnet18,
     "resnet34": resnet.resnet34,
+    "resnet20": resnet.resnet20,
     "vgg_small": vgg.vgg_small,
 }
 
@@ -52,7 +54,7 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
         num_classes: size of the output layer.
         levels: an int (the same L everywhere) or one int >= 1 per QCFS layer in forward
             order (``[name for name, _ in qcfs_layers(model)]``; vgg16: 15, resnet18: 17,
-            resnet34: 33), the same meaning as the reference code's per-layer list.
+            resnet34: 33, resnet20: 19), the same meaning as the reference code's per-layer list.
         variant: ``"cifar"`` (32x32 inputs) or ``"imagenet"``; torchvision models have one
             form and ignore it (their smallest input: :func:`min_input_size`).
         init_threshold: initial value of every QCFS threshold (lambda), > 0.

@@ -6,7 +6,7 @@ import models
 from helpers import calibrate_thresholds_
 from models import QCFS, create_model, list_models, qcfs_layers
 
-EXPECTED_LAYERS = {"vgg16": 15, "resnet18": 17, "resnet34": 33, "vgg_small": 5}
+EXPECTED_LAYERS = {"vgg16": 15, "resnet18": 17, "resnet34": 33, "resnet20": 19, "vgg_small": 5}
 VARIANTS = ["cifar", "imagenet"]
 
 
