@@ -167,6 +167,9 @@ def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True, c
     if run_ann and run_snn:
         result["layer_count_agreement"] = {
             name: layer_equal[name] / layer_total[name] for name in layer_total}
+        result["differing_neurons"] = {
+            name: layer_total[name] - layer_equal[name] for name in layer_total}
+        result["neurons_compared"] = sum(layer_total.values())
     if run_snn:
         result["spikes_per_image"] = {name: count / n for name, count in spikes.items()}
     return result
@@ -370,6 +373,9 @@ def report(result, logger):
         worst = min(counts, key=counts.get)
         logger.info(f"spike counts equal to ANN levels: {exact}/{len(counts)} layers on every "
                     f"neuron; lowest {worst} {100 * counts[worst]:.4f}%")
+        logger.info(f"neurons whose spike count differs from their ANN level: "
+                    f"{sum(result['differing_neurons'].values()):,} of "
+                    f"{result['neurons_compared']:,} (all layers, all images)")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,22 @@ def test_resnet20_trains_and_converts_on_a_folder_copy(tmp_path):
     result = json.loads(output.read_text())
     assert result["arch"] == "resnet20" and result["levels"] == [3] * 19
     assert result["agreement"] == 100.0
+    assert set(result["differing_neurons"].values()) == {0}
+    # Neurons per image: the stem and stage 1 (7 layers of 16 x 32 x 32), stage 2 (6 of
+    # 32 x 16 x 16), stage 3 (6 of 64 x 8 x 8); 10 test images.
+    assert result["neurons_compared"] == 10 * (7 * 16 * 32 * 32 + 6 * 32 * 16 * 16
+                                               + 6 * 64 * 8 * 8)
+
+
+def test_per_sample_seeding_draws_what_a_full_torch_seed_draws(tmp_path):
+    # SeededAugmentation seeds torch's CPU generator alone; the augmentations must be those
+    # that torch.manual_seed with the same seed gives (the recipe draws from that generator).
+    write_cifar_folder(tmp_path, data.CIFAR10_CLASSES, per_class=(1, 1))
+    dataset = data.get_dataset("cifar10", str(tmp_path), "train")
+    seeded = data.SeededAugmentation(dataset, seed=7)
+    seeded.set_epoch(3)
+    for index in range(len(dataset)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((7 * 1_000_003 + 3) * 10_000_019 + index) % 2**63)
+            expected = dataset[index][0]
+        assert torch.equal(seeded[index][0], expected)
