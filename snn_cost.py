@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps, teff,
@@ -87,9 +88,8 @@ def spike_reach(layer, chain, source_shape):
     if layer is None:
         fan_out, count_outputs = 1, True
     elif isinstance(layer, nn.Linear):
-        if not flattened and len(source_shape) != 1:
-            raise ValueError(f"a Linear layer fed by a spike map of shape {source_shape} "
-                             "without a Flatten in between is not supported")
+        # A Linear layer acts on the last dimension: every element it sees reaches its
+        # out_features outputs, whatever the leading dimensions (a 3-D value included).
         fan_out, count_outputs = layer.out_features, False
     elif isinstance(layer, _CONV):
         if flattened:
@@ -407,7 +407,10 @@ def _spikes_of(snn, op, spikes, values, meta):
                 env[index] = ids if ids is not None else torch.full(
                     (1, *values[index].shape[1:]), -1, dtype=torch.int64)
             result = snn.apply(op, env)
-            parts[source] = result
+            # index maps are fresh tensors: a rearrangement's result is made contiguous, so
+            # a view after a transpose (and the .contiguous() between them) stays valid
+            parts[source] = (result.contiguous() if torch.is_tensor(result)
+                             else type(result)(r.contiguous() for r in result))
         if op.tuple_valued:
             count = len(parts[next(iter(parts))])
             return [_Spikes({s: parts[s][k] for s in parts}) for k in range(count)]
@@ -423,23 +426,30 @@ def _spikes_of(snn, op, spikes, values, meta):
     return None
 
 
+_FUNCTIONAL_POOLS = {
+    F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
+    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+    F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d,
+}
+
+
 def _pool_module(snn, op, values):
-    """``(pool module, flattens)`` equivalent to a pooling op, for :func:`spike_reach`."""
+    """``(pool module, flattens)`` equivalent to a pooling op, for :func:`spike_reach`.
+
+    Functional pools are recognised by the function called (the module classes take the same
+    arguments, after the input, in the same order and with the same names); a mean over
+    every spatial dimension is an adaptive pool to size 1."""
     if op.call == "module":
         return snn.layers[op.target], False
     value = values[op.inputs[0]]
     spatial = value.dim() - 2
-    if op.op.startswith("F."):
-        name = op.op[2:]
-        args = [a for a in op.args[1:]]
+    if op.call == "function" and op.target in _FUNCTIONAL_POOLS:
         kwargs = dict(op.kwargs)
-        classes = {"avg_pool1d": nn.AvgPool1d, "avg_pool2d": nn.AvgPool2d,
-                   "avg_pool3d": nn.AvgPool3d, "adaptive_avg_pool1d": nn.AdaptiveAvgPool1d,
-                   "adaptive_avg_pool2d": nn.AdaptiveAvgPool2d,
-                   "adaptive_avg_pool3d": nn.AdaptiveAvgPool3d}
-        return classes[name](*args, **kwargs), False
-    # mean over dims: the whole spatial extent, as an adaptive pool to size 1
+        positional = op.args if kwargs.pop("input", None) is not None else op.args[1:]
+        return _FUNCTIONAL_POOLS[op.target](*positional, **kwargs), False
     dims = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim")
+    if dims is None:
+        return None, False
     dims = dims if isinstance(dims, (list, tuple)) else (dims,)
     dims = {d % value.dim() for d in dims}
     keepdim = op.args[2] if len(op.args) > 2 else op.kwargs.get("keepdim", False)
@@ -486,7 +496,8 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
     source of their own (its spikes are not added to the emitted total).
     """
     rows = []
-    images = max([w.images for w in meter.weighted.values()], default=0)
+    images = max([w.images for w in meter.weighted.values()]
+                 + [n.images for n in meter.neurons.values()], default=0)
     if images == 0:
         raise ValueError("the meter saw no images: run the network before building the report")
     order = {op.name: op.index for op in meter.snn.ops}

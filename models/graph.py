@@ -265,6 +265,12 @@ def model_graph(model, *, context=""):
                 i.users.append(gnode)
         nodes.append(gnode)
         by_fx[fx_node] = gnode
+    unused = [name for name, module in model.named_modules()
+              if isinstance(module, QCFS) and name not in qcfs_calls]
+    if unused:
+        raise UnsupportedModelError(
+            f"{prefix}QCFS layer {unused[0]!r} is never called by forward: remove it (levels, "
+            "T_eff and the cost report count every QCFS layer of the model)")
     _fold_batchnorms(nodes)
     return ModelGraph(root, graph, nodes)
 

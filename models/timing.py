@@ -121,7 +121,9 @@ def pipelined_latency_steps(model):
     A layer's input window is the previous spiking layer's emit window, so a layer can start
     accumulating L_prev steps before its predecessor finishes: every spiking layer on the
     path but the last saves its L. For a chain that is :func:`latency_steps` minus the sum of
-    L over all spiking layers but the last.
+    L over all spiking layers but the last. An addition whose operands differ in length adds
+    the other operands' window sums to the first operand's first step, so what follows it
+    starts only when they are complete.
     """
     return _latencies(model)[2]
 
@@ -141,7 +143,13 @@ def _latencies(model):
         inputs = [i.index for i in node.inputs]
         done[node.index] = max((done[i] for i in inputs), default=0)
         finish[node.index] = max((finish[i] for i in inputs), default=0)
-        emitting[node.index] = max((emitting[i] for i in inputs), default=0)
+        # An addition folds an operand of another length into its first step, which can then
+        # be emitted only once that operand is complete; operands of its own length add step
+        # by step.
+        folded = node.role == "add"
+        emitting[node.index] = max(
+            (finish[i] if folded and steps.get(i) not in (None, steps[node.index])
+             else emitting[i] for i in inputs), default=0)
         if node.role == "neuron":
             t_in, level = steps[node.inputs[0].index], node.module.level
             per_layer[node.name] = (t_in, t_in + max(t_in, level) - 1 + level)
