@@ -31,13 +31,33 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path):
     for row in result["rows"]:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         assert row["arch"] == "vgg_small" and row["batch"] == 4
-        assert row["ann_img_s"] > 0 and row["snn_img_s"] > 0 and row["counts_img_s"] > 0
-        assert row["train_qcfs_over_relu"] > 0
-        assert row["whole_chunks_overhead"] > 0 and row["whole_chunks_images"] >= 1
+        seconds = {name: entry["median"] for name, entry in row["seconds"].items()}
+        # every derived figure is the stated function of the measured medians
+        for key, name in (("ann_img_s", "ann"), ("snn_img_s", "snn"),
+                          ("counts_img_s", "counts")):
+            assert row[key] == pytest.approx(4 / seconds[name], rel=1e-12)
+        assert row["overhead"] == pytest.approx(
+            seconds["snn"] / (seconds["ann"] * row["ideal_ratio"]), rel=1e-12)
+        assert row["counts_over_ann"] == pytest.approx(seconds["counts"] / seconds["ann"],
+                                                       rel=1e-12)
+        assert row["whole_chunks_overhead"] == pytest.approx(
+            seconds["whole_chunks"] / (seconds["ann"] * row["ideal_ratio"]), rel=1e-12)
+        for name, entry in row["seconds"].items():  # the median lies within its spread
+            low, high = entry["spread"]
+            assert low <= entry["median"] <= high, name
+        low, high = row["train_spread"]
+        assert low <= row["train_qcfs_over_relu"] <= high
+        assert 1 <= row["whole_chunks_images"] <= 4
         assert row["snn_chunk_images"][-1] <= row["batch"]
     uniform4, uniform16 = result["rows"]
-    # vgg_small, 5 QCFS layers at uniform L: every layer after the first is applied L times
-    assert 1 < uniform4["ideal_ratio"] < 4 and 1 < uniform16["ideal_ratio"] < 16
+    # vgg_small at uniform L: the first conv sees the image once, every other weighted layer
+    # a train of L steps; MACs per image (padding taps included, as ideal_ratio counts them)
+    size = uniform4["image_size"]
+    macs = [3 * 16 * 9 * size ** 2, 16 * 32 * 9 * (size // 2) ** 2,
+            32 * 64 * 9 * (size // 4) ** 2, 64 * 4 * 4 * 128, 128 * 128, 128 * 10]
+    for row, level in ((uniform4, 4), (uniform16, 16)):
+        expected = (macs[0] + level * sum(macs[1:])) / sum(macs)
+        assert row["ideal_ratio"] == pytest.approx(expected, rel=1e-12)
     assert uniform16["peak_mem_ann_mb"] > 0 and uniform16["peak_mem_snn_mb"] > 0
 
 

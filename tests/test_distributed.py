@@ -602,6 +602,13 @@ def test_reference_nccl_line_without_gpus_suggests_gloo(image_root, tmp_path, ca
 
 @cuda
 @pytest.mark.cuda
+def assert_grad_scaler_scale(scale):
+    """GradScaler starts at 2**16 and only halves (on an overflow) or doubles (after 2000
+    clean steps, more than these runs take): a power of two no larger than 65536."""
+    mantissa, exponent = math.frexp(float(scale))
+    assert mantissa == 0.5 and exponent - 1 <= 16, scale
+
+
 @pytest.mark.parametrize("torchrun", [False, True], ids=["spawn", "torchrun"])
 def test_nccl_amp_sync_bn_on_gpus(image_root, tmp_path, torchrun):
     """One process per visible GPU with NCCL, AMP and SyncBatchNorm; resume keeps the scaler."""
@@ -613,7 +620,7 @@ def test_nccl_amp_sync_bn_on_gpus(image_root, tmp_path, torchrun):
     assert status == 0, output
     assert f"{nproc} process(es)" in output and "nccl" in output and "AMP" in output
     checkpoint = torch.load(tmp_path / "gpu.pth", weights_only=True)
-    assert checkpoint["scaler"] and checkpoint["scaler"]["scale"] > 0
+    assert_grad_scaler_scale(checkpoint["scaler"]["scale"])
     exact = evaluate_checkpoint(image_root, tmp_path, "gpu", "float64")
     assert exact["ann_top1"] == exact["snn_top1"] and exact["num_images"] == NUM_VAL
     argv[argv.index("--epochs") + 1] = "2"
@@ -630,5 +637,6 @@ def test_single_gpu_amp_in_process(image_root, tmp_path):
                      "--amp", str(image_root)]
     assert run_script(main_imagenet, argv) == 0
     checkpoint = torch.load(tmp_path / "amp.pth", weights_only=True)
-    assert checkpoint["args"]["amp"] and checkpoint["scaler"]["scale"] > 0
+    assert checkpoint["args"]["amp"]
+    assert_grad_scaler_scale(checkpoint["scaler"]["scale"])
     assert checkpoint["test_images"] == NUM_VAL

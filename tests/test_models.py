@@ -51,16 +51,26 @@ def test_resnet_qcfs_order_is_forward_order():
     assert seen == names
 
 
-@pytest.mark.parametrize("bad", [[4] * 14, [4] * 14 + [0], [4] * 14 + [-1], [4] * 14 + [2.5],
-                                 "4", [4] * 14 + ["4"], 0, True])
-def test_bad_levels_raise_value_error(bad):
+VGG16_LAYERS = ("layer1.2, layer1.6, layer2.2, layer2.6, layer3.2, layer3.6, layer3.10, "
+                "layer4.2, layer4.6, layer4.10, layer5.2, layer5.6, layer5.10, classifier.2, "
+                "classifier.5")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([4] * 14, f"the model has 15 QCFS layers ({VGG16_LAYERS}); got 14 levels"),
+    ([4] * 14 + [0], "level of classifier.5 must be an integer >= 1, got 0"),
+    ([4] * 14 + [-1], "level of classifier.5 must be an integer >= 1, got -1"),
+    ([4] * 14 + [2.5], "level of classifier.5 must be an integer >= 1, got 2.5"),
+    ("4", "levels must be an int or a sequence of ints, got the string '4' (parse "
+          "comma-separated text with utils.parse_levels first)"),
+    ([4] * 14 + ["4"], "level of classifier.5 must be an integer >= 1, got '4'"),
+    (0, "level must be an integer >= 1, got 0"),
+    (True, "levels must be an int or a sequence of ints, got True"),
+])
+def test_bad_levels_raise_value_error(bad, message):
     with pytest.raises(ValueError) as info:
         create_model("vgg16", num_classes=10, levels=bad)
-    message = str(info.value)
-    if isinstance(bad, list) and len(bad) != 15:
-        assert "15 QCFS layers" in message and "layer1.2" in message and "got 14 levels" in message
-    else:
-        assert "level" in message
+    assert str(info.value) == message
 
 
 def test_unknown_arch_and_variant():
