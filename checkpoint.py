@@ -114,6 +114,12 @@ def load_checkpoint_file(path, checkpoint_dir=None):
     return checkpoint
 
 
+def is_relu(model_args):
+    """Whether ``model_args`` describe a ReLU network (``--activation relu``); checkpoints
+    written before ReLU networks could be trained hold QCFS networks."""
+    return model_args.get("activation", "qcfs") == "relu"
+
+
 def is_own_format(checkpoint):
     return "model_args" in checkpoint and "state_dict" in checkpoint
 
@@ -145,6 +151,9 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
             raise UsageError(f"{path} holds the {model_args.get('variant', 'cifar')} variant of "
                              f"{model_args['arch']}, not {variant}: drop --variant")
         if levels is not None:
+            if is_relu(model_args):
+                raise UsageError(f"{path} holds a ReLU network (trained with --activation "
+                                 "relu), which has no levels: drop --levels")
             model_args["levels"] = levels
         model = _create(model_args, path)
         try:
@@ -206,10 +215,12 @@ def _check_thresholds(model, path):
 def _create(model_args, path):
     try:
         # no "dropout": written before it was recorded, rebuilt with the layout of then
+        relu = is_relu(model_args)
         return models.create_model(model_args["arch"], num_classes=model_args["num_classes"],
-                                   levels=model_args["levels"],
+                                   levels=None if relu else model_args["levels"],
                                    variant=model_args.get("variant", "cifar"),
-                                   dropout=model_args.get("dropout"))
+                                   dropout=model_args.get("dropout"),
+                                   activation="relu" if relu else "qcfs")
     except (KeyError, TypeError) as error:
         raise UsageError(f"{path} has malformed model_args ({error})") from None
 

@@ -33,8 +33,9 @@ from torch.utils.data import Subset
 
 import models
 from al_metric import collect_level_counts, format_table, layer_metrics
-from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, load_checkpoint_file,
-                        model_from_checkpoint, plain, restore_training_state, save_checkpoint)
+from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, is_relu,
+                        load_checkpoint_file, model_from_checkpoint, plain,
+                        restore_training_state, save_checkpoint)
 from data import SeededAugmentation, make_loader, shard_order
 from level_search import calibration_loader, default_candidates, minimum_teff, search_levels
 from utils import UsageError, progress
@@ -201,7 +202,7 @@ def prepare_run(args, spec, ctx, logger):
             raise UsageError(f"{source} is not a training checkpoint of this project (no "
                              "optimizer state): use --initial-checkpoint to start a new run "
                              "from its weights")
-        _check_same_run(restored["model_args"], args.arch, spec, source)
+        _check_same_run(restored["model_args"], args.arch, spec, source, args.activation)
         stored = restored["model_args"].get("dropout")
         if args.dropout is not None and args.dropout != stored:
             raise UsageError(f"{source} was trained with dropout {stored} (None: the layout "
@@ -222,23 +223,30 @@ def prepare_run(args, spec, ctx, logger):
         source, source_args = model_from_checkpoint(
             checkpoint, args.initial_checkpoint, arch=args.arch, dataset=spec.dataset,
             levels=args.levels)
+        source_activation = "relu" if is_relu(source_args) else "qcfs"
+        if source_activation != args.activation:
+            raise UsageError(f"{args.initial_checkpoint} holds a {source_activation} network; "
+                             f"a new --activation {args.activation} run cannot start from its "
+                             f"weights: pass --activation {source_activation}")
         dropout = 0.0 if args.dropout is None else args.dropout
         variant = source_args.get("variant", spec.variant)
-        model = models.create_model(args.arch, num_classes=source_args["num_classes"],
-                                    levels=source_args["levels"], variant=variant,
-                                    dropout=dropout)
+        model = models.create_model(
+            args.arch, num_classes=source_args["num_classes"],
+            levels=None if args.activation == "relu" else source_args["levels"],
+            variant=variant, dropout=dropout, activation=args.activation)
         model.load_state_dict(source.state_dict())
         model_args = models.model_args_of(model, args.arch, variant, source_args["num_classes"],
-                                          dropout)
+                                          dropout, args.activation)
         logger.info(f"initial weights and thresholds from {args.initial_checkpoint}")
     else:
-        levels = 4 if args.levels is None else args.levels
+        relu = args.activation == "relu"
+        levels = None if relu else 4 if args.levels is None else args.levels
         dropout = 0.0 if args.dropout is None else args.dropout
         model = models.create_model(args.arch, num_classes=spec.num_classes, levels=levels,
                                     variant=spec.variant, init_threshold=args.init_threshold,
-                                    dropout=dropout)
+                                    dropout=dropout, activation=args.activation)
         model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes,
-                                          dropout)
+                                          dropout, args.activation)
     model_args["dataset"] = spec.dataset
     # a torchvision network may need larger inputs than the data has: say so before training
     models.check_input_size(model, (3, spec.image_size, spec.image_size), arch=args.arch)
@@ -262,8 +270,12 @@ def prepare_run(args, spec, ctx, logger):
     return run
 
 
-def _check_same_run(stored, arch, spec, path):
+def _check_same_run(stored, arch, spec, path, activation="qcfs"):
     """A checkpoint continued (or fine-tuned) here must hold the model this run trains."""
+    stored_activation = "relu" if is_relu(stored) else "qcfs"
+    if stored_activation != activation:
+        raise UsageError(f"{path} holds a {stored_activation} network but --activation is "
+                         f"{activation}: pass --activation {stored_activation}")
     for key, given, flag in (("arch", arch, "-arch"), ("variant", spec.variant, "--variant"),
                              ("num_classes", spec.num_classes, None)):
         value = stored.get(key)
@@ -373,8 +385,10 @@ def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
                         f"(best {best_acc1:.2f}%) from {run.resumed_from}")
         elif restarted:
             logger.info(f"{restarted}no checkpoint of run {args.id} yet: starting it over")
-        logger.info(f"run {args.id}: {args.arch} on {run.model_args['dataset']}, levels "
-                    f"{run.model_args['levels']}, {len(train_set)} train / {len(test_set)} test "
+        activations = ("ReLU activations (no levels)" if is_relu(run.model_args)
+                       else f"levels {run.model_args['levels']}")
+        logger.info(f"run {args.id}: {args.arch} on {run.model_args['dataset']}, "
+                    f"{activations}, {len(train_set)} train / {len(test_set)} test "
                     f"images" + (f", {describe}" if describe else ""))
     with StopRequest() as stop:
         for epoch in range(run.start_epoch, args.epochs):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import models
-from checkpoint import load_checkpoint_file, resolve_checkpoint
+from checkpoint import is_relu, load_checkpoint_file, resolve_checkpoint
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps, reference_rows,
                            teff, teff_reference)
 from utils import DATASETS, ArgumentParser, UsageError, arch_name, parse_levels, run_main
@@ -39,6 +39,9 @@ def _resolve(args):
             _fail(f"{path} has no model_args (a checkpoint from the reference code?): pass "
                   "-arch and --levels instead")
         model_args = checkpoint["model_args"]
+        if is_relu(model_args):
+            _fail(f"{path} holds a ReLU network (trained with --activation relu): it has no "
+                  "levels and no T_eff; pass -arch and --levels for the QCFS network instead")
         for key, given in (("arch", arch), ("variant", variant), ("dataset", dataset)):
             stored = model_args.get(key)
             if given is not None and stored is not None and given != stored:

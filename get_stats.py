@@ -17,8 +17,8 @@ from torch.utils.data import Subset
 
 from al_metric import (DEFAULT_THRESHOLDS, collect_level_counts, format_table, layer_metrics,
                        npy_metrics)
-from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_checkpoint,
-                        trained_image_size)
+from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
+                        resolve_checkpoint, trained_image_size)
 from data import get_dataset, make_loader
 from level_search import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_TOP_K, calibration_loader,
                           default_budgets, default_candidates, evaluate_levels, minimum_teff,
@@ -338,6 +338,9 @@ def main(args):
     device = resolve_device(args.device)
     path, checkpoint_dir = resolve_checkpoint(args)
     checkpoint = load_checkpoint_file(path, checkpoint_dir)
+    if is_own_format(checkpoint) and is_relu(checkpoint["model_args"]):
+        raise UsageError(f"{path} holds a ReLU network (trained with --activation relu): it "
+                         "has no QCFS layers to take statistics of or to choose levels for")
     model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
                                               dataset=args.dataset,
                                               levels=parse_levels(args.levels))

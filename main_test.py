@@ -15,8 +15,8 @@ from torch.utils.data import Subset
 
 import models
 import snn_cost
-from checkpoint import (load_checkpoint_file, model_from_checkpoint, resolve_checkpoint,
-                        trained_image_size)
+from checkpoint import (is_relu, load_checkpoint_file, model_from_checkpoint,
+                        resolve_checkpoint, trained_image_size)
 from data import get_dataset, make_loader
 from models.baseline import convert_to_if
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
@@ -244,6 +244,14 @@ def main(args):
     model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
                                               dataset=args.dataset, levels=levels,
                                               variant=args.variant)
+    mode = args.mode
+    if is_relu(model_args):
+        if args.mode == "snn" or args.report or args.baseline:
+            raise UsageError(f"{path} holds a ReLU network (trained with --activation relu), "
+                             "which has no spiking counterpart: evaluate it without --mode snn, "
+                             "--report and --baseline")
+        mode = "ann"
+        logger.info("a ReLU network (--activation relu): evaluated as an ANN only")
     if model_args.get("dataset") not in (None, args.dataset):
         logger.info(f"note: checkpoint trained on {model_args['dataset']}, evaluating on "
                     f"{args.dataset}")
@@ -256,7 +264,7 @@ def main(args):
         torch.backends.cuda.matmul.allow_tf32 = False
     model = model.to(device=device, dtype=dtype).eval()
     snn = None
-    if args.mode in ("snn", "both"):
+    if mode in ("snn", "both"):
         snn = models.convert_to_snn(model, sim=args.sim)
 
     test_set = get_dataset(args.dataset, args.data_root or env_data_root(), "test",
@@ -270,10 +278,11 @@ def main(args):
 
     started = time.time()
     meter = snn_cost.CostMeter(snn) if args.report else None
-    result = evaluate_both(model, snn, loader, device, dtype, args.mode, not args.no_progress,
+    result = evaluate_both(model, snn, loader, device, dtype, mode, not args.no_progress,
                            cost_meter=meter)
     seconds = time.time() - started
     result.update({"arch": model_args["arch"], "dataset": args.dataset,
+                   "activation": "relu" if is_relu(model_args) else "qcfs",
                    "levels": model_args["levels"], "dtype": args.dtype, "sim": args.sim,
                    "device": str(device), "seconds": round(seconds, 2),
                    "checkpoint": str(path)})
@@ -359,8 +368,10 @@ def run_baseline(model, loader, device, dtype, timesteps, result, args, path, lo
 
 
 def report(result, logger):
+    activations = ("ReLU" if result.get("activation") == "relu"
+                   else f"levels {','.join(map(str, result['levels']))}")
     logger.info(f"{result['arch']} on {result['dataset']} ({result['num_images']} test images), "
-                f"levels {','.join(map(str, result['levels']))}, {result['dtype']}, "
+                f"{activations}, {result['dtype']}, "
                 f"{result['device']}, {result['seconds']:.1f}s")
     if result["ann_top1"] is not None:
         logger.info(f"ANN top-1: {result['ann_top1']:.2f}%")

@@ -141,8 +141,8 @@ def arch_help(default):
 
 
 def add_model_args(group):
-    """``--levels``, ``-L/--level``, ``--init-threshold`` and ``--dropout`` of the training
-    scripts."""
+    """``--levels``, ``-L/--level``, ``--init-threshold``, ``--activation`` and ``--dropout``
+    of the training scripts."""
     group.add_argument("--levels", default=None,
                        help="quantization level L: one int for all layers, or a comma-separated "
                             "list with one entry per QCFS layer (default: 4)")
@@ -150,6 +150,10 @@ def add_model_args(group):
                        help="uniform level, same as --levels N (reference spelling)")
     group.add_argument("--init-threshold", type=float, default=4.0,
                        help="initial QCFS threshold lambda (default: 4.0)")
+    group.add_argument("--activation", choices=("qcfs", "relu"), default="qcfs",
+                       help="qcfs: the QCFS network PASCAL converts; relu: the same "
+                            "architecture with ReLU, an ANN baseline with no levels and no "
+                            "spiking counterpart (default: qcfs)")
     group.add_argument("--dropout", type=float, default=None,
                        help="VGG: probability of the Dropout after every activation (default: "
                             "0, as the reference; a resumed run keeps its own)")
@@ -344,6 +348,12 @@ def check_training_args(args, thresholds_default):
     if args.level is not None and args.levels is not None:
         raise UsageError("give either -L N or --levels, not both")
     args.levels = parse_levels(args.levels if args.levels is not None else args.level)
+    if args.activation == "relu":
+        for flag, given in (("--levels / -L", args.levels is not None),
+                            ("--adaptive", args.adaptive)):
+            if given:
+                raise UsageError(f"--activation relu trains a network without levels: drop "
+                                 f"{flag}")
     if not args.init_threshold > 0:
         raise UsageError(f"--init-threshold must be > 0, got {args.init_threshold}")
     if args.resume == "auto" and args.overwrite:

@@ -2,6 +2,8 @@
 and ``qcfsify`` for any ReLU network."""
 import functools
 
+from torch import nn
+
 from . import resnet, vgg
 from .convert import SpikingNetwork, convert_to_snn
 from .graph import UnsupportedModelError
@@ -14,7 +16,7 @@ from .torchvision_models import (TORCHVISION_PREFIX, build_torchvision, is_torch
                                  torchvision_names, torchvision_version)
 
 __all__ = [
-    "QCFS", "PascalNeuron", "SpikingNetwork", "LayerStats", "TORCHVISION_PREFIX",
+    "ACTIVATIONS", "QCFS", "PascalNeuron", "SpikingNetwork", "LayerStats", "TORCHVISION_PREFIX",
     "UnsupportedModelError", "VARIANTS", "accepts_input", "check_input_size",
     "clamp_thresholds_", "convert_to_snn", "create_model", "get_levels", "is_torchvision_arch",
     "list_models", "load_reference_state_dict", "min_input_size", "model_args_of",
@@ -42,9 +44,12 @@ def list_models():
     return list(_REGISTRY)
 
 
+ACTIVATIONS = ("qcfs", "relu")
+
+
 def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4.0,
-                 dropout=0.0):
-    """Build a QCFS network.
+                 dropout=0.0, activation="qcfs"):
+    """Build a QCFS network (or, with ``activation="relu"``, the same network with ReLU).
 
     Args:
         arch: one of :func:`list_models`, or ``"tv:NAME"`` for torchvision's classification
@@ -61,6 +66,10 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
         dropout: probability of the Dropout after every activation of a VGG (the reference's
             default, 0); ResNets have no dropout layers. None rebuilds a VGG as checkpoints
             written before ``model_args`` recorded the dropout (``vgg.LEGACY_DROPOUT``).
+        activation: ``"qcfs"`` (the default) or ``"relu"``: the architecture with plain ReLU
+            activations (``nn.ReLU``; torchvision models as torchvision builds them), an ANN
+            baseline with no levels and no spiking counterpart of its own; ``levels`` must
+            then be None.
 
     Raises:
         ValueError: unknown arch or variant, bad levels (wrong count, < 1, non-integer),
@@ -74,15 +83,23 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not float(init_threshold) > 0:
         raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of "
+                         f"{', '.join(ACTIVATIONS)}")
+    relu = activation == "relu"
+    if relu and levels is not None:
+        raise ValueError(f"a ReLU network has no levels; got levels {levels!r}")
     if is_torchvision_arch(arch):
         if dropout:
             raise ValueError(f"{arch} keeps torchvision's own dropout; --dropout applies to "
                              f"this project's VGGs only, got {dropout!r}")
-        return build_torchvision(arch, num_classes, levels, float(init_threshold))
+        return build_torchvision(arch, num_classes, levels, float(init_threshold),
+                                 qcfs=not relu)
     if arch not in _REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)} or "
                          f"{TORCHVISION_PREFIX}NAME for a torchvision model")
-    act_layer = functools.partial(QCFS, level=1, init_threshold=float(init_threshold))
+    act_layer = nn.ReLU if relu else functools.partial(QCFS, level=1,
+                                                       init_threshold=float(init_threshold))
     if arch in vgg.LEGACY_DROPOUT:
         if dropout is None:
             model = _REGISTRY[arch](num_classes, variant, act_layer,
@@ -94,7 +111,8 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
         if dropout:
             raise ValueError(f"{arch} has no dropout layers; got dropout {dropout!r}")
         model = _REGISTRY[arch](num_classes, variant, act_layer)
-    set_levels(model, levels)
+    if not relu:
+        set_levels(model, levels)
     return model
 
 
@@ -104,11 +122,12 @@ def _check_dropout(value):
     return float(value)
 
 
-def model_args_of(model, arch, variant, num_classes, dropout=0.0):
+def model_args_of(model, arch, variant, num_classes, dropout=0.0, activation="qcfs"):
     """The ``model_args`` dict that rebuilds ``model`` with :func:`create_model`; for a
-    torchvision model it also records the torchvision version it was built with."""
+    torchvision model it also records the torchvision version it was built with. A ReLU
+    network's levels are ``[]``."""
     args = {"arch": arch, "variant": variant, "num_classes": num_classes,
-            "levels": get_levels(model), "dropout": dropout}
+            "levels": get_levels(model), "dropout": dropout, "activation": activation}
     if is_torchvision_arch(arch):
         args["torchvision"] = torchvision_version()
     return args

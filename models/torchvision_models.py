@@ -26,8 +26,9 @@ def torchvision_version():
     return torchvision.__version__
 
 
-def build_torchvision(arch, num_classes, levels, init_threshold):
-    """``torchvision.models.get_model(NAME, weights=None, num_classes=...)``, qcfsified.
+def build_torchvision(arch, num_classes, levels, init_threshold, qcfs=True):
+    """``torchvision.models.get_model(NAME, weights=None, num_classes=...)``, qcfsified
+    (as torchvision builds it with ``qcfs=False``).
 
     Raises:
         ValueError: unknown name, or (one line naming the node) an architecture with an
@@ -42,4 +43,4 @@ def build_torchvision(arch, num_classes, levels, init_threshold):
     if name in _AUXILIARY:
         kwargs.update(aux_logits=False, init_weights=True)
     model = torchvision.models.get_model(name, **kwargs)
-    return qcfsify_(model, levels, init_threshold, context=arch)
+    return qcfsify_(model, levels, init_threshold, context=arch) if qcfs else model
