@@ -54,7 +54,8 @@ from .graph import model_graph
 from .qcfs import qcfs_layers
 from .spiking import SIM_MODES, LayerStats, PascalNeuron
 
-__all__ = ["Op", "SpikingNetwork", "check_thresholds", "convert_to_snn"]
+__all__ = ["Op", "SpikingNetwork", "check_eval_mode", "check_finite", "check_thresholds",
+           "convert_to_snn"]
 
 _IMAGE = -1  # env key of the image batch fed to the input op
 
@@ -460,6 +461,40 @@ def check_thresholds(ann):
                 "(models.clamp_thresholds_) or fix the checkpoint.")
 
 
+_TRAINING_SENSITIVE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                       nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.FeatureAlphaDropout)
+
+
+def check_eval_mode(ann):
+    """Raise ``ValueError`` naming the first BatchNorm or Dropout module in training mode.
+
+    In training mode a BatchNorm normalises with the batch's statistics and a Dropout drops
+    units at random, so the ANN is not the fixed function the spiking network reproduces.
+    """
+    for name, module in ann.named_modules():
+        if isinstance(module, _TRAINING_SENSITIVE) and module.training:
+            raise ValueError(
+                f"{type(module).__name__} {name or type(ann).__name__!r} is in training mode "
+                "(it would use batch statistics or drop units); call .eval() first")
+
+
+def check_finite(ann):
+    """Raise ``ValueError`` naming the first parameter or buffer holding a NaN or infinity
+    (weights, biases, BatchNorm statistics, thresholds): the spiking network would not
+    reproduce the ANN's non-finite arithmetic."""
+    for name, tensor in (*ann.named_parameters(), *ann.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                bad = tensor.detach()[~finite]
+                what = "NaN" if bool(bad.isnan().any()) else "infinite"
+                raise ValueError(
+                    f"{name!r} holds {what} values ({int((~finite).sum())} of "
+                    f"{tensor.numel()}); conversion needs finite weights, BatchNorm statistics "
+                    "and thresholds (fix the checkpoint or retrain)")
+
+
 def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> SpikingNetwork:
     """Return a new spiking network equivalent to ``ann`` (which is left unchanged).
 
@@ -474,13 +509,17 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> Spiki
     certificate).
 
     Raises:
-        ValueError: a threshold <= 0 or non-finite, or one line naming the first node with
-            no exact spiking counterpart (a ReLU, SiLU, max pooling of a sum of trains, a
-            product of two tensors, ...) and why.
+        ValueError: a BatchNorm or Dropout in training mode ("call .eval() first"); a
+            threshold <= 0 or non-finite; a NaN or infinite weight, bias or BatchNorm
+            statistic (naming the tensor); or one line naming the first node with no exact
+            spiking counterpart (a ReLU, SiLU, max pooling of a sum of trains, a product of
+            two tensors, ...) and why.
     """
     if sim not in SIM_MODES:
         raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
+    check_eval_mode(ann)
     check_thresholds(ann)
+    check_finite(ann)
     graph = model_graph(ann)
     steps = graph.num_steps()
     ops, layers, constants = [], {}, {}

@@ -32,6 +32,7 @@ other max pools, dropout or identity), ``train`` (any other spike-derived value)
 and ``meta``.
 """
 import builtins
+import inspect
 import operator
 from dataclasses import dataclass, field
 
@@ -41,8 +42,8 @@ from torch import fx, nn
 
 from .qcfs import QCFS
 
-__all__ = ["GraphNode", "ModelGraph", "UnsupportedModelError", "call_site_names", "model_graph",
-           "trace"]
+__all__ = ["GraphNode", "ModelGraph", "UnsupportedModelError", "call_site_names",
+           "check_inplace_aliasing", "model_graph", "trace"]
 
 
 class UnsupportedModelError(ValueError):
@@ -80,7 +81,9 @@ _ROUTE_METHODS = ("view", "reshape", "flatten", "transpose", "permute", "chunk",
                   "squeeze", "unsqueeze")
 _TUPLE_VALUED = ("chunk", "split")
 _META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul,
-                   operator.floordiv, operator.truediv, operator.mod, operator.eq, operator.ne,
+                   operator.floordiv, operator.truediv, operator.mod, operator.iadd,
+                   operator.isub, operator.imul, operator.ifloordiv, operator.itruediv,
+                   operator.imod, operator.eq, operator.ne,
                    operator.lt, operator.le, operator.gt, operator.ge, operator.neg,
                    torch._assert, builtins.getattr, builtins.len)
 _META_METHODS = ("size", "dim")
@@ -90,11 +93,32 @@ SUPPORTED = ("QCFS activations, conv/linear layers, BatchNorm, average and adapt
              "constants, flatten/view/transpose/chunk/split and dropout")
 
 
+class _Proxy(fx.Proxy):
+    """An fx proxy that records augmented assignments (``b += a``) as the in-place operators
+    they are (``operator.iadd``), where the plain proxy records ``b = b + a``: the graph then
+    computes what the eager model does, and in-place aliasing can be checked."""
+
+
+def _augmented(function):
+    def method(self, other):
+        return self.tracer.create_proxy("call_function", function, (self, other), {})
+    return method
+
+
+for _name in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
+              "ixor", "ilshift", "irshift", "imatmul"):
+    setattr(_Proxy, f"__{_name}__", _augmented(getattr(operator, _name)))
+
+
 class Tracer(fx.Tracer):
-    """torch.fx tracer that keeps QCFS activations as single nodes."""
+    """torch.fx tracer that keeps QCFS activations as single nodes and records augmented
+    assignments as in-place operators."""
 
     def is_leaf_module(self, module, qualified_name):
         return isinstance(module, QCFS) or super().is_leaf_module(module, qualified_name)
+
+    def proxy(self, node):
+        return _Proxy(node, self)
 
 
 def trace(model):
@@ -265,6 +289,8 @@ def model_graph(model, *, context=""):
                 i.users.append(gnode)
         nodes.append(gnode)
         by_fx[fx_node] = gnode
+    check_inplace_aliasing(root, graph, names, context=context, checked=lambda node, operand:
+                           by_fx[operand].kind in ("analog", "burst", "train", "const"))
     _fold_batchnorms(nodes)
     return ModelGraph(root, graph, nodes)
 
@@ -276,6 +302,127 @@ def _fold_batchnorms(nodes):
             source = n.inputs[0]
             if source.role == "weighted" and source.users == [n]:
                 n.folded_into = source
+
+
+# --- in-place aliasing ------------------------------------------------------------------------
+# An in-place operation's result is a new node of the graph, but in the eager model the old
+# tensor (and every view of it) holds the new value afterwards. QCFS layers (replacing in-place
+# ReLUs) and the spiking network compute out of place, so a later reader of the old tensor
+# would get the value before the operation.
+
+_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.iand,
+                      operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+                      operator.imatmul)
+_INPLACE_KEYWORD_FUNCTIONS = (F.relu, F.relu6, F.hardtanh, F.elu, F.selu, F.celu, F.leaky_relu,
+                              F.rrelu, F.silu, F.hardswish, F.hardsigmoid, F.mish, F.threshold)
+_VIEW_METHODS = ("view", "view_as", "reshape", "reshape_as", "flatten", "unflatten",
+                 "transpose", "t", "permute", "squeeze", "unsqueeze", "contiguous", "expand",
+                 "expand_as", "narrow", "select", "chunk", "split", "unbind", "detach",
+                 "movedim", "moveaxis", "swapaxes", "swapdims", "as_strided", "diagonal",
+                 "unfold", "real", "imag")
+_VIEW_FUNCTIONS = (torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
+                   torch.unsqueeze, torch.chunk, torch.split, torch.narrow, torch.select,
+                   torch.unbind, torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims,
+                   torch.detach, torch.diagonal, operator.getitem)
+
+
+def _inplace_operand(node, root):
+    """The tensor node an operation changes in place, or None."""
+    first = node.args[0] if node.args else None
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        if node.target in _INPLACE_KEYWORD_FUNCTIONS:
+            try:
+                bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+            except (TypeError, ValueError):
+                return None
+            if bound.arguments.get("inplace", False) is not True:
+                return None
+            first = bound.arguments.get("input")
+        elif not (node.target in _INPLACE_OPERATORS or
+                  (name.endswith("_") and not name.startswith("_"))):
+            return None
+    elif node.op == "call_method":
+        if not (node.target.endswith("_") and not node.target.startswith("_")):
+            return None
+    elif node.op == "call_module":
+        module = root.get_submodule(node.target)
+        if getattr(module, "inplace", False) is not True or isinstance(module, _IDENTITY_MODULES):
+            return None
+    else:
+        return None
+    return first if _is_node(first) else None
+
+
+def _view_source(node, root):
+    """The tensor node whose storage ``node``'s value shares (a view), or None."""
+    first = node.args[0] if node.args else None
+    if not _is_node(first):
+        return None
+    if node.op == "call_method" and node.target in _VIEW_METHODS:
+        return first
+    if node.op == "call_function" and node.target in _VIEW_FUNCTIONS:
+        return first
+    if node.op == "call_module" and isinstance(root.get_submodule(node.target),
+                                               _IDENTITY_MODULES + _ROUTE_MODULES):
+        return first
+    return None
+
+
+def _reads_only_metadata(node):
+    return (node.op == "call_method" and node.target in _META_METHODS) or (
+        node.op == "call_function" and node.target is builtins.getattr)
+
+
+def check_inplace_aliasing(root, graph, names, *, context="", checked=None):
+    """Refuse an in-place operation whose old value is read again after it.
+
+    The operation's operand, every view of it and whatever it is a view of share one
+    storage; if any of them is read by a node after the in-place operation (other than for
+    its size), the traced graph and the eager model disagree.
+
+    Args:
+        names: ``{fx node: call-site name}`` (:func:`call_site_names`).
+        checked: optional ``(in-place node, operand) -> bool``; pairs for which it is False
+            are not checked (e.g. ``c += 1`` on a Python number).
+
+    Raises:
+        UnsupportedModelError: one line naming the in-place node and the later reader.
+    """
+    order = {node: position for position, node in enumerate(graph.nodes)}
+    parent = {}
+
+    def find(node):
+        while parent.get(node, node) is not node:
+            node = parent[node]
+        return node
+
+    inplace = []
+    for node in graph.nodes:
+        source = _view_source(node, root)
+        operand = _inplace_operand(node, root)
+        if operand is not None and (checked is None or checked(node, operand)):
+            inplace.append((node, operand))
+            source = operand
+        if source is not None:
+            parent[find(node)] = find(source)
+    prefix = f"{context}: " if context else ""
+    for node, operand in inplace:
+        storage = find(operand)
+        for alias in graph.nodes:
+            if order[alias] >= order[node]:
+                break
+            if find(alias) is not storage:
+                continue
+            for user in alias.users:
+                if order[user] > order[node] and not _reads_only_metadata(user):
+                    raise UnsupportedModelError(
+                        f"{prefix}node {names.get(node, node.name)!r} ({_describe(node, root)}) "
+                        f"changes {names.get(operand, operand.name)!r} in place and node "
+                        f"{names.get(user, user.name)!r} reads it afterwards; QCFS layers and "
+                        "the spiking network compute out of place, so that node would see the "
+                        "old value (write it out of place: inplace=False, or b = b + a)")
 
 
 # --- classification ----------------------------------------------------------------------------

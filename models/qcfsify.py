@@ -3,7 +3,8 @@ import copy
 
 from torch import fx
 
-from .graph import RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names, model_graph, trace
+from .graph import (RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names,
+                    check_inplace_aliasing, model_graph, trace)
 from .qcfs import QCFS, set_levels
 
 __all__ = ["qcfsify", "qcfsify_"]
@@ -43,7 +44,9 @@ def qcfsify(model, levels, init_threshold=4.0, *, context=""):
     Raises:
         ValueError: before any training, one line naming the first node with no exact
             spiking counterpart (SiLU, GELU, Hardswish, sigmoid gating, attention, LayerNorm,
-            a max pool of something other than spike bursts, ...) and why; or bad levels.
+            a max pool of something other than spike bursts, ...) and why; an in-place
+            operation (``nn.ReLU(inplace=True)``, ``b += a``) whose old value is read
+            afterwards, which torch.fx would silently trace out of place; or bad levels.
     """
     return qcfsify_(copy.deepcopy(model), levels, init_threshold, context=context)
 
@@ -58,6 +61,9 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context=""):
         root, graph, class_name=type(model).__name__)
     names = call_site_names(network, network.graph)
     relus = [node for node in network.graph.nodes if _is_relu(node, network)]
+    # an in-place ReLU becomes an out-of-place QCFS layer: refuse it where that is visible
+    check_inplace_aliasing(network, network.graph, names, context=context,
+                           checked=lambda node, operand: node in relus)
     for node in relus:
         name = names[node]
         network.add_submodule(name, QCFS(level=1, init_threshold=float(init_threshold)))

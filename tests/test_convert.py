@@ -105,7 +105,7 @@ def test_float32_adds_no_error_beyond_rounding(arch):
 
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_thresholds_are_rejected_with_the_layer_name(value):
-    model = create_model("vgg_small", num_classes=3, levels=2)
+    model = create_model("vgg_small", num_classes=3, levels=2).eval()
     with torch.no_grad():
         models.qcfs_layers(model)[2][1].threshold.fill_(value)
     with pytest.raises(ValueError, match=r"'layer3\.2' has threshold"):
@@ -157,9 +157,9 @@ def test_reference_checkpoint_loads_and_converts(arch):
     state = reference_state_dict(arch, generator)
     levels = REFERENCE_LEVELS[arch]
     theirs = load_reference_state_dict(
-        create_model(arch, num_classes=10, levels=levels), {"model_state_dict": state})
+        create_model(arch, num_classes=10, levels=levels), {"model_state_dict": state}).eval()
     # the same values through our own format: thresholds renamed by hand, loaded strictly
-    ours = create_model(arch, num_classes=10, levels=levels)
+    ours = create_model(arch, num_classes=10, levels=levels).eval()
     ours.load_state_dict({k.replace(".thresh", ".threshold"): v for k, v in state.items()})
     x = torch.randn(2, 3, 32, 32, generator=generator)
     assert torch.equal(convert_to_snn(theirs)(x), convert_to_snn(ours)(x))

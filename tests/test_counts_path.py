@@ -123,7 +123,7 @@ def test_batch_chunks_give_the_same_result(arch, levels):
 
 
 def test_chunk_plan_gives_long_trains_small_chunks_and_the_rest_the_batch():
-    model = models.create_model("vgg16", num_classes=10, levels=REFERENCE_LEVELS["vgg16"])
+    model = models.create_model("vgg16", num_classes=10, levels=REFERENCE_LEVELS["vgg16"]).eval()
     snn = convert_to_snn(model)
     x = torch.zeros(32, 3, 32, 32)
     plan = snn.chunk_plan(x)
