@@ -36,11 +36,6 @@ What each node becomes (its fate, :meth:`SpikingNetwork.fates`):
   averages of trains is no such burst and is refused;
 - dropout and identity: removed;
 - output: the per-step outputs are summed over the steps, which gives the ANN logits.
-
-Two simulation modes, fixed at conversion: ``"step"`` simulates every step; ``"counts"``
-carries every train as its window sum (one step) and each neuron takes its count from the
-closed form (:func:`models.spiking.pascal_counts`). The same operations run on both; only
-the neuron differs.
 """
 import copy
 import math
@@ -88,7 +83,7 @@ class Op:
     """
 
     __slots__ = ("index", "name", "op", "role", "kind", "inputs", "num_steps", "fate", "call",
-                 "target", "args", "kwargs", "tuple_valued", "sign")
+                 "target", "args", "kwargs", "bound", "tuple_valued", "sign")
 
     def __init__(self, **fields):
         for key in self.__slots__:
@@ -262,22 +257,23 @@ class SpikingNetwork(nn.Module):
             if role == "input":
                 value = env.pop(_IMAGE)
             else:
-                args = self._resolve(op.args, env)
                 if role == "neuron":
-                    value = self._neuron(op, args[0], batch, sim, steps, record, keep_counts)
+                    value = self._neuron(op, self._input(op, env), batch, sim, steps, record,
+                                         keep_counts)
                 elif role in ("weighted", "batchnorm"):
-                    value = self.layers[op.target](args[0], batch)
+                    value = self.layers[op.target](self._input(op, env), batch)
                 elif role == "folded" or (role == "identity" and op.call != "method"):
-                    value = args[0]  # dropout, nn.Identity (contiguous/clone are called)
+                    value = self._input(op, env)  # dropout, nn.Identity (methods are called)
                 elif role == "add":
-                    value = self._add(op, args, batch, steps)
+                    value = self._add(op, env, batch, steps)
                 elif role == "cat":
-                    value = self._cat(op, args, batch, steps)
+                    value = self._cat(op, env, batch, steps)
                 elif role == "output":
-                    x = args[0]
+                    x = self._resolve(op.args, env)[0]
                     value = x.reshape(steps[op.inputs[0]], batch, *x.shape[1:]).sum(0)
                 else:
-                    value = self._call(op, args, self._resolve(op.kwargs, env))
+                    value = self._call(op, self._resolve(op.args, env),
+                                       self._resolve(op.kwargs, env))
                     if role == "route" and not op.tuple_valued and value.shape[0] != \
                             steps[op.index] * batch:
                         raise ValueError(
@@ -290,6 +286,10 @@ class SpikingNetwork(nn.Module):
             for j in self._free_after[op.index]:
                 env.pop(j, None)
         return env
+
+    def _input(self, op, env):
+        """The value of ``op``'s tensor operand (its ``input`` parameter, however written)."""
+        return self._resolve(op.bound["input"], env)
 
     def _call(self, op, args, kwargs):
         if op.call == "module":
@@ -314,13 +314,15 @@ class SpikingNetwork(nn.Module):
             record.append(stats)
         return value
 
-    def _add(self, op, args, batch, steps):
-        """``a + b`` or ``a - b`` (``op.sign`` -1) of trains and constants, window sums kept:
-        the result has the first train's length (see the module docstring)."""
+    def _add(self, op, env, batch, steps):
+        """``input + other`` or ``input - other`` (``op.sign`` -1) of trains and constants,
+        window sums kept: the result has the first train's length (see the module
+        docstring)."""
         operands = []  # (value, steps or None for a constant, sign)
-        for position, (template, value) in enumerate(zip(op.args[:2], args[:2])):
+        for name, sign in (("input", 1), ("other", op.sign)):
+            template = op.bound[name]
             num_steps = steps[template.index] if isinstance(template, _Ref) else None
-            operands.append((value, num_steps, op.sign if position == 1 else 1))
+            operands.append((self._resolve(template, env), num_steps, sign))
         trains = [o for o in operands if o[1] is not None]
         (first, first_steps, first_sign), others = trains[0], trains[1:]
         if others and others[0][1] == first_steps:  # equal lengths: step by step
@@ -328,6 +330,13 @@ class SpikingNetwork(nn.Module):
             others = []
         else:
             y = -first if first_sign < 0 else first.clone()
+        # operands that broadcast the result to more elements (a (1, C, 1, 1) constant added
+        # to a one-channel train): every step of it broadcast, as the ANN broadcasts the value
+        shape = torch.broadcast_shapes(y.shape, *(
+            (y.shape[0], *value.shape[1:]) if num_steps is not None else value.shape
+            for value, num_steps, _ in operands if torch.is_tensor(value)))
+        if shape != y.shape:
+            y = y.expand(shape).clone()
         for value, num_steps, sign in others:  # summed over its window into the first step
             head = value.reshape(num_steps, batch, *value.shape[1:]).sum(0)
             y[:batch] += head if sign > 0 else -head
@@ -336,26 +345,28 @@ class SpikingNetwork(nn.Module):
                 y[:batch] += value if sign > 0 else -value
         return y
 
-    def _cat(self, op, args, batch, steps):
+    def _cat(self, op, env, batch, steps):
         """Concatenation; trains shorter than the result get zero steps appended."""
-        tensors, templates = list(args[0]), op.args[0]
+        templates = op.bound["tensors"]
+        tensors = list(self._resolve(templates, env))
+        if isinstance(templates, _Ref):  # a tuple value passed whole: its parts' length
+            templates = [templates] * len(tensors)
         out_steps = steps[op.index]
-        for i, (template, value) in enumerate(zip(templates, tensors)):
+        for i, (template, value) in enumerate(zip(templates, tensors, strict=True)):
             num_steps = steps[template.index]
             if num_steps < out_steps:
                 padding = value.new_zeros(((out_steps - num_steps) * batch, *value.shape[1:]))
                 tensors[i] = torch.cat([value, padding])
-        return torch.cat(tensors, *args[1:], **self._resolve(op.kwargs, {}))
+        return torch.cat(tensors, op.bound["dim"])
 
     def apply(self, op, env):
         """Evaluate ``op``'s stateless operation as the ANN does (a route, pool, max pool,
         concatenation without padding, identity or size computation) on the values in
         ``env`` (op index -> value; constants are found without it). For analyses of the
         graph such as the cost meter's."""
-        args, kwargs = self._resolve(op.args, env), self._resolve(op.kwargs, env)
         if op.role == "folded" or (op.role == "identity" and op.call != "method"):
-            return args[0]
-        return self._call(op, args, kwargs)
+            return self._input(op, env)
+        return self._call(op, self._resolve(op.args, env), self._resolve(op.kwargs, env))
 
     # --- planning ----------------------------------------------------------------------------
 
@@ -495,13 +506,16 @@ def check_finite(ann):
                     "and thresholds (fix the checkpoint or retrain)")
 
 
-def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> SpikingNetwork:
+def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None, *,
+                   input_shape=None) -> SpikingNetwork:
     """Return a new spiking network equivalent to ``ann`` (which is left unchanged).
 
     ``sim="step"`` (default) simulates every time step of every layer; ``sim="counts"`` is the
     exact shortcut that runs each linear layer once on window sums and takes every neuron's
     emitted count from the closed form (same logits and emitted spikes, no correction spikes;
-    about the ANN's cost). ``step_budget``: see :class:`SpikingNetwork`.
+    about the ANN's cost). ``step_budget``: see :class:`SpikingNetwork`. ``input_shape``
+    (optional, per image, e.g. ``(3, 32, 32)``) fixes the input's rank for resolving
+    negative dims where no convolution or pool reads the image (:func:`models.graph.model_graph`).
 
     The ANN is traced with torch.fx (:mod:`models.graph`) and every node converted as the
     module docstring describes; ``snn.fates()`` lists what happened to each. Works for any
@@ -520,7 +534,7 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> Spiki
     check_eval_mode(ann)
     check_thresholds(ann)
     check_finite(ann)
-    graph = model_graph(ann)
+    graph = model_graph(ann, input_shape=input_shape)
     steps = graph.num_steps()
     ops, layers, constants = [], {}, {}
     with torch.no_grad():
@@ -535,9 +549,12 @@ def _convert_node(g, root, steps, layers, constants):
     index_of = {i.node: i.index for i in g.inputs}
     args = fx.node.map_arg(node.args, lambda n: _Ref(index_of[n]))
     kwargs = fx.node.map_arg(node.kwargs, lambda n: _Ref(index_of[n]))
+    bound = None if g.binding is None else fx.node.map_arg(
+        dict(g.binding.arguments), lambda n: _Ref(index_of[n]))
     op = Op(index=g.index, name=g.name, op=g.op, role=g.role, kind=g.kind,
             inputs=tuple(i.index for i in g.inputs), num_steps=steps[g.index], args=args,
-            kwargs=kwargs, tuple_valued=g.tuple_valued, sign=1, fate="applied to every step",
+            kwargs=kwargs, bound=bound, tuple_valued=g.tuple_valued, sign=1,
+            fate="applied to every step",
             call={"call_module": "module", "call_method": "method",
                   "call_function": "function"}.get(node.op), target=node.target)
     role = g.role

@@ -184,3 +184,174 @@ def test_in_place_without_a_later_reader_is_exact():
             return self.fc(out.mean((2, 3)))
 
     assert_snn_exact(*make_live(qcfsify(Block(), [3, 2]), (3, 8, 8), images=4))
+
+
+# --- every spelling of an operation reads the same (arguments bound to signatures) -----------
+
+class TwoTrains(nn.Module):
+    """Two spiking layers of different lengths (3 and 2 steps) combined by ``combine``, then
+    a spiking layer, a spatial mean and a linear layer; the first conv is called with
+    ``input=``."""
+
+    def __init__(self, combine, channels=4):
+        super().__init__()
+        self.combine = combine
+        self.conv_a, self.conv_b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.a, self.b, self.c = QCFS(3), QCFS(2), QCFS(4)
+        self.fc = nn.Linear(channels, 3)
+
+    def forward(self, x):
+        a, b = self.a(self.conv_a(input=x)), self.b(self.conv_b(x))
+        return self.fc(self.c(self.combine(a, b)).mean((2, 3)))
+
+
+SPELLINGS = {
+    "torch.add(a, other=b)": (lambda a, b: torch.add(a, other=b), 4),
+    "a.add(other=b)": (lambda a, b: a.add(other=b), 4),
+    "torch.sub(a, other=b)": (lambda a, b: torch.sub(a, other=b), 4),
+    "torch.add(other=b, input=a)": (lambda a, b: torch.add(other=b, input=a), 4),
+    "b.sub(a, alpha=1)": (lambda a, b: b.sub(a, alpha=1), 4),
+    "torch.cat(tensors=[a, b], dim=1)": (lambda a, b: torch.cat(tensors=[a, b], dim=1), 8),
+    "torch.cat(a.chunk(2, 1), 1) + b": (lambda a, b: torch.cat(a.chunk(2, 1), 1) + b, 4),
+    "a.view(size=...) + b": (lambda a, b: a.view(size=(a.size(0), 4, -1)).view(a.size()) + b,
+                             4),
+    "a.permute(dims=...)": (lambda a, b: a.permute(dims=(0, 2, 3, 1)).permute(0, 3, 1, 2), 4),
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_keyword_spellings_are_exact(spelling):
+    combine, channels = SPELLINGS[spelling]
+    model, x = make_live(TwoTrains(combine, channels), (3, 6, 6), images=4)
+    assert_snn_exact(model, x)
+
+
+@pytest.mark.parametrize("combine, message", [
+    (lambda a, b: torch.mul(input=a, other=b),
+     "node 'mul' (torch.mul) multiplies two non-constant tensors"),
+    (lambda a, b: a.mul(other=b), "node 'mul' (Tensor.mul) multiplies two non-constant tensors"),
+    (lambda a, b: torch.div(a, other=b), "node 'div' (torch.div) divides by a non-constant"),
+    (lambda a, b: torch.add(a, other=b, alpha=2), "node 'add' (torch.add) uses alpha"),
+    (lambda a, b: a.view(shape=(a.size(0), -1)),
+     "node 'view' (Tensor.view) cannot be bound to its signature (argument 'shape'): got an "
+     "unexpected keyword argument 'shape'"),
+], ids=["mul(input=, other=)", "a.mul(other=)", "div(other=)", "alpha=2", "view(shape=)"])
+def test_keyword_spellings_are_refused(combine, message):
+    for convert in (convert_to_snn, lambda m: qcfsify(m, 1)):
+        assert refusal(convert, TwoTrains(combine).eval()).startswith(message)
+
+
+# --- dims resolved against ranks; pools, broadcasting, the batch size -------------------------
+
+class Branches(nn.Module):
+    """A one-channel spiking layer ``a`` (3 steps) and an eight-channel one ``b`` (2 steps),
+    both 4-D, and the analog conv output ``x8``, combined by ``combine``; then a spiking layer,
+    a spatial mean and a linear layer."""
+
+    def __init__(self, combine):
+        super().__init__()
+        self.combine = combine
+        self.conv1, self.conv8 = nn.Conv2d(3, 1, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b, self.c = QCFS(3), QCFS(2), QCFS(4)
+        self.fc = nn.Linear(8, 3)
+        self.register_buffer("offset", torch.linspace(-0.5, 0.5, 8).view(1, 8, 1, 1))
+
+    def forward(self, x):
+        x8 = self.conv8(x)
+        combined = self.combine(self, self.a(self.conv1(x)), self.b(x8), x8)
+        return self.fc(self.c(combined).mean((2, 3)))
+
+
+RANK_REFUSALS = {
+    "a.mean(-4, keepdim=True)": (
+        lambda s, a, b, x8: b.mean(-4, keepdim=True),
+        "node 'mean' (Tensor.mean) averages over the batch dimension (dim -4 of a 4-D value)"),
+    "torch.cat([b, b], -4)": (
+        lambda s, a, b, x8: torch.cat([b, b], -4),
+        "node 'cat' (torch.cat) concatenates along the batch dimension (dim -4 of a 4-D value)"),
+    "b.flatten(-4)": (lambda s, a, b, x8: b.flatten(-4).view(-1, 8, 6, 6),
+                      "node 'flatten' (Tensor.flatten) flattens from the batch dimension"),
+    "b.transpose(-4, 1)": (lambda s, a, b, x8: b.transpose(-4, 1),
+                           "node 'transpose' (Tensor.transpose) transposes the batch dimension"),
+    "b.unsqueeze(-5)": (lambda s, a, b, x8: b.unsqueeze(-5)[0],
+                        "node 'unsqueeze' (Tensor.unsqueeze) unsqueezes the batch dimension"),
+    "F.max_pool3d on 4-D": (
+        lambda s, a, b, x8: F.max_pool3d(x8, (2, 1, 1)).repeat(1, 2, 1, 1),
+        "node 'max_pool3d' (F.max_pool3d) reads a 4-D value (the unbatched form"),
+    "F.avg_pool2d on 3-D": (
+        lambda s, a, b, x8: F.avg_pool2d(b.flatten(2), (2, 1)).view(-1, 8, 6, 6),
+        "node 'avg_pool2d' (F.avg_pool2d) reads a 3-D value (the unbatched form"),
+    "F.adaptive_max_pool1d on 2-D": (
+        lambda s, a, b, x8: F.adaptive_max_pool1d(x8.mean((2, 3)), 4).view(-1, 8, 1, 1),
+        "node 'adaptive_max_pool1d' (F.adaptive_max_pool1d) reads a 2-D value (the unbatched"),
+    "b / b.size(0)": (lambda s, a, b, x8: b / b.size(0),
+                      "node 'truediv' (operator.truediv) uses the batch size (node 'size')"),
+    "b.view(-1, b.size(0))": (lambda s, a, b, x8: b.view(-1, b.size(0)).view(-1, 8, 6, 6),
+                              "node 'view' (Tensor.view) uses the batch size (node 'size')"),
+    "b.view(a.size(0), -1)": (
+        lambda s, a, b, x8: b.view(a.size(0), -1).view(-1, 8, 6, 6),
+        "node 'view' (Tensor.view) takes its batch dimension from the size of 'a', a 3-step "
+        "train, for 'b', a 2-step train"),
+    "torch.cat([a, buffer], 1)": (
+        lambda s, a, b, x8: torch.cat([a, s.offset[:, :7].expand(1, 7, 6, 6)], 1),
+        "node 'cat' (torch.cat) concatenates the constant"),
+}
+
+
+@pytest.mark.parametrize("case", RANK_REFUSALS)
+def test_batch_dimension_uses_are_refused(case):
+    combine, message = RANK_REFUSALS[case]
+    for convert in (convert_to_snn, lambda m: qcfsify(m, 1)):
+        assert refusal(convert, Branches(combine).eval()).startswith(message)
+
+
+RANK_EXACT = {
+    "b.mean((-1, -2), keepdim=True)": lambda s, a, b, x8: b.mean((-1, -2), keepdim=True) + b,
+    "a + buffer (1 -> 8 channels)": lambda s, a, b, x8: a + s.offset,
+    "buffer + a": lambda s, a, b, x8: s.offset + a,
+    "a + b (1 + 8 channels, 3 + 2 steps)": lambda s, a, b, x8: a + b,
+    "b - a": lambda s, a, b, x8: b - a,
+    "torch.cat([b, b], -3)[:, 4:12]": lambda s, a, b, x8: torch.cat([b, b], -3)[:, 4:12],
+    "b.view(b.size(0), -1)": lambda s, a, b, x8: b.view(b.size(0), -1).view(b.shape),
+    "b.flatten(-2).unflatten(-1, (6, 6))": lambda s, a, b, x8: b.flatten(-2).unflatten(-1,
+                                                                                      (6, 6)),
+}
+
+
+@pytest.mark.parametrize("case", RANK_EXACT)
+def test_dims_resolved_against_ranks_are_exact(case):
+    model, x = make_live(Branches(RANK_EXACT[case]), (3, 6, 6), images=4)
+    assert_snn_exact(model, x)
+
+
+class LinearOnChannels(nn.Module):
+    """nn.Linear on a (B, C, F) value, then BatchNorm1d(C): the BatchNorm normalises the C
+    axis, not the Linear's output features, so it must not be folded into the Linear."""
+
+    def __init__(self, channels, features):
+        super().__init__()
+        self.conv = nn.Conv1d(2, channels, 1)
+        self.a, self.c = QCFS(3), QCFS(2)
+        self.linear, self.bn = nn.Linear(features, features), nn.BatchNorm1d(channels)
+        self.fc = nn.Linear(channels, 3)
+
+    def forward(self, x):
+        return self.fc(self.c(self.bn(self.linear(self.a(self.conv(x))))).mean(2))
+
+
+@pytest.mark.parametrize("channels, features", [(4, 4), (4, 6)])
+def test_batchnorm_after_a_linear_on_3d_is_not_folded(channels, features):
+    model, x = make_live(LinearOnChannels(channels, features), (2, features), images=4)
+    assert_snn_exact(model, x)
+    fates = dict((name, fate) for name, _, fate in convert_to_snn(model).fates())
+    assert fates["bn"] == "scale every step, shift once per window"
+    # on a 2-D value the Linear's features are the BatchNorm's channels: folded
+    flat = nn.Sequential(nn.Linear(4, 5), QCFS(2), nn.Linear(5, 5), nn.BatchNorm1d(5), QCFS(3),
+                         nn.Linear(5, 3))
+    model, x = make_live(flat, (4,), images=4)
+    assert_snn_exact(model, x)  # the input's rank unknown: not folded, exact all the same
+    assert dict((n, f) for n, _, f in convert_to_snn(model).fates())["3"] == \
+        "scale every step, shift once per window"
+    fates = convert_to_snn(model, input_shape=(4,)).fates()
+    assert dict((n, f) for n, _, f in fates)["3"] == "folded into '2'"
+
