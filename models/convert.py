@@ -36,9 +36,22 @@ What each node becomes (its fate, :meth:`SpikingNetwork.fates`):
   averages of trains is no such burst and is refused;
 - dropout and identity: removed;
 - output: the per-step outputs are summed over the steps, which gives the ANN logits.
+
+Level boundaries: a spiking layer fed through weightless operations only (pools, additions,
+concatenations, max pools, routes, scaling by constants) from spiking layers and the image
+gets, on the step path, its window input evaluated as the ANN does it (on its sources' counts
+times amplitudes) besides the per-step currents, and takes its count from it, so a
+pre-activation exactly on a level boundary is not lost to the rounding of a per-step sum
+(:func:`_weightless_cones`, :meth:`models.spiking.PascalNeuron.simulate`).
+
+Two simulation modes, fixed at conversion: ``"step"`` simulates every step; ``"counts"``
+carries every train as its window sum (one step) and each neuron takes its count from the
+closed form (:func:`models.spiking.pascal_counts`). The same operations run on both; only
+the neuron differs.
 """
 import copy
 import math
+from collections import ChainMap
 
 import torch
 from torch import fx, nn
@@ -175,6 +188,7 @@ class SpikingNetwork(nn.Module):
         for j, i in last_use.items():
             self._free_after[i].append(j)
         self.max_level = max((op.num_steps for op in ops if op.role == "neuron"), default=1)
+        self._window_ops, self._exact_neurons = _weightless_cones(ops)
         self._units = self._find_units()
         self._plans = {}  # (batch, image shape, dtype, device, budget) -> segments
 
@@ -250,6 +264,14 @@ class SpikingNetwork(nn.Module):
         the planning probe). ``record``: a list receiving LayerStats; ``probe``: a dict
         receiving every ``index -> value`` (kept alive: for one-image probes and inspection)."""
         steps = self._steps[sim]
+        # step path: the window value (as the counts path computes it) of every value feeding a
+        # spiking layer through weightless operations only (see _weightless_cones)
+        windows = {} if sim == "step" and self._window_ops else None
+        if windows is not None:
+            for index in list(env):
+                if index in self._window_ops and self.ops[index].role == "neuron":
+                    windows[index] = self._window(self.ops[index], env[index], env, windows,
+                                                  batch)
         for op in self.ops[start:stop]:
             if op.index in self._const_keys:
                 continue
@@ -258,8 +280,11 @@ class SpikingNetwork(nn.Module):
                 value = env.pop(_IMAGE)
             else:
                 if role == "neuron":
+                    total = None
+                    if windows is not None and op.index in self._exact_neurons:
+                        total = self._resolve(op.bound["input"], ChainMap(windows, env))
                     value = self._neuron(op, self._input(op, env), batch, sim, steps, record,
-                                         keep_counts)
+                                         keep_counts, total)
                 elif role in ("weighted", "batchnorm"):
                     value = self.layers[op.target](self._input(op, env), batch)
                 elif role == "folded" or (role == "identity" and op.call != "method"):
@@ -281,11 +306,34 @@ class SpikingNetwork(nn.Module):
                             f"{value.shape[0]} (expected {steps[op.index] * batch}: time is "
                             "folded into it); keep the batch dimension first and whole")
             env[op.index] = value
+            if windows is not None and op.index in self._window_ops:
+                windows[op.index] = self._window(op, value, env, windows, batch)
             if probe is not None:
                 probe[op.index] = value
             for j in self._free_after[op.index]:
                 env.pop(j, None)
+                if windows is not None:
+                    windows.pop(j, None)
         return env
+
+    def _window(self, op, value, env, windows, batch):
+        """The window value of ``op`` (its train summed as the ANN computes it): the image
+        itself, a spiking layer's count times its amplitude, or a weightless operation
+        evaluated on its operands' window values, exactly as the counts path does."""
+        if op.role == "input":
+            return value
+        if op.role == "neuron":
+            neuron = self.layers[op.target]
+            spikes = value.reshape(neuron.level, batch, *value.shape[1:])
+            window = (spikes != 0).sum(0).to(value.dtype) * neuron.amplitude.to(value.dtype)
+            return torch.where(spikes[0].isnan(), spikes[0], window)  # NaN stays NaN
+        values = ChainMap(windows, env)
+        steps = self._steps["counts"]
+        if op.role == "add":
+            return self._add(op, values, batch, steps)
+        if op.role == "cat":
+            return self._cat(op, values, batch, steps)
+        return self.apply(op, values)
 
     def _input(self, op, env):
         """The value of ``op``'s tensor operand (its ``input`` parameter, however written)."""
@@ -298,13 +346,13 @@ class SpikingNetwork(nn.Module):
             return getattr(args[0], op.target)(*args[1:], **kwargs)
         return op.target(*args, **kwargs)
 
-    def _neuron(self, op, x, batch, sim, steps, record, keep_counts):
+    def _neuron(self, op, x, batch, sim, steps, record, keep_counts, total=None):
         neuron = self.layers[op.target]
         keep = record is not None
         if sim == "step":
             num_steps_in = steps[op.inputs[0]]
             spikes, stats = neuron.simulate(x.reshape(num_steps_in, batch, *x.shape[1:]),
-                                            record=keep, keep_counts=keep_counts)
+                                            record=keep, keep_counts=keep_counts, total=total)
             value = spikes.reshape(neuron.level * batch, *x.shape[1:])
         else:  # the step simulator's input length, for the statistics
             num_steps_in = self._steps["step"][op.inputs[0]]
@@ -385,7 +433,10 @@ class SpikingNetwork(nn.Module):
         cuts = find_cuts([op.inputs for op in self.ops], skip)
         valid = {position: alive for position, alive in cuts.items()
                  if self.ops[alive].role not in ("meta", "const", "output")
-                 and not self.ops[alive].tuple_valued}
+                 and not self.ops[alive].tuple_valued
+                 # a window value the next segment could not recover from the train
+                 and not (alive in self._window_ops and
+                          self.ops[alive].role not in ("neuron", "input"))}
         bounds = [0] + sorted(valid) + [len(self.ops)]
         return [(start, stop, valid.get(start)) for start, stop in zip(bounds, bounds[1:])]
 
@@ -458,6 +509,40 @@ class SpikingNetwork(nn.Module):
             if start == stop:
                 return source
         return self.output_index
+
+
+_WEIGHTLESS = ("pool", "maxpool", "add", "scale", "cat", "route", "identity")
+
+
+def _weightless_cones(ops):
+    """``(values, neurons)``: the spiking layers whose input is computed from spiking layers,
+    the image and constants through weightless operations only (pools, means, additions,
+    concatenations, max pools, routes, scaling by constants), with at least one such
+    operation, and every value those inputs are computed from.
+
+    On the step path such a neuron's per-step currents may sum to a value an ulp away from
+    the ANN's pre-activation (``3 x (1/6)`` is not ``0.5``), which decides a count at a level
+    boundary; the same operations on the sources' window values (counts times amplitudes)
+    give the ANN's value exactly, so the step simulator evaluates them alongside."""
+    values, neurons = set(), set()
+    for op in ops:
+        if op.role != "neuron":
+            continue
+        cone, stack, weightless_only = set(), [op.inputs[0]], True
+        while stack and weightless_only:
+            index = stack.pop()
+            if index in cone:
+                continue
+            cone.add(index)
+            role = ops[index].role
+            if role in _WEIGHTLESS + ("meta",):  # sizes too: a window has B rows, not T*B
+                stack.extend(ops[index].inputs)
+            elif role not in ("neuron", "input", "const"):
+                weightless_only = False
+        if weightless_only and any(ops[i].role in _WEIGHTLESS for i in cone):
+            neurons.add(op.index)
+            values |= {i for i in cone if ops[i].role != "const"}
+    return values, neurons
 
 
 def check_thresholds(ann):

@@ -216,11 +216,18 @@ class PascalNeuron(nn.Module):
     def forward(self, x_seq):  # (T_in, B, ...)
         return self.simulate(x_seq)[0]
 
-    def simulate(self, x_seq, record=False, keep_counts=False):
+    def simulate(self, x_seq, record=False, keep_counts=False, total=None):
         """Step simulation: ``(spikes (L, B, ...), LayerStats or None)``.
 
         With ``record`` the statistics of this call are returned (``counts``: the per-neuron
         emitted counts ``(B, ...)`` when ``keep_counts``); otherwise None.
+
+        ``total`` (optional, ``(B, ...)``): the window sum of the input as the ANN computes it.
+        The per-step currents sum to it up to rounding; when it is given, the potential at
+        the end of the accumulate phase is set from it, ``v = (total / amplitude + 1/2) -
+        count``, rounded exactly as the ANN rounds its pre-activation, so the count the
+        correction phase reaches is the ANN's level even where the per-step sum lies an ulp
+        on the other side of a level boundary.
         """
         check_seq(x_seq, f"PascalNeuron {self.name!r}", min_dim=2)
         amplitude = self.amplitude.to(x_seq.dtype)
@@ -228,6 +235,8 @@ class PascalNeuron(nn.Module):
         v = torch.full_like(x_seq[0], 0.5)
         count = torch.zeros_like(v)  # integer values held in v's dtype: exact, no conversions
         pascal_accumulate_(v, count, x_seq, amplitude)
+        if total is not None:
+            v = torch.div(total, amplitude).add_(0.5).sub_(count)
         accumulated = count.clone() if record else None
         correct_steps = max(num_steps_in, self.level) - 1
         pascal_correct_(v, count, correct_steps)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from helpers import assert_snn_exact, make_live
+from helpers import ann_levels, assert_snn_exact, make_live, multi_segment_snn
 from models import QCFS, convert_to_snn, qcfsify
 
 SIMS = ("step", "counts")
@@ -355,3 +355,80 @@ def test_batchnorm_after_a_linear_on_3d_is_not_folded(channels, features):
     fates = convert_to_snn(model, input_shape=(4,)).fates()
     assert dict((n, f) for n, _, f in fates)["3"] == "folded into '2'"
 
+
+# --- ties on the step path -------------------------------------------------------------------
+# A spiking layer fed through weightless operations only must give the ANN's level even where
+# the ANN's pre-activation sits exactly on a level boundary: the per-step currents may sum to
+# a value an ulp below it (3 x (1/6) is 0.9999999999999999, not 1.0).
+
+def assert_counts_equal_ann(model, x, sims=SIMS):
+    """Every neuron's count is the ANN's level on both paths, and something fires."""
+    runs = assert_snn_exact(model, x, sims=sims, alive=False)
+    assert all(s.emitted_spikes > 0 for s in runs[sims[0]][1])
+    return runs
+
+
+def test_average_pool_tie_from_the_issue():
+    """relu -> avg_pool2d(2) -> relu, thresholds 4.0, levels 3 -> 2, input 4.0 at one pixel:
+    the ANN's second pre-activation is 4.0 / 4 = 1.0, half the amplitude 4.0 / 2 = 2.0, so
+    floor(1.0 / 2.0 + 1/2) = 1 spike; the three steps of (4/3) / 4 / 2 = 1/6 each sum to
+    0.9999999999999999."""
+    model = nn.Sequential(QCFS(3, 4.0), nn.AvgPool2d(2), QCFS(2, 4.0), nn.Flatten()).double()
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    x[0, 0, 0, 0] = 4.0
+    runs = assert_counts_equal_ann(model.eval(), x)
+    assert [int(s.counts.sum()) for s in runs["step"][1]] == [3, 1]
+
+
+class ConvPoolConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                                      nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+class SumThenMaxPool(nn.Module):
+    """relu(a + b) at levels 6, 3 -> 5, then relu(maxpool(relu(...))) at 5 -> 5."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        s = F.relu(F.relu(self.conv_a(x)) + F.relu(self.conv_b(x)))
+        return self.fc(F.relu(self.pool(s)).flatten(1))
+
+
+@pytest.mark.parametrize("threshold", [4.0, 1.0])
+@pytest.mark.parametrize("net, levels", [(ConvPoolConv, [3, 2, 4]),
+                                         (SumThenMaxPool, [6, 3, 5, 5])],
+                         ids=["conv-relu-avgpool-relu-conv-relu", "relu(a+b), relu(maxpool)"])
+def test_equal_thresholds_before_training_are_exact(net, levels, threshold):
+    """What qcfsify produces before training: every threshold equal, so layers joined by a
+    pool, a max pool or an addition often meet exactly on level boundaries."""
+    torch.manual_seed(0)
+    model = qcfsify(net(), levels, init_threshold=threshold).double().eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64) * 2
+    assert_counts_equal_ann(model, x)
+
+
+def test_ties_stay_exact_across_chunks():
+    """The window values travel with the step simulator's segments and chunks."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.ReLU(),
+                          nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    model = qcfsify(model, [3, 2, 5], init_threshold=1.0).double().eval()
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2),
+                    dtype=torch.float64) * 2
+    logits, levels = ann_levels(model, x)
+    snn = multi_segment_snn(model, x)
+    out, stats = snn.forward_with_stats(x, keep_counts=True)
+    for s in stats:
+        assert torch.equal(s.counts.to(torch.int64), levels[s.name]), s.name
+    torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * float(logits.abs().max()))
