@@ -88,8 +88,12 @@ def spike_reach(layer, chain, source_shape):
         fan_out, count_outputs = 1, True
     elif isinstance(layer, nn.Linear):
         if not flattened and len(source_shape) != 1:
-            raise ValueError(f"a Linear layer fed by a spike map of shape {source_shape} "
-                             "without a Flatten in between is not supported")
+            if pools:
+                raise ValueError(f"a Linear layer fed by a pooled spike map of shape "
+                                 f"{source_shape} without a Flatten in between is not "
+                                 "supported")
+            # applied along the last dim: each element reaches out_features outputs
+            return torch.full(source_shape, layer.out_features, dtype=torch.int64)
         fan_out, count_outputs = layer.out_features, False
     elif isinstance(layer, _CONV):
         if flattened:
@@ -382,6 +386,8 @@ def _spikes_of(snn, op, spikes, values, meta):
     if role == "neuron" or (role == "maxpool" and op.kind == "burst"):
         return _Spikes({op.index: _identity_ids(values[op.index])})
     inputs = [spikes.get(i) for i in op.inputs]
+    if role == "identity" and op.call == "method":  # contiguous, clone: a copy, laid out anew
+        role = "route"
     if role in ("identity", "folded", "scale"):
         tensor_inputs = [s for i, s in zip(op.inputs, inputs) if snn.ops[i].num_steps is not None]
         return tensor_inputs[0] if role != "scale" or len(tensor_inputs) == 1 else None
@@ -429,20 +435,21 @@ def _pool_module(snn, op, values):
         return snn.layers[op.target], False
     value = values[op.inputs[0]]
     spatial = value.dim() - 2
-    if op.op.startswith("F."):
-        name = op.op[2:]
-        args = [a for a in op.args[1:]]
-        kwargs = dict(op.kwargs)
+    bound = dict(op.bound)  # the arguments by name, however the call spelled them
+    if "dim" not in bound:  # a functional pool: the module with the same arguments
+        name = getattr(op.target, "__name__", "")
         classes = {"avg_pool1d": nn.AvgPool1d, "avg_pool2d": nn.AvgPool2d,
                    "avg_pool3d": nn.AvgPool3d, "adaptive_avg_pool1d": nn.AdaptiveAvgPool1d,
                    "adaptive_avg_pool2d": nn.AdaptiveAvgPool2d,
                    "adaptive_avg_pool3d": nn.AdaptiveAvgPool3d}
-        return classes[name](*args, **kwargs), False
+        del bound["input"]
+        if bound.get("stride") == []:  # the schema's default: the kernel size
+            bound["stride"] = None
+        return classes[name](**bound), False
     # mean over dims: the whole spatial extent, as an adaptive pool to size 1
-    dims = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim")
-    dims = dims if isinstance(dims, (list, tuple)) else (dims,)
+    dims = bound["dim"] if isinstance(bound["dim"], (list, tuple)) else (bound["dim"],)
     dims = {d % value.dim() for d in dims}
-    keepdim = op.args[2] if len(op.args) > 2 else op.kwargs.get("keepdim", False)
+    keepdim = bound.get("keepdim", False)
     if dims != set(range(2, value.dim())) or spatial not in (1, 2, 3):
         return None, False
     pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial - 1](1)
@@ -486,7 +493,8 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
     source of their own (its spikes are not added to the emitted total).
     """
     rows = []
-    images = max([w.images for w in meter.weighted.values()], default=0)
+    images = max([entry.images for entries in (meter.weighted, meter.neurons, meter.pooled)
+                  for entry in entries.values()], default=0)
     if images == 0:
         raise ValueError("the meter saw no images: run the network before building the report")
     order = {op.name: op.index for op in meter.snn.ops}

@@ -30,6 +30,12 @@ image alone: one step whose value is the ANN's), ``burst`` (a spiking layer's fr
 burst of one amplitude per channel, possibly through channel concatenation, channel chunks,
 other max pools, dropout or identity), ``train`` (any other spike-derived value), ``const``
 and ``meta``.
+
+Before a node is classified, its arguments are bound to its signature
+(:mod:`models.signatures`), so every spelling of a call reads the same; every tensor value's
+rank is propagated statically, so that dims resolve against it (``-4`` of a 4-D value is the
+batch dimension, into which time is folded); and meta values record whether they hold the
+batch size, whose only accepted use is a view's batch dimension.
 """
 import builtins
 import inspect
@@ -312,6 +318,13 @@ def model_graph(model, *, context="", input_shape=None):
         by_fx[fx_node] = gnode
     check_inplace_aliasing(root, graph, names, context=context, checked=lambda node, operand:
                            by_fx[operand].kind in ("analog", "burst", "train", "const"))
+    unused = [name for name, module in root.named_modules()
+              if isinstance(module, QCFS) and name not in qcfs_calls]
+    if unused:
+        raise UnsupportedModelError(
+            f"{prefix}the QCFS module {unused[0]!r} is never called by forward; remove it "
+            "(levels are given per QCFS module, so it would take one, and every analysis "
+            "would miss it)")
     _fold_batchnorms(nodes)
     model = ModelGraph(root, graph, nodes)
     mismatch = _check_view_lengths(model)
@@ -734,7 +747,7 @@ def _check_batch_uses(g):
         shape = tuple(g.binding["shape"])
         rest = [i for i in uses if any(a is i.node for a in shape[1:])]
         first = shape[0] if shape else None
-        whole = len(shape) == 1 and isinstance(first, fx.Node)
+        whole = len(shape) == 1 and any(i.node is first and i.batch == "sizes" for i in uses)
         if not rest and (whole or not any(i.node is first and i.batch != "size" for i in uses)):
             return None
     if g.op == "torch._assert":

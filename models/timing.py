@@ -131,7 +131,8 @@ def _latencies(model):
 
     Per node: when its value is complete, sequentially (``done``) and pipelined
     (``finish``), and from when its last steps arrive pipelined (``emitting``: a spiking
-    layer's emit window; a value computed from others, the latest of theirs). A neuron waits
+    layer's emit window; a value computed from others, the latest of theirs, where a train
+    an addition sums into its first step counts from when it is complete). A neuron waits
     for its input to be complete, sequentially, or to start emitting, pipelined.
     """
     graph = model_graph(model)
@@ -142,6 +143,10 @@ def _latencies(model):
         done[node.index] = max((done[i] for i in inputs), default=0)
         finish[node.index] = max((finish[i] for i in inputs), default=0)
         emitting[node.index] = max((emitting[i] for i in inputs), default=0)
+        if node.role == "add":  # a train of another length is folded into the first step
+            emitting[node.index] = max([emitting[node.index]] + [
+                finish[i] for i in inputs
+                if steps[i] is not None and steps[i] != steps[node.index]])
         if node.role == "neuron":
             t_in, level = steps[node.inputs[0].index], node.module.level
             per_layer[node.name] = (t_in, t_in + max(t_in, level) - 1 + level)

@@ -288,6 +288,9 @@ RANK_REFUSALS = {
                       "node 'truediv' (operator.truediv) uses the batch size (node 'size')"),
     "b.view(-1, b.size(0))": (lambda s, a, b, x8: b.view(-1, b.size(0)).view(-1, 8, 6, 6),
                               "node 'view' (Tensor.view) uses the batch size (node 'size')"),
+    "b.view(4 * b.size(0) * 72)": (
+        lambda s, a, b, x8: b.view(4 * b.size(0) * 72).view(-1, 8, 6, 6),
+        "node 'view' (Tensor.view) uses the batch size (node 'mul_1')"),
     "b.view(a.size(0), -1)": (
         lambda s, a, b, x8: b.view(a.size(0), -1).view(-1, 8, 6, 6),
         "node 'view' (Tensor.view) takes its batch dimension from the size of 'a', a 3-step "
