@@ -278,6 +278,9 @@ RANK_REFUSALS = {
     "F.max_pool3d on 4-D": (
         lambda s, a, b, x8: F.max_pool3d(x8, (2, 1, 1)).repeat(1, 2, 1, 1),
         "node 'max_pool3d' (F.max_pool3d) reads a 4-D value (the unbatched form"),
+    "F.max_pool2d on 3-D": (
+        lambda s, a, b, x8: F.max_pool2d(x8.flatten(2), (2, 1)).view(-1, 8, 6, 6),
+        "node 'max_pool2d' (F.max_pool2d) reads a 3-D value (the unbatched form"),
     "F.avg_pool2d on 3-D": (
         lambda s, a, b, x8: F.avg_pool2d(b.flatten(2), (2, 1)).view(-1, 8, 6, 6),
         "node 'avg_pool2d' (F.avg_pool2d) reads a 3-D value (the unbatched form"),
@@ -435,3 +438,42 @@ def test_ties_stay_exact_across_chunks():
     for s in stats:
         assert torch.equal(s.counts.to(torch.int64), levels[s.name]), s.name
     torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * float(logits.abs().max()))
+
+
+class FlatMean(nn.Module):
+    """An MLP on (B, 2, F) inputs: no convolution fixes the input's rank."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.a, self.fc = nn.Linear(5, 5), QCFS(3), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.a(self.linear(x)).mean(-2))
+
+
+def test_negative_dims_of_unknown_rank_need_the_input_shape():
+    assert refusal(convert_to_snn, FlatMean().eval()) == (
+        "node 'mean' (Tensor.mean) averages over dim -2 of a value whose rank is not known "
+        "statically; give the dim as a non-negative number (or the input shape, "
+        "input_shape=...); average over the other dimensions only")
+    model, x = make_live(FlatMean(), (2, 5), images=4)
+    logits, levels = ann_levels(model, x)
+    scale = float(logits.abs().max())
+    for sim in SIMS:
+        snn = convert_to_snn(model, sim=sim, input_shape=(2, 5))
+        out, stats = snn.forward_with_stats(x, keep_counts=True)
+        assert torch.equal(stats[0].counts.to(torch.int64), levels["a"])
+        torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
+    qcfsify(nn.Sequential(nn.Linear(5, 5), nn.ReLU(), Mean(-2)), 2, input_shape=(2, 5))
+    # with the input shape, dim -3 of the (B, 2, 5) values is the batch dimension
+    with pytest.raises(ValueError, match="averages over the batch dimension"):
+        convert_to_snn(nn.Sequential(nn.Linear(5, 5), Mean(-3)).eval(), input_shape=(2, 5))
+
+
+class Mean(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return x.mean(self.dim)
