@@ -382,6 +382,8 @@ def _spikes_of(snn, op, spikes, values, meta):
     if role == "neuron" or (role == "maxpool" and op.kind == "burst"):
         return _Spikes({op.index: _identity_ids(values[op.index])})
     inputs = [spikes.get(i) for i in op.inputs]
+    if role == "identity" and op.call == "method":  # contiguous, clone: a copy, laid out anew
+        role = "route"
     if role in ("identity", "folded", "scale"):
         tensor_inputs = [s for i, s in zip(op.inputs, inputs) if snn.ops[i].num_steps is not None]
         return tensor_inputs[0] if role != "scale" or len(tensor_inputs) == 1 else None
@@ -437,22 +439,23 @@ def _pool_module(snn, op, values):
     """``(pool module, flattens)`` equivalent to a pooling op, for :func:`spike_reach`.
 
     Functional pools are recognised by the function called (the module classes take the same
-    arguments, after the input, in the same order and with the same names); a mean over
-    every spatial dimension is an adaptive pool to size 1."""
+    arguments, after the input, with the same names), their arguments read by name however
+    the call spelled them; a mean over every spatial dimension is an adaptive pool to size
+    1."""
     if op.call == "module":
         return snn.layers[op.target], False
     value = values[op.inputs[0]]
     spatial = value.dim() - 2
-    if op.call == "function" and op.target in _FUNCTIONAL_POOLS:
-        kwargs = dict(op.kwargs)
-        positional = op.args if kwargs.pop("input", None) is not None else op.args[1:]
-        return _FUNCTIONAL_POOLS[op.target](*positional, **kwargs), False
-    dims = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim")
-    if dims is None:
-        return None, False
-    dims = dims if isinstance(dims, (list, tuple)) else (dims,)
+    bound = dict(op.bound)  # the arguments by name, however the call spelled them
+    if "dim" not in bound:  # a functional pool: the module with the same arguments
+        del bound["input"]
+        if bound.get("stride") == []:  # the schema's default: the kernel size
+            bound["stride"] = None
+        return _FUNCTIONAL_POOLS[op.target](**bound), False
+    # mean over dims: the whole spatial extent, as an adaptive pool to size 1
+    dims = bound["dim"] if isinstance(bound["dim"], (list, tuple)) else (bound["dim"],)
     dims = {d % value.dim() for d in dims}
-    keepdim = op.args[2] if len(op.args) > 2 else op.kwargs.get("keepdim", False)
+    keepdim = bound.get("keepdim", False)
     if dims != set(range(2, value.dim())) or spatial not in (1, 2, 3):
         return None, False
     pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[spatial - 1](1)
@@ -496,8 +499,8 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
     source of their own (its spikes are not added to the emitted total).
     """
     rows = []
-    images = max([w.images for w in meter.weighted.values()]
-                 + [n.images for n in meter.neurons.values()], default=0)
+    images = max([entry.images for entries in (meter.weighted, meter.neurons, meter.pooled)
+                  for entry in entries.values()], default=0)
     if images == 0:
         raise ValueError("the meter saw no images: run the network before building the report")
     order = {op.name: op.index for op in meter.snn.ops}

@@ -37,6 +37,13 @@ What each node becomes (its fate, :meth:`SpikingNetwork.fates`):
 - dropout and identity: removed;
 - output: the per-step outputs are summed over the steps, which gives the ANN logits.
 
+Level boundaries: a spiking layer fed through weightless operations only (pools, additions,
+concatenations, max pools, routes, scaling by constants) from spiking layers and the image
+gets, on the step path, its window input evaluated as the ANN does it (on its sources' counts
+times amplitudes) besides the per-step currents, and takes its count from it, so a
+pre-activation exactly on a level boundary is not lost to the rounding of a per-step sum
+(:func:`_weightless_cones`, :meth:`models.spiking.PascalNeuron.simulate`).
+
 Two simulation modes, fixed at conversion: ``"step"`` simulates every step; ``"counts"``
 carries every train as its window sum (one step) and each neuron takes its count from the
 closed form (:func:`models.spiking.pascal_counts`). The same operations run on both; only
@@ -44,6 +51,7 @@ the neuron differs.
 """
 import copy
 import math
+from collections import ChainMap
 
 import torch
 from torch import fx, nn
@@ -54,7 +62,8 @@ from .graph import model_graph
 from .qcfs import qcfs_layers
 from .spiking import SIM_MODES, LayerStats, PascalNeuron
 
-__all__ = ["Op", "SpikingNetwork", "check_thresholds", "convert_to_snn"]
+__all__ = ["Op", "SpikingNetwork", "check_eval_mode", "check_finite", "check_thresholds",
+           "convert_to_snn"]
 
 _IMAGE = -1  # env key of the image batch fed to the input op
 
@@ -87,7 +96,7 @@ class Op:
     """
 
     __slots__ = ("index", "name", "op", "role", "kind", "inputs", "num_steps", "fate", "call",
-                 "target", "args", "kwargs", "tuple_valued", "sign")
+                 "target", "args", "kwargs", "bound", "tuple_valued", "sign")
 
     def __init__(self, **fields):
         for key in self.__slots__:
@@ -179,6 +188,7 @@ class SpikingNetwork(nn.Module):
         for j, i in last_use.items():
             self._free_after[i].append(j)
         self.max_level = max((op.num_steps for op in ops if op.role == "neuron"), default=1)
+        self._window_ops, self._exact_neurons = _weightless_cones(ops)
         self._units = self._find_units()
         self._plans = {}  # (batch, image shape, dtype, device, budget) -> segments
 
@@ -254,6 +264,14 @@ class SpikingNetwork(nn.Module):
         the planning probe). ``record``: a list receiving LayerStats; ``probe``: a dict
         receiving every ``index -> value`` (kept alive: for one-image probes and inspection)."""
         steps = self._steps[sim]
+        # step path: the window value (as the counts path computes it) of every value feeding a
+        # spiking layer through weightless operations only (see _weightless_cones)
+        windows = {} if sim == "step" and self._window_ops else None
+        if windows is not None:
+            for index in list(env):
+                if index in self._window_ops and self.ops[index].role == "neuron":
+                    windows[index] = self._window(self.ops[index], env[index], env, windows,
+                                                  batch)
         for op in self.ops[start:stop]:
             if op.index in self._const_keys:
                 continue
@@ -261,22 +279,26 @@ class SpikingNetwork(nn.Module):
             if role == "input":
                 value = env.pop(_IMAGE)
             else:
-                args = self._resolve(op.args, env)
                 if role == "neuron":
-                    value = self._neuron(op, args[0], batch, sim, steps, record, keep_counts)
+                    total = None
+                    if windows is not None and op.index in self._exact_neurons:
+                        total = self._resolve(op.bound["input"], ChainMap(windows, env))
+                    value = self._neuron(op, self._input(op, env), batch, sim, steps, record,
+                                         keep_counts, total)
                 elif role in ("weighted", "batchnorm"):
-                    value = self.layers[op.target](args[0], batch)
+                    value = self.layers[op.target](self._input(op, env), batch)
                 elif role == "folded" or (role == "identity" and op.call != "method"):
-                    value = args[0]  # dropout, nn.Identity (contiguous/clone are called)
+                    value = self._input(op, env)  # dropout, nn.Identity (methods are called)
                 elif role == "add":
-                    value = self._add(op, args, batch, steps)
+                    value = self._add(op, env, batch, steps)
                 elif role == "cat":
-                    value = self._cat(op, args, batch, steps)
+                    value = self._cat(op, env, batch, steps)
                 elif role == "output":
-                    x = args[0]
+                    x = self._resolve(op.args, env)[0]
                     value = x.reshape(steps[op.inputs[0]], batch, *x.shape[1:]).sum(0)
                 else:
-                    value = self._call(op, args, self._resolve(op.kwargs, env))
+                    value = self._call(op, self._resolve(op.args, env),
+                                       self._resolve(op.kwargs, env))
                     if role == "route" and not op.tuple_valued and value.shape[0] != \
                             steps[op.index] * batch:
                         raise ValueError(
@@ -284,11 +306,38 @@ class SpikingNetwork(nn.Module):
                             f"{value.shape[0]} (expected {steps[op.index] * batch}: time is "
                             "folded into it); keep the batch dimension first and whole")
             env[op.index] = value
+            if windows is not None and op.index in self._window_ops:
+                windows[op.index] = self._window(op, value, env, windows, batch)
             if probe is not None:
                 probe[op.index] = value
             for j in self._free_after[op.index]:
                 env.pop(j, None)
+                if windows is not None:
+                    windows.pop(j, None)
         return env
+
+    def _window(self, op, value, env, windows, batch):
+        """The window value of ``op`` (its train summed as the ANN computes it): the image
+        itself, a spiking layer's count times its amplitude, or a weightless operation
+        evaluated on its operands' window values, exactly as the counts path does."""
+        if op.role == "input":
+            return value
+        if op.role == "neuron":
+            neuron = self.layers[op.target]
+            spikes = value.reshape(neuron.level, batch, *value.shape[1:])
+            window = (spikes != 0).sum(0).to(value.dtype) * neuron.amplitude.to(value.dtype)
+            return torch.where(spikes[0].isnan(), spikes[0], window)  # NaN stays NaN
+        values = ChainMap(windows, env)
+        steps = self._steps["counts"]
+        if op.role == "add":
+            return self._add(op, values, batch, steps)
+        if op.role == "cat":
+            return self._cat(op, values, batch, steps)
+        return self.apply(op, values)
+
+    def _input(self, op, env):
+        """The value of ``op``'s tensor operand (its ``input`` parameter, however written)."""
+        return self._resolve(op.bound["input"], env)
 
     def _call(self, op, args, kwargs):
         if op.call == "module":
@@ -297,13 +346,13 @@ class SpikingNetwork(nn.Module):
             return getattr(args[0], op.target)(*args[1:], **kwargs)
         return op.target(*args, **kwargs)
 
-    def _neuron(self, op, x, batch, sim, steps, record, keep_counts):
+    def _neuron(self, op, x, batch, sim, steps, record, keep_counts, total=None):
         neuron = self.layers[op.target]
         keep = record is not None
         if sim == "step":
             num_steps_in = steps[op.inputs[0]]
             spikes, stats = neuron.simulate(x.reshape(num_steps_in, batch, *x.shape[1:]),
-                                            record=keep, keep_counts=keep_counts)
+                                            record=keep, keep_counts=keep_counts, total=total)
             value = spikes.reshape(neuron.level * batch, *x.shape[1:])
         else:  # the step simulator's input length, for the statistics
             num_steps_in = self._steps["step"][op.inputs[0]]
@@ -313,13 +362,15 @@ class SpikingNetwork(nn.Module):
             record.append(stats)
         return value
 
-    def _add(self, op, args, batch, steps):
-        """``a + b`` or ``a - b`` (``op.sign`` -1) of trains and constants, window sums kept:
-        the result has the first train's length (see the module docstring)."""
+    def _add(self, op, env, batch, steps):
+        """``input + other`` or ``input - other`` (``op.sign`` -1) of trains and constants,
+        window sums kept: the result has the first train's length (see the module
+        docstring)."""
         operands = []  # (value, steps or None for a constant, sign)
-        for position, (template, value) in enumerate(zip(op.args[:2], args[:2])):
+        for name, sign in (("input", 1), ("other", op.sign)):
+            template = op.bound[name]
             num_steps = steps[template.index] if isinstance(template, _Ref) else None
-            operands.append((value, num_steps, op.sign if position == 1 else 1))
+            operands.append((self._resolve(template, env), num_steps, sign))
         trains = [o for o in operands if o[1] is not None]
         (first, first_steps, first_sign), others = trains[0], trains[1:]
         if others and others[0][1] == first_steps:  # equal lengths: step by step
@@ -327,6 +378,13 @@ class SpikingNetwork(nn.Module):
             others = []
         else:
             y = -first if first_sign < 0 else first.clone()
+        # operands that broadcast the result to more elements (a (1, C, 1, 1) constant added
+        # to a one-channel train): every step of it broadcast, as the ANN broadcasts the value
+        shape = torch.broadcast_shapes(y.shape, *(
+            (y.shape[0], *value.shape[1:]) if num_steps is not None else value.shape
+            for value, num_steps, _ in operands if torch.is_tensor(value)))
+        if shape != y.shape:
+            y = y.expand(shape).clone()
         for value, num_steps, sign in others:  # summed over its window into the first step
             head = value.reshape(num_steps, batch, *value.shape[1:]).sum(0)
             y[:batch] += head if sign > 0 else -head
@@ -335,26 +393,28 @@ class SpikingNetwork(nn.Module):
                 y[:batch] += value if sign > 0 else -value
         return y
 
-    def _cat(self, op, args, batch, steps):
+    def _cat(self, op, env, batch, steps):
         """Concatenation; trains shorter than the result get zero steps appended."""
-        tensors, templates = list(args[0]), op.args[0]
+        templates = op.bound["tensors"]
+        tensors = list(self._resolve(templates, env))
+        if isinstance(templates, _Ref):  # a tuple value passed whole: its parts' length
+            templates = [templates] * len(tensors)
         out_steps = steps[op.index]
-        for i, (template, value) in enumerate(zip(templates, tensors)):
+        for i, (template, value) in enumerate(zip(templates, tensors, strict=True)):
             num_steps = steps[template.index]
             if num_steps < out_steps:
                 padding = value.new_zeros(((out_steps - num_steps) * batch, *value.shape[1:]))
                 tensors[i] = torch.cat([value, padding])
-        return torch.cat(tensors, *args[1:], **self._resolve(op.kwargs, {}))
+        return torch.cat(tensors, op.bound["dim"])
 
     def apply(self, op, env):
         """Evaluate ``op``'s stateless operation as the ANN does (a route, pool, max pool,
         concatenation without padding, identity or size computation) on the values in
         ``env`` (op index -> value; constants are found without it). For analyses of the
         graph such as the cost meter's."""
-        args, kwargs = self._resolve(op.args, env), self._resolve(op.kwargs, env)
         if op.role == "folded" or (op.role == "identity" and op.call != "method"):
-            return args[0]
-        return self._call(op, args, kwargs)
+            return self._input(op, env)
+        return self._call(op, self._resolve(op.args, env), self._resolve(op.kwargs, env))
 
     # --- planning ----------------------------------------------------------------------------
 
@@ -373,7 +433,10 @@ class SpikingNetwork(nn.Module):
         cuts = find_cuts([op.inputs for op in self.ops], skip)
         valid = {position: alive for position, alive in cuts.items()
                  if self.ops[alive].role not in ("meta", "const", "output")
-                 and not self.ops[alive].tuple_valued}
+                 and not self.ops[alive].tuple_valued
+                 # a window value the next segment could not recover from the train
+                 and not (alive in self._window_ops and
+                          self.ops[alive].role not in ("neuron", "input"))}
         bounds = [0] + sorted(valid) + [len(self.ops)]
         return [(start, stop, valid.get(start)) for start, stop in zip(bounds, bounds[1:])]
 
@@ -448,6 +511,40 @@ class SpikingNetwork(nn.Module):
         return self.output_index
 
 
+_WEIGHTLESS = ("pool", "maxpool", "add", "scale", "cat", "route", "identity")
+
+
+def _weightless_cones(ops):
+    """``(values, neurons)``: the spiking layers whose input is computed from spiking layers,
+    the image and constants through weightless operations only (pools, means, additions,
+    concatenations, max pools, routes, scaling by constants), with at least one such
+    operation, and every value those inputs are computed from.
+
+    On the step path such a neuron's per-step currents may sum to a value an ulp away from
+    the ANN's pre-activation (``3 x (1/6)`` is not ``0.5``), which decides a count at a level
+    boundary; the same operations on the sources' window values (counts times amplitudes)
+    give the ANN's value exactly, so the step simulator evaluates them alongside."""
+    values, neurons = set(), set()
+    for op in ops:
+        if op.role != "neuron":
+            continue
+        cone, stack, weightless_only = set(), [op.inputs[0]], True
+        while stack and weightless_only:
+            index = stack.pop()
+            if index in cone:
+                continue
+            cone.add(index)
+            role = ops[index].role
+            if role in _WEIGHTLESS + ("meta",):  # sizes too: a window has B rows, not T*B
+                stack.extend(ops[index].inputs)
+            elif role not in ("neuron", "input", "const"):
+                weightless_only = False
+        if weightless_only and any(ops[i].role in _WEIGHTLESS for i in cone):
+            neurons.add(op.index)
+            values |= {i for i in cone if ops[i].role != "const"}
+    return values, neurons
+
+
 def check_thresholds(ann):
     """Raise ``ValueError`` naming the first QCFS layer whose threshold is not finite and > 0."""
     for name, module in qcfs_layers(ann):
@@ -460,13 +557,50 @@ def check_thresholds(ann):
                 "(models.clamp_thresholds_) or fix the checkpoint.")
 
 
-def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> SpikingNetwork:
+_TRAINING_SENSITIVE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                       nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.FeatureAlphaDropout)
+
+
+def check_eval_mode(ann):
+    """Raise ``ValueError`` naming the first BatchNorm or Dropout module in training mode.
+
+    In training mode a BatchNorm normalises with the batch's statistics and a Dropout drops
+    units at random, so the ANN is not the fixed function the spiking network reproduces.
+    """
+    for name, module in ann.named_modules():
+        if isinstance(module, _TRAINING_SENSITIVE) and module.training:
+            raise ValueError(
+                f"{type(module).__name__} {name or type(ann).__name__!r} is in training mode "
+                "(it would use batch statistics or drop units); call .eval() first")
+
+
+def check_finite(ann):
+    """Raise ``ValueError`` naming the first parameter or buffer holding a NaN or infinity
+    (weights, biases, BatchNorm statistics, thresholds): the spiking network would not
+    reproduce the ANN's non-finite arithmetic."""
+    for name, tensor in (*ann.named_parameters(), *ann.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                bad = tensor.detach()[~finite]
+                what = "NaN" if bool(bad.isnan().any()) else "infinite"
+                raise ValueError(
+                    f"{name!r} holds {what} values ({int((~finite).sum())} of "
+                    f"{tensor.numel()}); conversion needs finite weights, BatchNorm statistics "
+                    "and thresholds (fix the checkpoint or retrain)")
+
+
+def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None, *,
+                   input_shape=None) -> SpikingNetwork:
     """Return a new spiking network equivalent to ``ann`` (which is left unchanged).
 
     ``sim="step"`` (default) simulates every time step of every layer; ``sim="counts"`` is the
     exact shortcut that runs each linear layer once on window sums and takes every neuron's
     emitted count from the closed form (same logits and emitted spikes, no correction spikes;
-    about the ANN's cost). ``step_budget``: see :class:`SpikingNetwork`.
+    about the ANN's cost). ``step_budget``: see :class:`SpikingNetwork`. ``input_shape``
+    (optional, per image, e.g. ``(3, 32, 32)``) fixes the input's rank for resolving
+    negative dims where no convolution or pool reads the image (:func:`models.graph.model_graph`).
 
     The ANN is traced with torch.fx (:mod:`models.graph`) and every node converted as the
     module docstring describes; ``snn.fates()`` lists what happened to each. Works for any
@@ -474,14 +608,18 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None) -> Spiki
     certificate).
 
     Raises:
-        ValueError: a threshold <= 0 or non-finite, or one line naming the first node with
-            no exact spiking counterpart (a ReLU, SiLU, max pooling of a sum of trains, a
-            product of two tensors, ...) and why.
+        ValueError: a BatchNorm or Dropout in training mode ("call .eval() first"); a
+            threshold <= 0 or non-finite; a NaN or infinite weight, bias or BatchNorm
+            statistic (naming the tensor); or one line naming the first node with no exact
+            spiking counterpart (a ReLU, SiLU, max pooling of a sum of trains, a product of
+            two tensors, ...) and why.
     """
     if sim not in SIM_MODES:
         raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
+    check_eval_mode(ann)
     check_thresholds(ann)
-    graph = model_graph(ann)
+    check_finite(ann)
+    graph = model_graph(ann, input_shape=input_shape)
     steps = graph.num_steps()
     ops, layers, constants = [], {}, {}
     with torch.no_grad():
@@ -496,9 +634,12 @@ def _convert_node(g, root, steps, layers, constants):
     index_of = {i.node: i.index for i in g.inputs}
     args = fx.node.map_arg(node.args, lambda n: _Ref(index_of[n]))
     kwargs = fx.node.map_arg(node.kwargs, lambda n: _Ref(index_of[n]))
+    bound = None if g.binding is None else fx.node.map_arg(
+        dict(g.binding.arguments), lambda n: _Ref(index_of[n]))
     op = Op(index=g.index, name=g.name, op=g.op, role=g.role, kind=g.kind,
             inputs=tuple(i.index for i in g.inputs), num_steps=steps[g.index], args=args,
-            kwargs=kwargs, tuple_valued=g.tuple_valued, sign=1, fate="applied to every step",
+            kwargs=kwargs, bound=bound, tuple_valued=g.tuple_valued, sign=1,
+            fate="applied to every step",
             call={"call_module": "module", "call_method": "method",
                   "call_function": "function"}.get(node.op), target=node.target)
     role = g.role

@@ -3,7 +3,8 @@ import copy
 
 from torch import fx
 
-from .graph import RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names, model_graph, trace
+from .graph import (RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names,
+                    check_inplace_aliasing, model_graph, trace)
 from .qcfs import QCFS, set_levels
 
 __all__ = ["qcfsify", "qcfsify_"]
@@ -17,7 +18,7 @@ def _is_relu(node, root):
     return node.op == "call_method" and node.target in RELU_METHODS
 
 
-def qcfsify(model, levels, init_threshold=4.0, *, context=""):
+def qcfsify(model, levels, init_threshold=4.0, *, context="", input_shape=None):
     """A trainable QCFS network computing ``model`` with every ReLU replaced by QCFS.
 
     The model is traced with torch.fx; every call of ``nn.ReLU``/``nn.ReLU6`` or of
@@ -35,6 +36,7 @@ def qcfsify(model, levels, init_threshold=4.0, *, context=""):
             :func:`models.qcfs_layers` of the result (forward order).
         init_threshold: initial threshold (lambda) of every new QCFS layer, > 0.
         context: prefix for error messages (e.g. ``"tv:efficientnet_b0"``).
+        input_shape: optional per-image input shape (see :func:`models.convert_to_snn`).
 
     Returns:
         an ``fx.GraphModule`` (same submodule names and state_dict keys as ``model``, plus
@@ -43,12 +45,15 @@ def qcfsify(model, levels, init_threshold=4.0, *, context=""):
     Raises:
         ValueError: before any training, one line naming the first node with no exact
             spiking counterpart (SiLU, GELU, Hardswish, sigmoid gating, attention, LayerNorm,
-            a max pool of something other than spike bursts, ...) and why; or bad levels.
+            a max pool of something other than spike bursts, ...) and why; an in-place
+            operation (``nn.ReLU(inplace=True)``, ``b += a``) whose old value is read
+            afterwards, which torch.fx would silently trace out of place; or bad levels.
     """
-    return qcfsify_(copy.deepcopy(model), levels, init_threshold, context=context)
+    return qcfsify_(copy.deepcopy(model), levels, init_threshold, context=context,
+                    input_shape=input_shape)
 
 
-def qcfsify_(model, levels, init_threshold=4.0, *, context=""):
+def qcfsify_(model, levels, init_threshold=4.0, *, context="", input_shape=None):
     """:func:`qcfsify` without the copy: the result shares ``model``'s submodules (for a
     freshly built model, which nothing else holds)."""
     if not float(init_threshold) > 0:
@@ -58,6 +63,9 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context=""):
         root, graph, class_name=type(model).__name__)
     names = call_site_names(network, network.graph)
     relus = [node for node in network.graph.nodes if _is_relu(node, network)]
+    # an in-place ReLU becomes an out-of-place QCFS layer: refuse it where that is visible
+    check_inplace_aliasing(network, network.graph, names, context=context,
+                           checked=lambda node, operand: node in relus)
     for node in relus:
         name = names[node]
         network.add_submodule(name, QCFS(level=1, init_threshold=float(init_threshold)))
@@ -70,6 +78,7 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context=""):
     network.graph.lint()
     network.delete_all_unused_submodules()
     network.recompile()
-    model_graph(network, context=context)  # refuse now what conversion would refuse later
+    # refuse now what conversion would refuse later
+    model_graph(network, context=context, input_shape=input_shape)
     set_levels(network, levels)
     return network

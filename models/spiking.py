@@ -14,6 +14,7 @@ Two simulation modes exist, chosen when a network is converted:
   layer runs once instead of T times; each neuron computes its emitted count from its summed
   input with the closed form :func:`pascal_counts` (:meth:`PascalNeuron.window_counts`).
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -215,11 +216,18 @@ class PascalNeuron(nn.Module):
     def forward(self, x_seq):  # (T_in, B, ...)
         return self.simulate(x_seq)[0]
 
-    def simulate(self, x_seq, record=False, keep_counts=False):
+    def simulate(self, x_seq, record=False, keep_counts=False, total=None):
         """Step simulation: ``(spikes (L, B, ...), LayerStats or None)``.
 
         With ``record`` the statistics of this call are returned (``counts``: the per-neuron
         emitted counts ``(B, ...)`` when ``keep_counts``); otherwise None.
+
+        ``total`` (optional, ``(B, ...)``): the window sum of the input as the ANN computes it.
+        The per-step currents sum to it up to rounding; when it is given, the potential at
+        the end of the accumulate phase is set from it, ``v = (total / amplitude + 1/2) -
+        count``, rounded exactly as the ANN rounds its pre-activation, so the count the
+        correction phase reaches is the ANN's level even where the per-step sum lies an ulp
+        on the other side of a level boundary.
         """
         check_seq(x_seq, f"PascalNeuron {self.name!r}", min_dim=2)
         amplitude = self.amplitude.to(x_seq.dtype)
@@ -227,17 +235,24 @@ class PascalNeuron(nn.Module):
         v = torch.full_like(x_seq[0], 0.5)
         count = torch.zeros_like(v)  # integer values held in v's dtype: exact, no conversions
         pascal_accumulate_(v, count, x_seq, amplitude)
+        if total is not None:
+            v = torch.div(total, amplitude).add_(0.5).sub_(count)
         accumulated = count.clone() if record else None
         correct_steps = max(num_steps_in, self.level) - 1
         pascal_correct_(v, count, correct_steps)
+        undefined = v.isnan()  # a NaN in the window: the ANN's QCFS gives NaN there
         del v
         stats = None
         if record:
+            self._check_defined(undefined)
             emitted = count.clamp(0, self.level).to(torch.int32)
             delta = (count - accumulated).to(torch.int64)
             stats = self._stats(emitted, num_steps_in, keep_counts,
                                 int(delta.clamp(min=0).sum()), int((-delta).clamp(min=0).sum()))
-        return pascal_emit(count, self.level, 0, self.level, amplitude), stats
+        spikes = pascal_emit(count, self.level, 0, self.level, amplitude)
+        if undefined.any():
+            spikes.masked_fill_(undefined, float("nan"))
+        return spikes, stats
 
     def window_counts(self, total, num_steps_in, record=False, keep_counts=False):
         """Counts path: ``(count * amplitude (B, ...), LayerStats or None)``.
@@ -250,14 +265,24 @@ class PascalNeuron(nn.Module):
         # pascal_counts in place, kept in the input dtype: floor(total/amplitude + 1/2)
         count = torch.div(total, amplitude).add_(0.5).floor_().clamp_(0, self.level)
         stats = None
-        if record:
+        if record:  # a NaN total stays NaN in the output, as in the ANN
+            self._check_defined(count.isnan())
             stats = self._stats(count.to(torch.int32), num_steps_in, keep_counts, None, None)
         return count.mul_(amplitude), stats
+
+    def _check_defined(self, undefined):
+        """Refuse to report counts for neurons whose input window holds a NaN (their output
+        is NaN, as the ANN's; a count would be an arbitrary integer)."""
+        if undefined.any():
+            raise ValueError(
+                f"spiking layer {self.name!r}: {int(undefined.sum())} neuron(s) received a NaN "
+                "input, so their spike counts are undefined (the output is NaN, as in the "
+                "ANN); check the input for NaN values")
 
     def _stats(self, emitted, num_steps_in, keep_counts, excitatory, inhibitory):
         return LayerStats(
             name=self.name, num_steps_in=num_steps_in, level=self.level,
-            neurons=emitted[0].numel(), batch=emitted.shape[0],
+            neurons=math.prod(emitted.shape[1:]), batch=emitted.shape[0],
             emitted_spikes=int(emitted.sum(dtype=torch.int64)),
             excitatory_corrections=excitatory, inhibitory_corrections=inhibitory,
             correct_steps=max(num_steps_in, self.level) - 1,

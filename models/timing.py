@@ -133,7 +133,8 @@ def _latencies(model):
 
     Per node: when its value is complete, sequentially (``done``) and pipelined
     (``finish``), and from when its last steps arrive pipelined (``emitting``: a spiking
-    layer's emit window; a value computed from others, the latest of theirs). A neuron waits
+    layer's emit window; a value computed from others, the latest of theirs, where a train
+    an addition sums into its first step counts from when it is complete). A neuron waits
     for its input to be complete, sequentially, or to start emitting, pipelined.
     """
     graph = model_graph(model)
@@ -143,13 +144,11 @@ def _latencies(model):
         inputs = [i.index for i in node.inputs]
         done[node.index] = max((done[i] for i in inputs), default=0)
         finish[node.index] = max((finish[i] for i in inputs), default=0)
-        # An addition folds an operand of another length into its first step, which can then
-        # be emitted only once that operand is complete; operands of its own length add step
-        # by step.
-        folded = node.role == "add"
-        emitting[node.index] = max(
-            (finish[i] if folded and steps.get(i) not in (None, steps[node.index])
-             else emitting[i] for i in inputs), default=0)
+        emitting[node.index] = max((emitting[i] for i in inputs), default=0)
+        if node.role == "add":  # a train of another length is folded into the first step
+            emitting[node.index] = max([emitting[node.index]] + [
+                finish[i] for i in inputs
+                if steps[i] is not None and steps[i] != steps[node.index]])
         if node.role == "neuron":
             t_in, level = steps[node.inputs[0].index], node.module.level
             per_layer[node.name] = (t_in, t_in + max(t_in, level) - 1 + level)

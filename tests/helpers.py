@@ -128,3 +128,53 @@ def multi_segment_snn(model, x, **kwargs):
         if len(sizes) > 1 and sizes[0] < x.shape[0]:
             return snn
     raise AssertionError("no step budget gives a multi-segment chunk plan")
+
+
+def make_live(model, input_shape, images=3, seed=0, dtype=torch.float64):
+    """``(model, x)``: ``model`` with random weights and BatchNorm statistics, in ``dtype``,
+    its QCFS thresholds calibrated on a random batch ``x`` of ``images`` inputs of per-image
+    shape ``input_shape`` (so every layer is alive), in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    model = randomize_(model, generator).to(dtype)
+    x = torch.randn(images, *input_shape, generator=generator, dtype=dtype)
+    calibrate_thresholds_(model, x)
+    return model, x
+
+
+def assert_snn_exact(model, x, sims=("step", "counts"), min_classes=2, alive=True):
+    """The oracle: alive network, exact counts, logits close.
+
+    Alive (with ``alive``): every QCFS layer has 5-95 % non-zero outputs on ``x`` and the
+    batch's logits predict at least ``min_classes`` classes (with ``min_classes=1``: the
+    logits differ between images). Then, on every simulation path in ``sims``, every spiking
+    neuron's emitted count equals the ANN's QCFS level, and the logits agree with the ANN's
+    to rtol 1e-9 + atol 1e-9 * max |ANN logit| (float64: the SNN sums per-step currents where
+    the ANN applies each layer once, ~1e-15 relative rounding, far inside 1e-9).
+
+    Returns ``{"ann": ANN logits, sim: (SNN logits, [LayerStats]) for each sim}``, the
+    statistics with per-neuron counts, for further checks.
+    """
+    logits, levels = ann_levels(model, x)
+    if alive:
+        for name, level in levels.items():
+            active = float((level > 0).double().mean())
+            assert 0.05 <= active <= 0.95, f"layer {name} is {active:.1%} active: not alive"
+        if min_classes > 1:
+            predicted = len(set(logits.flatten(1).argmax(1).tolist()))
+            assert predicted >= min_classes, f"the network predicts {predicted} class(es)"
+        else:
+            assert not all(torch.allclose(logits[0], row) for row in logits[1:]), \
+                "the outputs ignore the image"
+    scale = float(logits.abs().max())
+    runs = {"ann": logits}
+    for sim in sims:
+        snn = models.convert_to_snn(model, sim=sim)
+        out, stats = snn.forward_with_stats(x, keep_counts=True)
+        assert [s.name for s in stats] == list(levels), sim
+        for s in stats:
+            assert s.counts.dtype == torch.int32
+            mismatched = int((s.counts.to(torch.int64) != levels[s.name]).sum())
+            assert mismatched == 0, f"{sim} {s.name}: {mismatched} of {s.counts.numel()} differ"
+        torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
+        runs[sim] = (out, stats)
+    return runs

@@ -83,7 +83,7 @@ def test_cuts_are_where_one_value_is_alive():
 
 
 def test_cuts_of_a_resnet_are_its_block_boundaries():
-    model = models.create_model("resnet18", num_classes=10, levels=2)
+    model = models.create_model("resnet18", num_classes=10, levels=2).eval()
     snn = models.convert_to_snn(model)
     starts = [snn.ops[start].name for start, _, source in snn._units if source is not None]
     for block in ("conv2_x.0", "conv2_x.1", "conv3_x.0", "conv5_x.1"):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import models
-from helpers import ann_levels, live_model
+from helpers import ann_levels, assert_snn_exact, calibrate_thresholds_, live_model, randomize_
 from models import convert_to_snn, create_model, load_reference_state_dict
 from test_models import EXPECTED_LAYERS, mixed_levels
 
@@ -28,27 +28,6 @@ def level_sets(arch):
             "ones": 1}
 
 
-def assert_equivalent(model, x):
-    """Every neuron's spike count == the ANN's QCFS level; SNN logits == ANN logits."""
-    logits, levels = ann_levels(model, x)
-    # Alive: each layer has 5-95 % non-zero outputs and the batch predicts several classes.
-    for name, level in levels.items():
-        active = float((level > 0).double().mean())
-        assert 0.05 <= active <= 0.95, f"layer {name} is {active:.1%} active: not a live network"
-    assert len(set(logits.argmax(1).tolist())) >= 2, "random network predicts a single class"
-
-    snn = convert_to_snn(model)
-    snn_logits, stats = snn.forward_with_stats(x, keep_counts=True)
-    assert [s.name for s in stats] == list(levels)
-    for s in stats:
-        mismatched = int((s.counts != levels[s.name]).sum())
-        assert mismatched == 0, f"{s.name}: {mismatched} of {s.counts.numel()} neurons differ"
-    # float64: the SNN sums per-step currents where the ANN applies each layer once, so the
-    # logits agree up to accumulated rounding (~1e-15 relative), far inside 1e-9.
-    scale = float(logits.abs().max())
-    torch.testing.assert_close(snn_logits, logits, rtol=1e-9, atol=1e-9 * scale)
-
-
 @pytest.mark.parametrize("levels_name", ["reference", "random", "ones"])
 @pytest.mark.parametrize("variant", ["cifar", "imagenet"])
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
@@ -57,12 +36,12 @@ def test_snn_equals_ann_float64(arch, variant, levels_name):
     # ImageNet structure (7x7 stride-2 stem, adaptive pool to 7x7) at 64x64 to stay fast.
     model, x = live_model(arch, levels, variant=variant, images=3,
                            seed={"reference": 0, "random": 1, "ones": 2}[levels_name])
-    assert_equivalent(model, x)
+    assert_snn_exact(model, x)
 
 
 def test_small_architecture_equivalence():
     model, x = live_model("vgg_small", [16, 1, 8, 2, 3], images=4)
-    assert_equivalent(model, x)
+    assert_snn_exact(model, x)
 
 
 def test_conversion_leaves_the_ann_unchanged():
@@ -105,7 +84,7 @@ def test_float32_adds_no_error_beyond_rounding(arch):
 
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_thresholds_are_rejected_with_the_layer_name(value):
-    model = create_model("vgg_small", num_classes=3, levels=2)
+    model = create_model("vgg_small", num_classes=3, levels=2).eval()
     with torch.no_grad():
         models.qcfs_layers(model)[2][1].threshold.fill_(value)
     with pytest.raises(ValueError, match=r"'layer3\.2' has threshold"):
@@ -130,11 +109,10 @@ def test_generic_sequential_with_standalone_batchnorm():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), models.QCFS(3, 1.0), nn.BatchNorm2d(8),
                           nn.Conv2d(8, 8, 3, padding=1), models.QCFS(5, 1.0), nn.Flatten(),
                           nn.Linear(8 * 6 * 6, 4)).double()
-    from helpers import calibrate_thresholds_, randomize_
     randomize_(model, torch.Generator().manual_seed(0))
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     calibrate_thresholds_(model, x)
-    assert_equivalent(model, x)
+    assert_snn_exact(model, x)
 
 
 def reference_state_dict(arch, generator):
@@ -157,9 +135,9 @@ def test_reference_checkpoint_loads_and_converts(arch):
     state = reference_state_dict(arch, generator)
     levels = REFERENCE_LEVELS[arch]
     theirs = load_reference_state_dict(
-        create_model(arch, num_classes=10, levels=levels), {"model_state_dict": state})
+        create_model(arch, num_classes=10, levels=levels), {"model_state_dict": state}).eval()
     # the same values through our own format: thresholds renamed by hand, loaded strictly
-    ours = create_model(arch, num_classes=10, levels=levels)
+    ours = create_model(arch, num_classes=10, levels=levels).eval()
     ours.load_state_dict({k.replace(".thresh", ".threshold"): v for k, v in state.items()})
     x = torch.randn(2, 3, 32, 32, generator=generator)
     assert torch.equal(convert_to_snn(theirs)(x), convert_to_snn(ours)(x))
@@ -188,6 +166,6 @@ def test_cuda_matches_cpu(arch):
     model, x = live_model(arch, REFERENCE_LEVELS[arch], images=3)
     cpu = convert_to_snn(model)(x)
     model_cuda = model.cuda()
-    assert_equivalent(model_cuda, x.cuda())
+    assert_snn_exact(model_cuda, x.cuda())
     gpu = convert_to_snn(model_cuda)(x.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-9, atol=1e-9 * float(cpu.abs().max()))

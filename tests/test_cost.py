@@ -513,3 +513,103 @@ def test_report_and_baseline_refuse_the_wrong_mode(digits_run, capsys):
         assert run_script(main_test, base + argv) == 2, argv
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err
+
+
+# --- every accepted model is counted ----------------------------------------------------------
+
+class ShuffleThenConv(nn.Module):
+    """A channel shuffle as shufflenet writes it (view, transpose, contiguous, view), then a
+    1x1 conv: each spike reaches the conv's 5 output channels once."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = spiking_input()
+        self.conv = nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.conv(y)
+
+
+class PoolThenLinear(nn.Module):
+    def __init__(self, keyword):
+        super().__init__()
+        self.keyword = keyword
+        self.a, self.fc = spiking_input(), nn.Linear(4 * 2 * 2, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = F.avg_pool2d(y, kernel_size=2) if self.keyword else F.avg_pool2d(y, 2)
+        return self.fc(y.flatten(1))
+
+
+class LinearOn3D(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = spiking_input(), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.a(x)).mean(1)
+
+
+def hand_counts(shape, seed=0):
+    return torch.randint(0, 5, shape, generator=torch.Generator().manual_seed(seed)).double()
+
+
+@pytest.mark.parametrize("model, shape", [
+    (ShuffleThenConv(), (2, 4, 3, 3)), (PoolThenLinear(keyword=True), (2, 4, 4, 4)),
+    (PoolThenLinear(keyword=False), (2, 4, 4, 4)), (LinearOn3D(), (2, 3, 4))],
+    ids=["channel shuffle", "avg_pool2d(kernel_size=2)", "avg_pool2d(2)", "Linear on 3-D"])
+def test_every_spike_reaches_the_five_outputs_once(model, shape):
+    counts = hand_counts(shape)
+    meter, report = measure(model, counts)
+    spiking = [row for row in report["rows"] if row["kind"] == "spiking"]
+    assert [row["kind"] for row in report["rows"]] == ["spiking"]  # no dense rows
+    # each spike reaches 5 outputs: the 1x1 conv's channels or the linear layer's features
+    assert spiking[0]["accumulates_per_image"] == 5 * float(counts.sum()) / shape[0]
+
+
+def test_a_network_without_weighted_layers_is_reported():
+    model = nn.Sequential(spiking_input(), nn.AvgPool2d(2), QCFS(2, 2.0), nn.Flatten())
+    counts = hand_counts((3, 1, 4, 4))
+    _, report = measure(model, counts)
+    assert report["images"] == 3
+    assert report["totals"]["spikes_per_image"] == pytest.approx(
+        (float(counts.sum()) + float(ann_levels(model.double(), counts)[1]["2"].sum())) / 3)
+
+
+def test_a_qcfs_module_forward_never_calls_is_refused():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.spare, self.fc = spiking_input(), QCFS(2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.a(x))
+
+    with pytest.raises(ValueError, match=r"^the QCFS module 'spare' is never called by "
+                                         r"forward; remove it"):
+        convert_to_snn(Unused().eval())
+
+
+def test_pipelined_latency_waits_for_a_train_folded_into_an_addition():
+    """a (L=2, from the image): 1 + 1 + 2 = 4 steps, emitting from step 2; b (L=4, fed by a):
+    2 + 3 + 4 = 9 steps from step 2, complete at 11; a + b has a's 2 steps with b's train
+    summed into its first step, which exists only once b is complete (11); c (L=3): 2 + 2 +
+    3 = 7 steps: 18 pipelined. Sequentially: 4, 13, then 13 + 7 = 20."""
+    from models.timing import pipelined_latency_steps
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv, self.fc = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.a, self.b, self.c = QCFS(2), QCFS(4), QCFS(3)
+
+        def forward(self, x):
+            a = self.a(self.stem(x))
+            return self.fc(self.c(a + self.b(self.conv(a))))
+
+    assert latency_steps(Residual()) == (20, [(1, 4), (2, 9), (2, 7)])
+    assert pipelined_latency_steps(Residual()) == 18

@@ -178,7 +178,7 @@ class Unused(nn.Module):
 
 
 def test_a_qcfs_layer_that_forward_never_calls_is_refused():
-    with pytest.raises(UnsupportedModelError, match="QCFS layer 'spare' is never called") as e:
+    with pytest.raises(UnsupportedModelError, match="QCFS module 'spare' is never called") as e:
         convert_to_snn(Unused().eval())
     assert "\n" not in str(e.value)
     with pytest.raises(UnsupportedModelError, match="'spare'"):

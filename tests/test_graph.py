@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from helpers import ann_levels, calibrate_thresholds_, randomize_
+from helpers import assert_snn_exact, calibrate_thresholds_, make_live
 from models import QCFS, convert_to_snn, qcfsify
 
 
@@ -281,23 +281,8 @@ class MixedGraph(nn.Module):
 
 
 def test_mixed_graph_is_exact_on_both_paths():
-    model = MixedGraph()
-    generator = torch.Generator().manual_seed(0)
-    randomize_(model, generator)
-    model = model.double()
-    x = torch.randn(3, 3, 16, 16, generator=generator, dtype=torch.float64)
-    calibrate_thresholds_(model, x)
-    logits, levels = ann_levels(model, x)
-    for name, level in levels.items():
-        assert 0.05 <= float((level > 0).double().mean()) <= 0.95, name
-    scale = float(logits.abs().max())
-    for sim in ("step", "counts"):
-        snn = convert_to_snn(model, sim=sim)
-        out, stats = snn.forward_with_stats(x, keep_counts=True)
-        for s in stats:
-            assert torch.equal(s.counts.to(torch.int64), levels[s.name]), (sim, s.name)
-        # float64, as in test_convert: rounding differences only
-        torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
+    model, x = make_live(MixedGraph(), (3, 16, 16), images=3)
+    assert_snn_exact(model, x)
     fates = {name: fate for name, _, fate in convert_to_snn(model).fates()}
     assert fates["bn_a"] == "folded into 'conv_a'"
     assert fates["bn"] == "scale every step, shift once per window"
