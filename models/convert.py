@@ -517,8 +517,9 @@ _WEIGHTLESS = ("pool", "maxpool", "add", "scale", "cat", "route", "identity")
 def _weightless_cones(ops):
     """``(values, neurons)``: the spiking layers whose input is computed from spiking layers,
     the image and constants through weightless operations only (pools, means, additions,
-    concatenations, max pools, routes, scaling by constants), with at least one such
-    operation, and every value those inputs are computed from.
+    concatenations, max pools, routes, scaling by constants) -- or straight from another
+    spiking layer -- and every value those inputs are computed from (a layer fed by the image
+    alone reads it exactly: one step).
 
     On the step path such a neuron's per-step currents may sum to a value an ulp away from
     the ANN's pre-activation (``3 x (1/6)`` is not ``0.5``), which decides a count at a level
@@ -539,7 +540,7 @@ def _weightless_cones(ops):
                 stack.extend(ops[index].inputs)
             elif role not in ("neuron", "input", "const"):
                 weightless_only = False
-        if weightless_only and any(ops[i].role in _WEIGHTLESS for i in cone):
+        if weightless_only and any(ops[i].role in _WEIGHTLESS + ("neuron",) for i in cone):
             neurons.add(op.index)
             values |= {i for i in cone if ops[i].role != "const"}
     return values, neurons

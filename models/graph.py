@@ -790,12 +790,12 @@ def _rank(g, root, input_shape):
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         if isinstance(g.module, nn.Flatten):
             start, end = _resolve(g.module.start_dim, r), _resolve(g.module.end_dim, r)
-            return None if None in (start, end) else r - (end - start)
+            return None if r is None or None in (start, end) else r - (end - start)
         if isinstance(g.module, nn.Unflatten):
             return None if r is None else r + len(g.module.unflattened_size) - 1
         if name == "flatten":
             start, end = _resolve(b.get("start_dim", 0), r), _resolve(b.get("end_dim", -1), r)
-            return None if None in (start, end) else r - (end - start)
+            return None if r is None or None in (start, end) else r - (end - start)
         if name in ("view", "reshape"):
             shape = tuple(b["shape"])
             if len(shape) == 1 and isinstance(shape[0], fx.Node):

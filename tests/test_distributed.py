@@ -268,7 +268,7 @@ def check_run(image_root, folder, run_id, epochs=1, levels=None):
     assert checkpoint["model_args"] == {"arch": "vgg_small", "variant": "imagenet",
                                         "num_classes": NUM_CLASSES,
                                         "levels": levels or [4] * 5, "dataset": "imagenet",
-                                        "dropout": 0.0}
+                                        "dropout": 0.0, "activation": "qcfs"}
     assert checkpoint["epoch"] == epochs and checkpoint["args"]["image_size"] == 32
     assert checkpoint["test_images"] == NUM_VAL
     log = (folder / f"{run_id}.log").read_text()

@@ -20,7 +20,8 @@ def test_digits_checkpoint_is_self_describing(digits_run):
     checkpoint = torch.load(folder / f"{run_id}.pth", weights_only=True)
     assert checkpoint["model_args"] == {"arch": "vgg_small", "variant": "cifar",
                                         "num_classes": 10, "levels": [4, 2, 8, 4, 3],
-                                        "dataset": "digits", "dropout": 0.0}
+                                        "dataset": "digits", "dropout": 0.0,
+                                        "activation": "qcfs"}
     assert checkpoint["epoch"] == 3 and checkpoint["format_version"] == 1
     assert {"optimizer", "scheduler", "args", "best_acc1", "test_acc1", "test_images",
             "partial_epoch", "adaptive"} <= set(checkpoint)
