@@ -600,8 +600,6 @@ def test_reference_nccl_line_without_gpus_suggests_gloo(image_root, tmp_path, ca
         assert_one_line_error(capsys, fragment)
 
 
-@cuda
-@pytest.mark.cuda
 def assert_grad_scaler_scale(scale):
     """GradScaler starts at 2**16 and only halves (on an overflow) or doubles (after 2000
     clean steps, more than these runs take): a power of two no larger than 65536."""
@@ -609,6 +607,8 @@ def assert_grad_scaler_scale(scale):
     assert mantissa == 0.5 and exponent - 1 <= 16, scale
 
 
+@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("torchrun", [False, True], ids=["spawn", "torchrun"])
 def test_nccl_amp_sync_bn_on_gpus(image_root, tmp_path, torchrun):
     """One process per visible GPU with NCCL, AMP and SyncBatchNorm; resume keeps the scaler."""

@@ -155,7 +155,8 @@ def test_model_args_rebuild_a_torchvision_model():
     model = meta_model("tv:squeezenet1_1", levels=3)
     args = models.model_args_of(model, "tv:squeezenet1_1", "cifar", 10)
     assert args == {"arch": "tv:squeezenet1_1", "variant": "cifar", "num_classes": 10,
-                    "levels": [3] * 26, "dropout": 0.0, "torchvision": torchvision.__version__}
+                    "levels": [3] * 26, "dropout": 0.0, "activation": "qcfs",
+                    "torchvision": torchvision.__version__}
     rebuilt = models.create_model(args["arch"], num_classes=args["num_classes"],
                                   levels=args["levels"], variant=args["variant"])
     source = models.create_model("tv:squeezenet1_1", num_classes=10, levels=3)
