@@ -23,8 +23,9 @@ python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-d
     --dtype float64 --sim step --num-images 1000 --no-progress \
     --output "results/cifar10_${id}_step1000.json"
 # the conventional QCFS spiking network at T = 1..64 beside PASCAL's T_eff, with the cost report
+# (on the first 2,000 test images: 64 lock-step timesteps of the whole network per image)
 python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-dir "$runs" \
-    --sim counts --report --baseline qcfs -T 1,2,4,8,16,32,64 --no-progress \
+    --sim counts --report --baseline qcfs -T 1,2,4,8,16,32,64 --num-images 2000 --no-progress \
     --output "results/cifar10_${id}_test.json" --report-json "results/cifar10_${id}_cost.json" \
     --report-csv "results/cifar10_${id}_cost.csv" --report-plot "results/cifar10_${id}_cost.png" \
     --baseline-plot "results/cifar10_${id}_baseline.png"

@@ -27,6 +27,8 @@ def plot_curves(runs, path, title):
                         label=f"{label}: test (best {max(float(r['test_acc1']) for r in rows):.2f}%)")
         ax.plot(epochs, [float(row["train_acc1"]) for row in rows], ":", color=line.get_color(),
                 label=f"{label}: training (augmented)")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(True, alpha=0.3)
