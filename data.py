@@ -195,7 +195,9 @@ class CifarFolder(Dataset):
     decoded once, when the dataset is made, into one ``(N, 32, 32, 3)`` uint8 array (the whole
     of CIFAR-10 is 184 MB) and then served exactly as torchvision's CIFAR classes serve theirs
     (a PIL image through ``transform``): the same recipe, no decoding per epoch. Images are
-    listed in sorted file-name order within each class.
+    ordered by file name within each class and the classes interleaved (the first image of
+    every class in class order, then the second, ...), so the first N images of a split are a
+    class-balanced subset.
     """
 
     def __init__(self, name, root, train, transform=None):
@@ -231,15 +233,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 def _decode_cifar_folder(folder, classes):
     """``(uint8 array (N, 32, 32, 3), labels)`` of ``folder/CLASS/*`` in class order; decoded
     once per process (a run's training and calibration sets share one array)."""
-    paths, targets = [], []
+    entries = []  # (rank of the file in its class, label, path)
     for label, cls in enumerate(classes):
         files = sorted(f for f in os.listdir(os.path.join(folder, cls))
                        if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise UsageError(f"{os.path.join(folder, cls)} holds no images "
                              f"({', '.join(IMAGE_EXTENSIONS)})")
-        paths += [os.path.join(folder, cls, f) for f in files]
-        targets += [label] * len(files)
+        entries += [(rank, label, os.path.join(folder, cls, f)) for rank, f in enumerate(files)]
+    # the classes interleaved (the first file of every class, then the second, ...): the
+    # first N images of a split (--num-images N) cover the classes evenly
+    entries.sort()
+    paths = [path for _, _, path in entries]
+    targets = [label for _, label, _ in entries]
     data = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
     for index, path in enumerate(paths):
         image = load_rgb_image(path)
