@@ -68,12 +68,16 @@ def copy_images(git_dir, out, revision="HEAD", show_progress=True):
     return len(todo), kept
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("git_dir", help="the repository's git directory (bare clone or .git)")
     parser.add_argument("out", help="folder to write train/ and test/ into")
     parser.add_argument("--revision", default="HEAD", help="commit to read (default: HEAD)")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = get_args_parser().parse_args()
     written, kept = copy_images(args.git_dir, args.out, args.revision)
     print(f"{written} images written, {kept} already there, under {args.out}")
 

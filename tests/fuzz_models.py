@@ -451,13 +451,17 @@ def run(count, seed=0, stop_on_failure=False):
             "accepted_forms": dict(sorted(accepted_forms.items())), "failures": failures}
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the summary here")
     parser.add_argument("--show", type=int, default=None, help="print model SEED's source")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = get_args_parser().parse_args()
     if args.show is not None:
         print(generate(args.show)[0])
         return
