@@ -58,7 +58,7 @@ from torch import fx, nn
 
 from .chunking import MODULE_CALL_COST, Segment, UnitProfile, find_cuts, plan_segments, \
     run_segments
-from .graph import model_graph
+from .graph import get_attr, model_graph
 from .qcfs import qcfs_layers
 from .spiking import SIM_MODES, LayerStats, PascalNeuron
 
@@ -648,7 +648,7 @@ def _convert_node(g, root, steps, layers, constants):
         op.fate = "the analog image, one step"
     elif role == "const":
         if node.op == "get_attr":
-            constants[key] = _get_attr(root, node.target).detach().clone()
+            constants[key] = get_attr(root, node.target).detach().clone()
             op.call, op.target, op.fate = "constant", key, "constant"
         else:
             op.fate = "constant, computed as in the ANN"
@@ -701,13 +701,6 @@ def _convert_node(g, root, steps, layers, constants):
         layers[key] = copy.deepcopy(g.module)
         op.target = key
     return op
-
-
-def _get_attr(root, target):
-    value = root
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _bn_affine(bn):

@@ -698,7 +698,7 @@ def _constant_broadcast_reason(g, root):
     than the trains, or as many with size 1 in dim 0."""
     ranks = [i.rank for i in g.inputs if i.kind in _TENSOR_KINDS]
     for i in g.inputs:
-        value = _attr(root, i.node.target) if i.node.op == "get_attr" else None
+        value = get_attr(root, i.node.target) if i.node.op == "get_attr" else None
         if not torch.is_tensor(value) or None in ranks:
             continue
         if value.dim() > max(ranks) or (value.dim() == max(ranks) and value.shape[0] != 1):
@@ -776,7 +776,7 @@ def _rank(g, root, input_shape):
                     return spatial + 2
         return None
     if g.role == "const":
-        value = _attr(root, node.target) if node.op == "get_attr" else None
+        value = get_attr(root, node.target) if node.op == "get_attr" else None
         return value.dim() if torch.is_tensor(value) else None
     if g.role == "weighted" and type(g.module) in _CONV_DIMS:
         return _CONV_DIMS[type(g.module)] + 2
@@ -825,7 +825,9 @@ def _sizes_rank(sizes):
     return next((i.rank for i in sizes.inputs if i.kind in _TENSOR_KINDS), None)
 
 
-def _attr(root, target):
+def get_attr(root, target):
+    """The tensor (or module) a ``get_attr`` node reads: ``root``'s attribute at the dotted
+    path ``target``."""
     value = root
     for part in target.split("."):
         value = getattr(value, part)

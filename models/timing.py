@@ -159,7 +159,7 @@ def _latencies(model):
     return done[out], [per_layer[name] for name, _ in qcfs_layers(model)], finish[out]
 
 
-# The published T_eff script's constant lists (spec section 5), as exact fractions.
+# The published T_eff script's constant lists, as exact fractions.
 def _vgg16_reference_constants(imagenet):
     convs = ([Fraction(4, 81)] + [Fraction(1, 432)] * 2 + [Fraction(1, 864)] * 2
              + [Fraction(1, 1728)] * 3 + [Fraction(1, 3456)] * 5)
