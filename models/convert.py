@@ -188,7 +188,7 @@ class SpikingNetwork(nn.Module):
         for j, i in last_use.items():
             self._free_after[i].append(j)
         self.max_level = max((op.num_steps for op in ops if op.role == "neuron"), default=1)
-        self._window_ops, self._exact_neurons = _weightless_cones(ops)
+        self._window_ops, self._window_sources, self._exact_neurons = _weightless_cones(ops)
         self._units = self._find_units()
         self._plans = {}  # (batch, image shape, dtype, device, budget) -> segments
 
@@ -269,7 +269,8 @@ class SpikingNetwork(nn.Module):
         windows = {} if sim == "step" and self._window_ops else None
         if windows is not None:
             for index in list(env):
-                if index in self._window_ops and self.ops[index].role == "neuron":
+                if index in self._window_ops and (self.ops[index].role == "neuron" or
+                                                  index in self._window_sources):
                     windows[index] = self._window(self.ops[index], env[index], env, windows,
                                                   batch)
         for op in self.ops[start:stop]:
@@ -318,8 +319,9 @@ class SpikingNetwork(nn.Module):
 
     def _window(self, op, value, env, windows, batch):
         """The window value of ``op`` (its train summed as the ANN computes it): the image
-        itself, a spiking layer's count times its amplitude, or a weightless operation
-        evaluated on its operands' window values, exactly as the counts path does."""
+        itself, a spiking layer's count times its amplitude, a weighted layer's train summed
+        over its steps, or a weightless operation evaluated on its operands' window values,
+        exactly as the counts path does."""
         if op.role == "input":
             return value
         if op.role == "neuron":
@@ -327,6 +329,8 @@ class SpikingNetwork(nn.Module):
             spikes = value.reshape(neuron.level, batch, *value.shape[1:])
             window = (spikes != 0).sum(0).to(value.dtype) * neuron.amplitude.to(value.dtype)
             return torch.where(spikes[0].isnan(), spikes[0], window)  # NaN stays NaN
+        if op.index in self._window_sources:
+            return value.reshape(self._steps["step"][op.index], batch, *value.shape[1:]).sum(0)
         values = ChainMap(windows, env)
         steps = self._steps["counts"]
         if op.role == "add":
@@ -435,8 +439,8 @@ class SpikingNetwork(nn.Module):
                  if self.ops[alive].role not in ("meta", "const", "output")
                  and not self.ops[alive].tuple_valued
                  # a window value the next segment could not recover from the train
-                 and not (alive in self._window_ops and
-                          self.ops[alive].role not in ("neuron", "input"))}
+                 and not (alive in self._window_ops and alive not in self._window_sources
+                          and self.ops[alive].role not in ("neuron", "input"))}
         bounds = [0] + sorted(valid) + [len(self.ops)]
         return [(start, stop, valid.get(start)) for start, stop in zip(bounds, bounds[1:])]
 
@@ -512,20 +516,25 @@ class SpikingNetwork(nn.Module):
 
 
 _WEIGHTLESS = ("pool", "maxpool", "add", "scale", "cat", "route", "identity")
+_WINDOW_SOURCES = ("weighted", "batchnorm")
 
 
 def _weightless_cones(ops):
-    """``(values, neurons)``: the spiking layers whose input is computed from spiking layers,
-    the image and constants through weightless operations only (pools, means, additions,
-    concatenations, max pools, routes, scaling by constants) -- or straight from another
-    spiking layer -- and every value those inputs are computed from (a layer fed by the image
-    alone reads it exactly: one step).
+    """``(values, sources, neurons)``: the spiking layers whose input is computed through
+    weightless operations only (pools, means, additions, concatenations, max pools, routes,
+    scaling by constants) from spiking layers or the image -- and possibly also from
+    weighted layers -- or straight from another spiking layer; every value those inputs are
+    computed from; and, among them, the weighted layers (a layer fed by the image alone reads
+    it exactly: one step).
 
     On the step path such a neuron's per-step currents may sum to a value an ulp away from
     the ANN's pre-activation (``3 x (1/6)`` is not ``0.5``), which decides a count at a level
     boundary; the same operations on the sources' window values (counts times amplitudes)
-    give the ANN's value exactly, so the step simulator evaluates them alongside."""
-    values, neurons = set(), set()
+    give the ANN's value exactly, so the step simulator evaluates them alongside. A weighted
+    layer in the cone enters with its train summed over its steps: the parts of the input
+    that come from spiking layers and the image are then exact, the weighted part as close
+    to the ANN as its own per-step sums."""
+    values, sources, neurons = set(), set(), set()
     for op in ops:
         if op.role != "neuron":
             continue
@@ -536,14 +545,17 @@ def _weightless_cones(ops):
                 continue
             cone.add(index)
             role = ops[index].role
-            if role in _WEIGHTLESS + ("meta",):  # sizes too: a window has B rows, not T*B
+            if role in _WEIGHTLESS + ("meta", "folded"):  # sizes: a window has B rows, not T*B
                 stack.extend(ops[index].inputs)
-            elif role not in ("neuron", "input", "const"):
+            elif role not in ("neuron", "input", "const") + _WINDOW_SOURCES:
                 weightless_only = False
-        if weightless_only and any(ops[i].role in _WEIGHTLESS + ("neuron",) for i in cone):
+        roles = {ops[i].role for i in cone}
+        exact_sources = "neuron" in roles or "input" in roles
+        if weightless_only and ("neuron" in roles or (exact_sources and roles & set(_WEIGHTLESS))):
             neurons.add(op.index)
             values |= {i for i in cone if ops[i].role != "const"}
-    return values, neurons
+            sources |= {i for i in cone if ops[i].role in _WINDOW_SOURCES}
+    return values, sources, neurons
 
 
 def check_thresholds(ann):

@@ -386,6 +386,32 @@ def test_average_pool_tie_from_the_issue():
     assert [int(s.counts.sum()) for s in runs["step"][1]] == [3, 1]
 
 
+class TieBesideAConv(nn.Module):
+    """The tie above concatenated with a convolution's output before the next spiking layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = QCFS(3, 4.0), QCFS(2, 4.0)
+        self.conv = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(0.5)
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        pooled = F.avg_pool2d(self.a(x), 2)
+        return self.b(torch.cat([pooled, self.conv(F.avg_pool2d(x, 2))], 1)).flatten(1)
+
+
+def test_tie_beside_a_weighted_operand():
+    """The spiking part of the next layer's input is evaluated on window values although a
+    weighted layer feeds the same layer: channel 0 is 1.0 exactly (one spike, as above),
+    channel 1 the convolution's 0.5 * 1.0 = 0.5 (no spike)."""
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    x[0, 0, 0, 0] = 4.0
+    runs = assert_counts_equal_ann(TieBesideAConv().double().eval(), x)
+    assert [s.counts.flatten().tolist() for s in runs["step"][1]] == [[3, 0, 0, 0], [1, 0]]
+
+
 class ConvPoolConv(nn.Module):
     def __init__(self):
         super().__init__()
