@@ -24,8 +24,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
+import snn_cost  # noqa: E402
 from helpers import (ann_levels, calibrate_thresholds_, few_long_levels,  # noqa: E402
                      randomize_)
+from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps,  # noqa: E402
+                           teff)
 
 DEFAULT = ("resnet18,resnet50,vgg11_bn,mobilenet_v2,densenet121,googlenet,squeezenet1_1,"
            "alexnet,vgg16,shufflenet_v2_x1_0,regnet_x_400mf,mnasnet0_5,resnext50_32x4d,"
@@ -65,8 +68,30 @@ def check(name, seed=0, images=2):
         row[f"{sim}_max_logit_error_over_max_logit"] = error
         if difference != 0 or error > 1e-9:
             row["result"] = "MISMATCH"
+    row["cost_report"] = cost_report(model, snn, x, stats, levels)
     row["seconds"] = time.perf_counter() - started
     return row
+
+
+def cost_report(model, snn, x, stats, levels):
+    """``"ran"`` when the cost report, T_eff and the latencies compute and the report's spikes
+    per image equal the ANN's levels; otherwise what went wrong, in one line."""
+    try:
+        layer_levels = models.get_levels(model)
+        timing = {"T_eff": teff(layer_levels, layer_fan_ins(model))[0],
+                  "latency_steps": latency_steps(model)[0],
+                  "latency_pipelined_steps": pipelined_latency_steps(model),
+                  "T_eff_reference": None,
+                  "mean_level": sum(layer_levels) / len(layer_levels)}
+        meter = snn_cost.CostMeter(snn)
+        meter.add(x, stats)
+        report = snn_cost.build_report(meter, timing)
+    except Exception as error:  # recorded, not raised: the table says which architecture
+        return f"failed: {type(error).__name__}: {error}".splitlines()[0]
+    spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]
+              if row["kind"] == "spiking"}
+    expected = {name: int(level.sum()) / x.shape[0] for name, level in levels.items()}
+    return "ran" if spikes == expected else "spike counts differ from the ANN's levels"
 
 
 def main(args):
