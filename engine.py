@@ -233,7 +233,8 @@ def prepare_run(args, spec, ctx, logger):
         model = models.create_model(
             args.arch, num_classes=source_args["num_classes"],
             levels=None if args.activation == "relu" else source_args["levels"],
-            variant=variant, dropout=dropout, activation=args.activation)
+            variant=variant, dropout=dropout, activation=args.activation,
+            input_shape=(3, spec.image_size, spec.image_size))
         model.load_state_dict(source.state_dict())
         model_args = models.model_args_of(model, args.arch, variant, source_args["num_classes"],
                                           dropout, args.activation)
@@ -244,12 +245,11 @@ def prepare_run(args, spec, ctx, logger):
         dropout = 0.0 if args.dropout is None else args.dropout
         model = models.create_model(args.arch, num_classes=spec.num_classes, levels=levels,
                                     variant=spec.variant, init_threshold=args.init_threshold,
-                                    dropout=dropout, activation=args.activation)
+                                    dropout=dropout, activation=args.activation,
+                                    input_shape=(3, spec.image_size, spec.image_size))
         model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes,
                                           dropout, args.activation)
     model_args["dataset"] = spec.dataset
-    # a torchvision network may need larger inputs than the data has: say so before training
-    models.check_input_size(model, (3, spec.image_size, spec.image_size), arch=args.arch)
     model.to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

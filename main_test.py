@@ -263,12 +263,14 @@ def main(args):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     model = model.to(device=device, dtype=dtype).eval()
+    image_size = args.image_size or trained_image_size(checkpoint)
     snn = None
-    if mode in ("snn", "both"):
-        snn = models.convert_to_snn(model, sim=args.sim)
+    if mode in ("snn", "both"):  # refused before any data is read
+        snn = models.convert_to_snn(model, sim=args.sim, input_shape=None if image_size is None
+                                    else (3, image_size, image_size))
 
     test_set = get_dataset(args.dataset, args.data_root or env_data_root(), "test",
-                           image_size=args.image_size or trained_image_size(checkpoint))
+                           image_size=image_size)
     if hasattr(test_set, "source"):
         logger.info(f"data: {test_set.source}")
     models.check_input_size(model, tuple(test_set[0][0].shape), arch=model_args["arch"])

@@ -48,7 +48,7 @@ ACTIVATIONS = ("qcfs", "relu")
 
 
 def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4.0,
-                 dropout=0.0, activation="qcfs"):
+                 dropout=0.0, activation="qcfs", input_shape=None):
     """Build a QCFS network (or, with ``activation="relu"``, the same network with ReLU).
 
     Args:
@@ -70,6 +70,9 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
             activations (``nn.ReLU``; torchvision models as torchvision builds them), an ANN
             baseline with no levels and no spiking counterpart of its own; ``levels`` must
             then be None.
+        input_shape: optional per-image input shape, e.g. ``(3, 32, 32)``: the network must
+            accept it (else ``ValueError`` naming the smallest size it takes), and
+            :func:`qcfsify` resolves a torchvision model's dims against it.
 
     Raises:
         ValueError: unknown arch or variant, bad levels (wrong count, < 1, non-integer),
@@ -93,8 +96,11 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
         if dropout:
             raise ValueError(f"{arch} keeps torchvision's own dropout; --dropout applies to "
                              f"this project's VGGs only, got {dropout!r}")
-        return build_torchvision(arch, num_classes, levels, float(init_threshold),
-                                 qcfs=not relu)
+        model = build_torchvision(arch, num_classes, levels, float(init_threshold),
+                                  qcfs=not relu, input_shape=input_shape)
+        if input_shape is not None:
+            check_input_size(model, input_shape, arch=arch)
+        return model
     if arch not in _REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)} or "
                          f"{TORCHVISION_PREFIX}NAME for a torchvision model")
@@ -113,6 +119,8 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
         model = _REGISTRY[arch](num_classes, variant, act_layer)
     if not relu:
         set_levels(model, levels)
+    if input_shape is not None:
+        check_input_size(model, input_shape, arch=arch)
     return model
 
 

@@ -161,7 +161,7 @@ class SpikingNetwork(nn.Module):
     the result does not depend on them. A larger ``step_budget`` trades memory for speed.
     """
 
-    def __init__(self, ops, layers, constants, sim="step", step_budget=None):
+    def __init__(self, ops, layers, constants, sim="step", step_budget=None, input_shape=None):
         super().__init__()
         if sim not in SIM_MODES:
             raise ValueError(f"sim must be one of {SIM_MODES}, got {sim!r}")
@@ -174,6 +174,7 @@ class SpikingNetwork(nn.Module):
             self.constants.register_buffer(key, value)
         self._sim = sim
         self.step_budget = step_budget
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self.output_index = len(ops) - 1
         self._const_keys = {op.index: op.target for op in ops if op.role == "const" and
                             op.call == "constant"}
@@ -223,11 +224,21 @@ class SpikingNetwork(nn.Module):
         return logits, [LayerStats.concat(per_layer[name]) for name, _ in self.neurons()
                         if name in per_layer]
 
+    def check_input(self, x):
+        """Raise ``ValueError`` (one line) if the network was converted for another per-image
+        input shape than ``x``'s."""
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"the spiking network was converted for inputs of shape {self.input_shape} "
+                f"per image, got {tuple(x.shape[1:])}; convert it again with "
+                f"input_shape={tuple(x.shape[1:])} (or without input_shape)")
+
     @torch.inference_mode()
     def trains(self, x):
         """``{op name: (T, B, ...) tensor}``: every tensor value the network computes for ``x``,
         time-major (the step simulator's trains, or the counts path's one-step window sums),
         the whole batch at once. For inspecting what flows between layers."""
+        self.check_input(x)
         values = {}
         self._run_ops({_IMAGE: x}, 0, len(self.ops), x.shape[0], self._sim, probe=values)
         steps = self._steps[self._sim]
@@ -236,6 +247,7 @@ class SpikingNetwork(nn.Module):
                 if torch.is_tensor(v) and steps[i] is not None and i != self.output_index}
 
     def _forward(self, x, sim, record=None, keep_counts=False):
+        self.check_input(x)
         segments = self._segments(x) if sim == "step" else [
             Segment(0, len(self.ops), max(1, x.shape[0]))]
 
@@ -613,7 +625,9 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None, *,
     emitted count from the closed form (same logits and emitted spikes, no correction spikes;
     about the ANN's cost). ``step_budget``: see :class:`SpikingNetwork`. ``input_shape``
     (optional, per image, e.g. ``(3, 32, 32)``) fixes the input's rank for resolving
-    negative dims where no convolution or pool reads the image (:func:`models.graph.model_graph`).
+    negative dims where no convolution or pool reads the image (:func:`models.graph.model_graph`),
+    and the network then refuses inputs of any other shape (:meth:`SpikingNetwork.check_input`);
+    without it, any shape the ANN accepts runs.
 
     The ANN is traced with torch.fx (:mod:`models.graph`) and every node converted as the
     module docstring describes; ``snn.fates()`` lists what happened to each. Works for any
@@ -638,7 +652,8 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None, *,
     with torch.no_grad():
         for g in graph.nodes:
             ops.append(_convert_node(g, graph.root, steps, layers, constants))
-    return SpikingNetwork(ops, layers, constants, sim=sim, step_budget=step_budget)
+    return SpikingNetwork(ops, layers, constants, sim=sim, step_budget=step_budget,
+                          input_shape=input_shape)
 
 
 def _convert_node(g, root, steps, layers, constants):

@@ -26,7 +26,7 @@ def torchvision_version():
     return torchvision.__version__
 
 
-def build_torchvision(arch, num_classes, levels, init_threshold, qcfs=True):
+def build_torchvision(arch, num_classes, levels, init_threshold, qcfs=True, input_shape=None):
     """``torchvision.models.get_model(NAME, weights=None, num_classes=...)``, qcfsified
     (as torchvision builds it with ``qcfs=False``).
 
@@ -43,4 +43,6 @@ def build_torchvision(arch, num_classes, levels, init_threshold, qcfs=True):
     if name in _AUXILIARY:
         kwargs.update(aux_logits=False, init_weights=True)
     model = torchvision.models.get_model(name, **kwargs)
-    return qcfsify_(model, levels, init_threshold, context=arch) if qcfs else model
+    if not qcfs:
+        return model
+    return qcfsify_(model, levels, init_threshold, context=arch, input_shape=input_shape)

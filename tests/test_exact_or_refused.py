@@ -503,3 +503,25 @@ class Mean(nn.Module):
 
     def forward(self, x):
         return x.mean(self.dim)
+
+
+def test_input_shape_fixes_the_shape_the_network_accepts():
+    model = small_net().eval()
+    snn = convert_to_snn(model, input_shape=(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(snn(x), convert_to_snn(model)(x), rtol=0, atol=0)
+    message = refusal(snn, torch.randn(2, 3, 9, 9, dtype=torch.float64))
+    assert message == ("the spiking network was converted for inputs of shape (3, 8, 8) per "
+                       "image, got (3, 9, 9); convert it again with input_shape=(3, 9, 9) (or "
+                       "without input_shape)")
+    assert refusal(snn.trains, torch.randn(1, 3, 9, 9, dtype=torch.float64)) == message
+
+
+def test_create_model_checks_the_input_shape():
+    model = models.create_model("resnet20", num_classes=10, levels=2, input_shape=(3, 32, 32))
+    assert len(models.qcfs_layers(model)) == 19
+    assert refusal(models.create_model, "tv:inception_v3", num_classes=10, levels=1,
+                   input_shape=(3, 32, 32)) == (
+        "tv:inception_v3 needs inputs of at least 75x75; got 32x32 (resize the images to "
+        "75x75 or more)")
+
