@@ -38,6 +38,7 @@ from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, is_relu,
                         restore_training_state, save_checkpoint)
 from data import SeededAugmentation, make_loader, shard_order
 from level_search import calibration_loader, default_candidates, minimum_teff, search_levels
+from threshold_init import data_thresholds_
 from utils import UsageError, progress
 
 __all__ = ["MIN_THRESHOLD", "DistContext", "RunSpec", "Run", "StopRequest", "Diverged",
@@ -244,7 +245,8 @@ def prepare_run(args, spec, ctx, logger):
         levels = None if relu else 4 if args.levels is None else args.levels
         dropout = 0.0 if args.dropout is None else args.dropout
         model = models.create_model(args.arch, num_classes=spec.num_classes, levels=levels,
-                                    variant=spec.variant, init_threshold=args.init_threshold,
+                                    variant=spec.variant,
+                                    init_threshold=_constant_threshold(args.init_threshold),
                                     dropout=dropout, activation=args.activation,
                                     input_shape=(3, spec.image_size, spec.image_size))
         model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes,
@@ -268,6 +270,29 @@ def prepare_run(args, spec, ctx, logger):
         raise UsageError(f"run {args.id} already finished {run.start_epoch} epochs: raise "
                          "-epochs to train longer")
     return run
+
+
+def _constant_threshold(init_threshold):
+    """The threshold a new model is built with: the number given, or (for ``auto``, replaced
+    from data before training) the default 4.0."""
+    return 4.0 if isinstance(init_threshold, tuple) else init_threshold
+
+
+def init_thresholds_from_data(run, stats_set, percentile, calib_images, batch_size, workers,
+                              ctx, logger, show_progress=False):
+    """``--init-threshold auto:P`` on a run that starts now: every QCFS threshold from the
+    P-th percentile of its inputs on a fixed calibration subset of the training split
+    (:mod:`threshold_init`). Every process computes the same values from the same images;
+    DDP's start-up broadcast of rank 0's parameters then makes them equal bit for bit."""
+    calibration = calibration_loader(stats_set, calib_images, batch_size, workers,
+                                     device=ctx.device)
+    started = time.time()
+    chosen = data_thresholds_(run.model, calibration, percentile, show_progress=show_progress)
+    used = len(calibration.dataset)
+    table = ", ".join(f"{name} {threshold:.4g}" for name, threshold, _ in chosen)
+    logger.info(f"thresholds from data: the {percentile:g}th percentile of each layer's positive "
+                f"inputs on {used} training images ({time.time() - started:.0f}s): {table}")
+    return chosen
 
 
 def _check_same_run(stored, arch, spec, path, activation="qcfs"):
@@ -571,8 +596,8 @@ def switch_levels(model, model_args, stats_set, args, ctx, logger):
                                    candidates=args.candidates, max_level=args.max_level,
                                    al_levels=al_levels, show_progress=not args.no_progress)
             logger.info(
-                f"level search at T_eff <= {args.budget_teff:g} on {args.calib_images} training "
-                f"images ({result.num_evaluations} evaluations, {result.seconds:.0f}s): "
+                f"level search at T_eff <= {args.budget_teff:g} on "
+                f"{len(calibration.dataset)} training images ({result.num_evaluations} evaluations, {result.seconds:.0f}s): "
                 f"{result.levels}, T_eff {result.teff:.4f}, calibration loss "
                 f"{result.calibration_loss:.4f}; AL rule {result.al_rule.levels}: T_eff "
                 f"{result.al_rule.teff:.4f}, calibration loss "

@@ -215,10 +215,15 @@ def train(args, ctx):
     run = engine.prepare_run(args, spec, ctx, logger)
     train_set = image_folder(args.data, "train", imagenet_transforms(True, args.image_size))
     test_set = image_folder(args.data, "val", imagenet_transforms(False, args.image_size))
+    auto_thresholds = isinstance(args.init_threshold, tuple)
     stats_set = image_folder(args.data, "train", imagenet_transforms(False, args.image_size)) \
-        if args.adaptive else None
+        if args.adaptive or auto_thresholds else None
     if train_set.classes != args.classes or test_set.classes != args.classes:
         raise UsageError(f"the class folders under {args.data} changed while starting: retry")
+    if auto_thresholds and run.resumed_from is None:
+        engine.init_thresholds_from_data(run, stats_set, args.init_threshold[1],
+                                         args.calib_images, args.batch_size // ctx.world_size,
+                                         args.workers, ctx, logger, not args.no_progress)
     launch = {"torchrun": "torchrun", "spawn": "--multiprocessing-distributed",
               "single": "single process"}[args.launch]
     describe = (f"{args.num_classes} classes, {args.image_size}px from {args.data}; "

@@ -105,8 +105,9 @@ def train(args, ctx):
                             image_size=size)
     test_set = get_dataset(args.dataset, args.data_root, "test", download=args.download,
                            image_size=size)
+    auto_thresholds = isinstance(args.init_threshold, tuple)
     stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False,
-                            image_size=size) if args.adaptive else None
+                            image_size=size) if args.adaptive or auto_thresholds else None
     if ctx.is_main:
         args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
@@ -122,6 +123,10 @@ def train(args, ctx):
     spec = engine.RunSpec(dataset=args.dataset, num_classes=num_classes, variant=variant,
                           image_size=size or 32)
     run = engine.prepare_run(args, spec, ctx, logger)
+    if auto_thresholds and run.resumed_from is None:
+        engine.init_thresholds_from_data(run, stats_set, args.init_threshold[1],
+                                         args.calib_images, args.batch_size // ctx.world_size,
+                                         args.workers, ctx, logger, not args.no_progress)
     describe = f"device {ctx.device}" + (
         f", {ctx.world_size} processes (torchrun, {args.dist_backend}), batch "
         f"{args.batch_size} ({args.batch_size // ctx.world_size} per process)"

@@ -130,6 +130,7 @@ def arch_name(text):
         "torchvision classification model")
 
 
+DEFAULT_PERCENTILE = 99.9  # --init-threshold auto: the percentile of each layer's inputs
 ARCH_HELP = ("architecture: " + "{names}" + ", or tv:NAME for any torchvision classification "
              "model (e.g. tv:resnet50; made a QCFS network, refused in one line if it has an "
              "operation without an exact spiking counterpart)")
@@ -148,8 +149,11 @@ def add_model_args(group):
                             "list with one entry per QCFS layer (default: 4)")
     group.add_argument("-L", "--level", type=int, default=None,
                        help="uniform level, same as --levels N (reference spelling)")
-    group.add_argument("--init-threshold", type=float, default=4.0,
-                       help="initial QCFS threshold lambda (default: 4.0)")
+    group.add_argument("--init-threshold", default="4.0",
+                       help="initial QCFS threshold lambda: a number, or auto[:P] for each "
+                            "layer's P-th percentile of its positive inputs on --calib-images "
+                            f"training images, in forward order (P default {DEFAULT_PERCENTILE}; "
+                            "docs/relu-networks.md) (default: 4.0)")
     group.add_argument("--activation", choices=("qcfs", "relu"), default="qcfs",
                        help="qcfs: the QCFS network PASCAL converts; relu: the same "
                             "architecture with ReLU, an ANN baseline with no levels and no "
@@ -190,6 +194,31 @@ def parse_levels(text):
     if any(v < 1 for v in values):
         raise UsageError(f"--levels must be integers >= 1, got {text!r}")
     return values[0] if len(values) == 1 else values
+
+
+def parse_init_threshold(text):
+    """``"4.0"`` -> ``4.0``; ``"auto"`` -> ``("auto", DEFAULT_PERCENTILE)``; ``"auto:P"`` ->
+    ``("auto", P)`` with 0 < P <= 100. Raises ValueError (one line) otherwise."""
+    text = str(text).strip()
+    if text == "auto" or text.startswith("auto:"):
+        percentile = DEFAULT_PERCENTILE
+        if text != "auto":
+            try:
+                percentile = float(text[len("auto:"):])
+            except ValueError:
+                percentile = math.nan
+        if not 0 < percentile <= 100:
+            raise ValueError(f"the percentile of auto:P must be a number in (0, 100], got "
+                             f"{text!r}")
+        return ("auto", percentile)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"a threshold must be a number > 0, 'auto' or 'auto:P', got "
+                         f"{text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"a threshold must be a finite number > 0, got {text!r}")
+    return value
 
 
 def parse_thresholds(text, default):
@@ -283,8 +312,8 @@ def add_adaptive_args(parser):
                        help="levels the search may give a layer, comma-separated (default: "
                             "powers of two up to --max-level)")
     group.add_argument("--calib-images", type=int, default=512,
-                       help="training images (evaluation transforms) the search measures on "
-                            "(default: 512)")
+                       help="training images (evaluation transforms) the level search and "
+                            "--init-threshold auto measure on (default: 512)")
 
 
 def default_run_id(arch, dataset):
@@ -354,8 +383,15 @@ def check_training_args(args, thresholds_default):
             if given:
                 raise UsageError(f"--activation relu trains a network without levels: drop "
                                  f"{flag}")
-    if not args.init_threshold > 0:
-        raise UsageError(f"--init-threshold must be > 0, got {args.init_threshold}")
+    try:
+        args.init_threshold = parse_init_threshold(args.init_threshold)
+    except ValueError as error:
+        raise UsageError(f"--init-threshold: {error}") from None
+    if args.activation == "relu" and args.init_threshold != 4.0:
+        raise UsageError("--activation relu trains a network without thresholds: drop "
+                         "--init-threshold")
+    if args.calib_images < 1:
+        raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
     if args.resume == "auto" and args.overwrite:
         raise UsageError("--resume auto continues an existing run and --overwrite starts it "
                          "over: give only one")
@@ -379,8 +415,6 @@ def check_training_args(args, thresholds_default):
             raise UsageError(f"--stats-batches must be >= 1, got {args.stats_batches}")
         if args.budget_teff is not None and not args.budget_teff > 0:
             raise UsageError(f"--budget-teff must be a T_eff > 0, got {args.budget_teff}")
-        if args.calib_images < 1:
-            raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
         if args.candidates is not None:
             try:
                 candidates = sorted({int(v) for v in str(args.candidates).split(",") if v})

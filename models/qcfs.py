@@ -55,6 +55,8 @@ class QCFS(nn.Module):
     converted spiking layer.
     """
 
+    relu6 = False  # set by qcfsify where the layer replaced a ReLU6 (caps data thresholds)
+
     def __init__(self, level: int = 4, init_threshold: float = 4.0):
         super().__init__()
         self.level = _check_level(level, "level")

@@ -1,7 +1,8 @@
 """``qcfsify(model, levels)``: any ReLU network as a trainable QCFS network, via its fx graph."""
 import copy
 
-from torch import fx
+import torch.nn.functional as F
+from torch import fx, nn
 
 from .graph import (RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names,
                     check_inplace_aliasing, model_graph, trace)
@@ -16,6 +17,12 @@ def _is_relu(node, root):
     if node.op == "call_function":
         return node.target in RELU_FUNCTIONS
     return node.op == "call_method" and node.target in RELU_METHODS
+
+
+def _is_relu6(node, root):
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(node.target), nn.ReLU6)
+    return node.op == "call_function" and node.target is F.relu6
 
 
 def qcfsify(model, levels, init_threshold=4.0, *, context="", input_shape=None):
@@ -68,7 +75,10 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context="", input_shape=None)
                            checked=lambda node, operand: node in relus)
     for node in relus:
         name = names[node]
-        network.add_submodule(name, QCFS(level=1, init_threshold=float(init_threshold)))
+        qcfs_module = QCFS(level=1, init_threshold=float(init_threshold))
+        # a ReLU6's bound caps a threshold chosen from data (threshold_init.py)
+        qcfs_module.relu6 = _is_relu6(node, network)
+        network.add_submodule(name, qcfs_module)
         source = node.args[0] if node.args else node.kwargs["input"]
         with network.graph.inserting_after(node):
             qcfs = network.graph.call_module(name, (source,))
