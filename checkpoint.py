@@ -186,6 +186,59 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
     return model, model_args
 
 
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
+
+
+def relu_weights(checkpoint):
+    """The ReLU network's state dict that ``checkpoint`` holds, or None if it holds a QCFS
+    network: this project's ``--activation relu`` checkpoint, or a plain state dict without
+    thresholds (at the top level or under ``state_dict``, ``model`` or ``model_state_dict``;
+    a DDP ``module.`` prefix removed) -- e.g. what ``torch.save(torchvision.models.resnet18(
+    num_classes=10).state_dict(), f)`` writes."""
+    if is_own_format(checkpoint):
+        return dict(checkpoint["state_dict"]) if is_relu(checkpoint["model_args"]) else None
+    for key in _WRAPPERS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    if not checkpoint or not all(torch.is_tensor(v) for v in checkpoint.values()):
+        return None
+    translated = models.reference.translate_reference_keys(checkpoint)
+    if any(key.endswith(".threshold") for key in translated):
+        return None
+    return translated
+
+
+def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels,
+                   init_threshold, dropout, input_shape=None):
+    """A new QCFS network of ``arch`` holding the weights of the ReLU network in
+    ``checkpoint`` (see :func:`relu_weights`); its thresholds stay at ``init_threshold``.
+    ``(model, model_args)``, or None if ``checkpoint`` holds no ReLU network. This project's
+    ReLU checkpoints supply their own arch, class count and variant (``arch`` must agree);
+    a plain state dict is read as ``arch`` with ``num_classes`` and ``variant``. Keys other
+    than the thresholds must match exactly (UsageError naming the difference)."""
+    weights = relu_weights(checkpoint)
+    if weights is None:
+        return None
+    if is_own_format(checkpoint):
+        stored = checkpoint["model_args"]
+        if stored["arch"] != arch:
+            raise UsageError(f"{path} holds a ReLU {stored['arch']}, not {arch}: pass -arch "
+                             f"{stored['arch']}")
+        num_classes, variant = stored["num_classes"], stored.get("variant", variant)
+    model = models.create_model(arch, num_classes=num_classes, levels=levels, variant=variant,
+                                init_threshold=init_threshold, dropout=dropout,
+                                input_shape=input_shape)
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith(".threshold")}
+    problem = models.reference.state_dict_mismatch(own, weights)
+    if problem is not None:
+        raise UsageError(f"{path} is not a ReLU {arch} with {num_classes} classes: {problem}")
+    model.load_state_dict(weights, strict=False)
+    model_args = models.model_args_of(model, arch, variant, num_classes, dropout)
+    model_args["dataset"] = dataset
+    return model, model_args
+
+
 def reference_variant(checkpoint, arch, num_classes, dataset, path):
     """The variant whose keys and shapes a reference-code state_dict fits (the dataset's own
     variant first), or a one-line UsageError saying how it fits neither."""

@@ -34,7 +34,7 @@ from torch.utils.data import Subset
 import models
 from al_metric import collect_level_counts, format_table, layer_metrics
 from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, is_relu,
-                        load_checkpoint_file, model_from_checkpoint, plain,
+                        load_checkpoint_file, model_from_checkpoint, plain, qcfs_from_relu,
                         restore_training_state, save_checkpoint)
 from data import SeededAugmentation, make_loader, shard_order
 from level_search import calibration_loader, default_candidates, minimum_teff, search_levels
@@ -196,7 +196,19 @@ def prepare_run(args, spec, ctx, logger):
     """
     latest = checkpoint_path(args.checkpoint_dir, args.id)
     source = resume_source(args, latest)
-    restored = None
+    restored = from_relu = None
+    if source is None and args.initial_checkpoint:
+        # weights from any dataset with the same classes (the checkpoint's own arch, class
+        # count and shapes are checked), rebuilt as a new run of this version: its dropout
+        # layout; a ReLU network's weights become a QCFS network's
+        checkpoint = load_checkpoint_file(args.initial_checkpoint)
+        if args.activation == "qcfs":
+            from_relu = qcfs_from_relu(
+                checkpoint, args.initial_checkpoint, args.arch, spec.dataset, spec.variant,
+                spec.num_classes, 4 if args.levels is None else args.levels,
+                _constant_threshold(args.init_threshold),
+                0.0 if args.dropout is None else args.dropout,
+                input_shape=(3, spec.image_size, spec.image_size))
     if source is not None:
         restored = load_checkpoint_file(source, args.checkpoint_dir)
         if not is_own_format(restored) or "optimizer" not in restored:
@@ -217,10 +229,12 @@ def prepare_run(args, spec, ctx, logger):
                 logger.info(f"levels changed at epoch {restored['epoch']}: {old} -> {new} "
                             "(phase 2: same optimizer, schedule and epoch counter)")
             model_args["levels"] = new
+    elif from_relu is not None:
+        model, model_args = from_relu
+        logger.info(f"initial weights from the ReLU network in {args.initial_checkpoint}; "
+                    "thresholds " + ("from data (below)" if isinstance(args.init_threshold, tuple)
+                                     else f"{args.init_threshold:g}"))
     elif args.initial_checkpoint:
-        # weights from any dataset with the same classes (model_from_checkpoint checks arch,
-        # class count and shapes), rebuilt as a new run of this version: its dropout layout
-        checkpoint = load_checkpoint_file(args.initial_checkpoint)
         source, source_args = model_from_checkpoint(
             checkpoint, args.initial_checkpoint, arch=args.arch, dataset=spec.dataset,
             levels=args.levels)

@@ -340,7 +340,10 @@ def add_run_args(group, default_id, default_dir):
                             "elastic jobs; a worker restarted by torchrun always does this)")
     group.add_argument("--initial-checkpoint", default=None, metavar="PATH",
                        help="start a new run from the weights and thresholds in PATH (ours or "
-                            "the reference code's), fresh optimizer and schedule")
+                            "the reference code's), fresh optimizer and schedule; or from a "
+                            "ReLU network's weights (--activation relu checkpoints, plain state "
+                            "dicts, torchvision's keys for tv:NAME), thresholds from "
+                            "--init-threshold")
     group.add_argument("--overwrite", action="store_true",
                        help="start over even if run {id} already has a checkpoint")
 

@@ -8,6 +8,7 @@ from torch import nn
 import get_stats
 import get_Teff
 import models
+from checkpoint import qcfs_from_relu
 from conftest import main_test, main_train, run_script
 from helpers import assert_one_line_error
 
@@ -103,3 +104,99 @@ def test_resuming_with_the_other_activation_is_refused(relu_run, capsys):
                                      str(relu_run)])
     assert status == 2
     assert_one_line_error(capsys, "holds a relu network", "--activation relu")
+
+
+# --- a QCFS network from a ReLU network's weights ------------------------------------------
+
+def parameters_but_thresholds(state_dict, model):
+    names = {name for name, _ in model.named_parameters() if not name.endswith("threshold")}
+    return {k: v for k, v in state_dict.items() if k in names}
+
+
+@pytest.mark.parametrize("layout", ["own", "plain", "under model"])
+def test_qcfs_run_starts_from_a_relu_checkpoint(relu_run, tmp_path, layout):
+    """Learning rate 0: the QCFS run's parameters are the ReLU network's, its thresholds the
+    data's (BatchNorm running statistics still move in the training epoch)."""
+    relu = torch.load(relu_run / "relu.pth", weights_only=True)
+    path = relu_run / "relu.pth"
+    if layout != "own":
+        path = tmp_path / "weights.pth"
+        torch.save(relu["state_dict"] if layout == "plain" else {"model": relu["state_dict"]},
+                   path)
+    assert run_script(main_train, [
+        "-data", "digits", "-arch", "vgg_small", "-epochs", "1", "--id", "q", "-b", "64",
+        "-lr", "0", "--levels", "3", "--init-threshold", "auto:99", "--calib-images", "64",
+        "--initial-checkpoint", str(path), "-j", "0", "--no-progress",
+        "--checkpoint-dir", str(tmp_path)]) == 0
+    qcfs = torch.load(tmp_path / "q.pth", weights_only=True)
+    model = models.create_model("vgg_small", num_classes=10, levels=3)
+    got = parameters_but_thresholds(qcfs["state_dict"], model)
+    assert got.keys() == parameters_but_thresholds(relu["state_dict"], model).keys()
+    for key, value in got.items():
+        assert torch.equal(value, relu["state_dict"][key]), key
+    assert qcfs["model_args"]["activation"] == "qcfs" and qcfs["model_args"]["levels"] == [3] * 5
+    thresholds = [float(v) for k, v in qcfs["state_dict"].items() if k.endswith("threshold")]
+    log = (tmp_path / "q.log").read_text()
+    assert "initial weights from the ReLU network" in log
+    assert "the 99th percentile of each layer's positive inputs on 64 training images" in log
+    assert len(set(thresholds)) == 5 and all(t != 4.0 for t in thresholds)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg16", "resnet20"])
+def test_relu_checkpoints_of_the_paper_architectures_load(arch):
+    """What --activation relu writes, loaded into the QCFS network of the same arch."""
+    relu = models.create_model(arch, num_classes=10, levels=None, activation="relu")
+    checkpoint = {"model_args": models.model_args_of(relu, arch, "cifar", 10,
+                                                     activation="relu"),
+                  "state_dict": relu.state_dict()}
+    model, model_args = qcfs_from_relu(checkpoint, "relu.pth", arch, "cifar10", "cifar", 10, 4,
+                                       2.5, 0.0)
+    own = model.state_dict()
+    for key, value in relu.state_dict().items():
+        assert torch.equal(own[key], value), key
+    assert {float(m.threshold.detach()) for _, m in models.qcfs_layers(model)} == {2.5}
+    assert model_args["levels"] == [4] * len(models.qcfs_layers(model))
+
+
+def test_a_torchvision_state_dict_trains_and_evaluates(tmp_path):
+    import torchvision
+    torch.manual_seed(0)
+    path = tmp_path / "torchvision-resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    assert run_script(main_train, [
+        "-data", "digits", "-arch", "tv:resnet18", "-epochs", "1", "--id", "tv", "-b", "128",
+        "--levels", "2", "--init-threshold", "auto", "--calib-images", "32",
+        "--initial-checkpoint", str(path), "-j", "0", "--no-progress",
+        "--checkpoint-dir", str(tmp_path)]) == 0
+    output = tmp_path / "tv.json"
+    assert run_script(main_test, ["-data", "digits", "--id", "tv", "--checkpoint-dir",
+                                  str(tmp_path), "--num-images", "8", "--sim", "counts",
+                                  "--dtype", "float64", "-j", "0", "--no-progress",
+                                  "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["agreement"] == 100.0
+    assert set(result["differing_neurons"].values()) == {0} and len(result["differing_neurons"]) == 17
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ("drop", ["missing keys classifier.7.bias", "unexpected keys none"]),
+    ("extra", ["missing keys none", "unexpected keys extra.weight"]),
+    ("shape", ["shapes do not match", "classifier.7.bias (3,) vs (10,)"])])
+def test_wrong_keys_of_a_relu_state_dict_are_one_line(relu_run, tmp_path, capsys, change,
+                                                      fragments):
+    weights = dict(torch.load(relu_run / "relu.pth", weights_only=True)["state_dict"])
+    if change == "drop":
+        weights.pop("classifier.7.bias")
+    elif change == "extra":
+        weights["extra.weight"] = torch.zeros(1)
+    else:
+        weights["classifier.7.bias"] = torch.zeros(3)
+    path = tmp_path / "bad.pth"
+    torch.save(weights, path)
+    out = tmp_path / "out"
+    assert run_script(main_train, [
+        "-data", "digits", "-arch", "vgg_small", "-epochs", "1", "--id", "q",
+        "--initial-checkpoint", str(path), "--checkpoint-dir", str(out)]) == 2
+    assert_one_line_error(capsys, f"{path} is not a ReLU vgg_small with 10 classes",
+                          *fragments)
+    assert not (out / "q.pth").exists()
