@@ -15,13 +15,15 @@ from torch.utils.data import Subset
 
 import models
 import snn_cost
-from checkpoint import (is_relu, load_checkpoint_file, model_from_checkpoint,
-                        resolve_checkpoint, trained_image_size)
+from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
+                        qcfs_from_relu, relu_weights, resolve_checkpoint, trained_image_size)
 from data import get_dataset, make_loader
+from level_search import DEFAULT_CALIBRATION_IMAGES, calibration_loader
 from models.baseline import convert_to_if
+from threshold_init import data_thresholds_
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
-                   arch_name, env_data_root, parse_levels, progress, resolve_device, run_main,
-                   setup_logging)
+                   arch_name, env_data_root, parse_init_threshold, parse_levels, progress,
+                   resolve_device, run_main, setup_logging)
 
 
 def get_args_parser(add_help=True):
@@ -44,8 +46,16 @@ def get_args_parser(add_help=True):
     group.add_argument("--checkpoint", default=None, metavar="PATH",
                        help="evaluate this file instead of {checkpoint-dir}/{id}.pth")
     group.add_argument("--levels", default=None,
-                       help="per-layer levels (required for reference-code checkpoints; "
-                            "default: the checkpoint's)")
+                       help="per-layer levels (required for reference-code checkpoints; with a "
+                            "ReLU checkpoint: convert it without training, see "
+                            "--init-threshold; default: the checkpoint's)")
+    group.add_argument("--init-threshold", default=None,
+                       help="a ReLU checkpoint with --levels: the QCFS thresholds, a number or "
+                            "auto[:P] (each layer's P-th percentile of its positive inputs on "
+                            "--calib-images training images, as main_train.py) (default: auto)")
+    group.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                       help="training images (evaluation transforms) --init-threshold auto "
+                            f"measures on (default: {DEFAULT_CALIBRATION_IMAGES})")
     group.add_argument("--variant", default=None, choices=list(models.VARIANTS),
                        help="stem and classifier of a reference-code checkpoint (default: read "
                             "from its tensor shapes)")
@@ -239,11 +249,27 @@ def main(args):
             raise UsageError(f"--{name.replace('_', '-')} must be a finite energy >= 0 (pJ), "
                              f"got {value}")
     timesteps = parse_timesteps(args.timesteps) if args.baseline else None
+    if args.calib_images < 1:
+        raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
+    try:
+        init_threshold = parse_init_threshold("auto" if args.init_threshold is None
+                                              else args.init_threshold)
+    except ValueError as error:
+        raise UsageError(f"--init-threshold: {error}") from None
     path, checkpoint_dir = resolve_checkpoint(args)
     checkpoint = load_checkpoint_file(path, checkpoint_dir)
-    model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
-                                              dataset=args.dataset, levels=levels,
-                                              variant=args.variant)
+    relu_net = None
+    if levels is not None and relu_weights(checkpoint) is not None:
+        # conversion without training: the ReLU network, its QCFS version and the SNN
+        model, model_args, relu_net = from_relu_checkpoint(checkpoint, path, args, levels,
+                                                           init_threshold)
+    else:
+        if args.init_threshold is not None:
+            raise UsageError("--init-threshold sets the thresholds of a ReLU checkpoint "
+                             "converted with --levels; this checkpoint has its own: drop it")
+        model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
+                                                  dataset=args.dataset, levels=levels,
+                                                  variant=args.variant)
     mode = args.mode
     if is_relu(model_args):
         if args.mode == "snn" or args.report or args.baseline:
@@ -264,6 +290,12 @@ def main(args):
         torch.backends.cuda.matmul.allow_tf32 = False
     model = model.to(device=device, dtype=dtype).eval()
     image_size = args.image_size or trained_image_size(checkpoint)
+    thresholds = None
+    if relu_net is not None:
+        relu_net = relu_net.to(device=device, dtype=dtype).eval()
+        if isinstance(init_threshold, tuple):
+            thresholds = thresholds_from_data(model, args, image_size, init_threshold[1],
+                                              device, logger)
     snn = None
     if mode in ("snn", "both"):  # refused before any data is read
         snn = models.convert_to_snn(model, sim=args.sim, input_shape=None if image_size is None
@@ -282,18 +314,30 @@ def main(args):
     meter = snn_cost.CostMeter(snn) if args.report else None
     result = evaluate_both(model, snn, loader, device, dtype, mode, not args.no_progress,
                            cost_meter=meter)
+    if relu_net is not None:
+        result["relu_top1"] = evaluate_both(relu_net, None, loader, device, dtype, "ann",
+                                            not args.no_progress)["ann_top1"]
+        result["init_threshold"] = init_threshold
+        result["thresholds"] = {name: float(layer.threshold.detach())
+                                for name, layer in models.qcfs_layers(model)}
+        result["calibration_images"] = thresholds
     seconds = time.time() - started
     result.update({"arch": model_args["arch"], "dataset": args.dataset,
                    "activation": "relu" if is_relu(model_args) else "qcfs",
                    "levels": model_args["levels"], "dtype": args.dtype, "sim": args.sim,
                    "device": str(device), "seconds": round(seconds, 2),
                    "checkpoint": str(path)})
-    report(result, logger)
-    if args.report or args.baseline:
+    if args.report or args.baseline or relu_net is not None:
         timing = snn_cost.timing_summary(model, model_args["arch"],
                                          model_args.get("variant", "cifar"), args.dataset,
                                          model_args["levels"])
         result["timing"] = timing
+    report(result, logger)
+    if relu_net is not None:
+        logger.info(f"without training: ReLU ANN {result['relu_top1']:.2f}% -> QCFS ANN "
+                    + (f"{result['ann_top1']:.2f}%" if result["ann_top1"] is not None else "-")
+                    + (f" -> SNN {result['snn_top1']:.2f}%" if result["snn_top1"] is not None
+                       else "") + f" at T_eff {timing['T_eff']:.4f}")
     if args.report:
         result["cost"] = write_cost_report(meter, timing, args, path, logger)
     if args.baseline:
@@ -304,6 +348,44 @@ def main(args):
     output.write_text(json.dumps(result, indent=2) + "\n")
     logger.info(f"results written to {output}")
     return 0
+
+
+def from_relu_checkpoint(checkpoint, path, args, levels, init_threshold):
+    """``(QCFS model, model_args, ReLU model)`` from a ReLU checkpoint: ours (its arch) or a
+    plain state dict (``-arch`` and ``-data`` say what it is)."""
+    if is_own_format(checkpoint):
+        stored = checkpoint["model_args"]
+        arch, num_classes = stored["arch"], stored["num_classes"]
+        variant = stored.get("variant", "cifar")
+        if args.arch is not None and args.arch != arch:
+            raise UsageError(f"{path} holds a ReLU {arch}, not {args.arch}: drop -arch")
+    elif args.arch is None:
+        raise UsageError(f"{path} is a plain state dict: pass -arch to say which network it is")
+    else:
+        arch, (num_classes, variant) = args.arch, DATASETS[args.dataset]
+        variant = args.variant or variant
+    constant = 4.0 if isinstance(init_threshold, tuple) else init_threshold
+    model, model_args = qcfs_from_relu(checkpoint, path, arch, args.dataset, variant,
+                                       num_classes, levels, constant, 0.0)
+    relu_net = models.create_model(arch, num_classes=num_classes, levels=None, variant=variant,
+                                   activation="relu")
+    relu_net.load_state_dict(relu_weights(checkpoint))
+    return model, model_args, relu_net
+
+
+def thresholds_from_data(model, args, image_size, percentile, device, logger):
+    """Set ``model``'s thresholds from calibration images of the training split (evaluation
+    transforms); returns the number of images used."""
+    train_set = get_dataset(args.dataset, args.data_root or env_data_root(), "train",
+                            augment=False, image_size=image_size)
+    loader = calibration_loader(train_set, args.calib_images, args.batch_size, args.workers,
+                                device=device)
+    chosen = data_thresholds_(model, loader, percentile, show_progress=not args.no_progress)
+    used = len(loader.dataset)
+    logger.info(f"thresholds from data: the {percentile:g}th percentile of each layer's "
+                f"positive inputs on {used} training images: "
+                + ", ".join(f"{name} {value:.4g}" for name, value, _ in chosen))
+    return used
 
 
 def write_cost_report(meter, timing, args, path, logger):

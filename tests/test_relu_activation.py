@@ -10,6 +10,9 @@ import get_Teff
 import models
 from checkpoint import qcfs_from_relu
 from conftest import main_test, main_train, run_script
+from data import get_dataset
+from level_search import calibration_loader
+from threshold_init import data_thresholds_
 from helpers import assert_one_line_error
 
 
@@ -200,3 +203,33 @@ def test_wrong_keys_of_a_relu_state_dict_are_one_line(relu_run, tmp_path, capsys
     assert_one_line_error(capsys, f"{path} is not a ReLU vgg_small with 10 classes",
                           *fragments)
     assert not (out / "q.pth").exists()
+
+
+def test_conversion_without_training_reports_relu_qcfs_and_snn(relu_run, tmp_path):
+    relu_only, converted = tmp_path / "relu.json", tmp_path / "converted.json"
+    common = ["-data", "digits", "--id", "relu", "--checkpoint-dir", str(relu_run), "-j", "0",
+              "--no-progress", "--dtype", "float64", "--sim", "counts"]
+    assert run_script(main_test, common + ["--output", str(relu_only)]) == 0
+    assert run_script(main_test, common + [
+        "--levels", "3", "--init-threshold", "auto:99", "--calib-images", "64",
+        "--output", str(converted)]) == 0
+    result = json.loads(converted.read_text())
+    assert result["relu_top1"] == json.loads(relu_only.read_text())["ann_top1"]
+    assert result["agreement"] == 100.0 and set(result["differing_neurons"].values()) == {0}
+    assert result["levels"] == [3] * 5 and result["calibration_images"] == 64
+    assert result["timing"]["T_eff"] == pytest.approx(
+        models.timing.teff([3] * 5, models.timing.layer_fan_ins(
+            models.create_model("vgg_small", num_classes=10, levels=3)))[0])
+    # the thresholds are those a QCFS run from the same weights starts with
+    model = models.create_model("vgg_small", num_classes=10, levels=3)
+    weights = torch.load(relu_run / "relu.pth", weights_only=True)["state_dict"]
+    model.load_state_dict(weights, strict=False)
+    train = get_dataset("digits", None, "train", augment=False)
+    expected = data_thresholds_(model.double(), calibration_loader(train, 64, 64), 99.0)
+    assert result["thresholds"] == pytest.approx({n: t for n, t, _ in expected}, rel=1e-12)
+
+
+def test_init_threshold_needs_a_relu_checkpoint_and_levels(relu_run, capsys):
+    assert run_script(main_test, ["-data", "digits", "--id", "relu", "--checkpoint-dir",
+                                  str(relu_run), "--init-threshold", "auto"]) == 2
+    assert_one_line_error(capsys, "--init-threshold", "converted with --levels")
