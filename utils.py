@@ -130,7 +130,7 @@ def arch_name(text):
         "torchvision classification model")
 
 
-DEFAULT_PERCENTILE = 99.9  # --init-threshold auto: the percentile of each layer's inputs
+DEFAULT_PERCENTILE = 98.0  # --init-threshold auto: the percentile of each layer's inputs
 ARCH_HELP = ("architecture: " + "{names}" + ", or tv:NAME for any torchvision classification "
              "model (e.g. tv:resnet50; made a QCFS network, refused in one line if it has an "
              "operation without an exact spiking counterpart)")

@@ -98,7 +98,7 @@ def test_relu6_caps_and_an_inactive_layer_gets_the_floor():
     assert [(t, n) for _, t, n in chosen] == [(6.0, 36), (MIN_THRESHOLD, 0)]
 
 
-@pytest.mark.parametrize("text, expected", [("auto", ("auto", 99.9)), ("auto:99", ("auto", 99.0)),
+@pytest.mark.parametrize("text, expected", [("auto", ("auto", 98.0)), ("auto:99.9", ("auto", 99.9)),
                                             ("auto:100", ("auto", 100.0)), ("2.5", 2.5)])
 def test_parse_init_threshold(text, expected):
     assert parse_init_threshold(text) == expected
