@@ -209,14 +209,53 @@ def relu_weights(checkpoint):
     return translated
 
 
+def pretrained_weights(arch, name=None):
+    """``(state dict, weights' name, their class count)`` of torchvision's pretrained weights
+    for ``tv:NAME`` (``name``: e.g. ``IMAGENET1K_V2``; None: torchvision's default), read
+    through torch hub's cache (``$TORCH_HOME/hub/checkpoints``) and downloaded into it if
+    missing. UsageError, in one line naming the file and the folder to put it in, when it
+    can be neither found nor downloaded."""
+    import torchvision
+    if not models.is_torchvision_arch(arch):
+        raise UsageError(f"--pretrained loads torchvision's weights: it needs -arch tv:NAME, "
+                         f"not {arch}")
+    model_name = arch[len(models.TORCHVISION_PREFIX):]
+    try:
+        enum = torchvision.models.get_model_weights(model_name)
+    except (KeyError, ValueError):
+        raise UsageError(f"torchvision has no pretrained weights for {model_name}") from None
+    if name is None:
+        weights = enum.DEFAULT
+    elif name in enum.__members__:
+        weights = enum[name]
+    else:
+        raise UsageError(f"{arch} has no pretrained weights {name!r}; choose one of "
+                         f"{', '.join(enum.__members__)}")
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    file = folder / Path(weights.url).name
+    try:
+        if not file.is_file():  # fetched here, without torch hub's own "Downloading" line
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(file), progress=False)
+        state_dict = weights.get_state_dict(progress=False)
+    except Exception as error:  # noqa: BLE001 - offline, refused, truncated: all one advice
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"{enum.__name__}.{weights.name} could not be loaded ({reason}): put "
+                         f"{file.name} (from {weights.url}) into {folder}") from None
+    return state_dict, f"{enum.__name__}.{weights.name}", len(weights.meta["categories"])
+
+
 def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels,
-                   init_threshold, dropout, input_shape=None):
+                   init_threshold, dropout, input_shape=None, source_classes=None):
     """A new QCFS network of ``arch`` holding the weights of the ReLU network in
     ``checkpoint`` (see :func:`relu_weights`); its thresholds stay at ``init_threshold``.
     ``(model, model_args)``, or None if ``checkpoint`` holds no ReLU network. This project's
     ReLU checkpoints supply their own arch, class count and variant (``arch`` must agree);
     a plain state dict is read as ``arch`` with ``num_classes`` and ``variant``. Keys other
-    than the thresholds must match exactly (UsageError naming the difference)."""
+    than the thresholds must match exactly (UsageError naming the difference), except, when
+    the weights were trained for ``source_classes`` classes, the classifier's: its tensors
+    whose first dimension is ``source_classes`` where the model has ``num_classes`` keep
+    their fresh initialisation (``model_args["replaced"]`` lists them)."""
     weights = relu_weights(checkpoint)
     if weights is None:
         return None
@@ -230,12 +269,21 @@ def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels
                                 init_threshold=init_threshold, dropout=dropout,
                                 input_shape=input_shape)
     own = {k: v for k, v in model.state_dict().items() if not k.endswith(".threshold")}
+    replaced = []
+    if source_classes is not None and source_classes != num_classes:
+        replaced = [k for k, v in weights.items() if k in own and v.dim() >= 1 and
+                    v.shape[0] == source_classes and own[k].shape[0] == num_classes and
+                    v.shape[1:] == own[k].shape[1:]]
+        weights = {k: v for k, v in weights.items() if k not in replaced}
+        own = {k: v for k, v in own.items() if k not in replaced}
     problem = models.reference.state_dict_mismatch(own, weights)
     if problem is not None:
         raise UsageError(f"{path} is not a ReLU {arch} with {num_classes} classes: {problem}")
     model.load_state_dict(weights, strict=False)
     model_args = models.model_args_of(model, arch, variant, num_classes, dropout)
     model_args["dataset"] = dataset
+    if replaced:
+        model_args["replaced"] = replaced
     return model, model_args
 
 

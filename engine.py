@@ -34,8 +34,8 @@ from torch.utils.data import Subset
 import models
 from al_metric import collect_level_counts, format_table, layer_metrics
 from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, is_relu,
-                        load_checkpoint_file, model_from_checkpoint, plain, qcfs_from_relu,
-                        restore_training_state, save_checkpoint)
+                        load_checkpoint_file, model_from_checkpoint, plain, pretrained_weights,
+                        qcfs_from_relu, restore_training_state, save_checkpoint)
 from data import SeededAugmentation, make_loader, shard_order
 from level_search import calibration_loader, default_candidates, minimum_teff, search_levels
 from threshold_init import data_thresholds_
@@ -197,7 +197,19 @@ def prepare_run(args, spec, ctx, logger):
     latest = checkpoint_path(args.checkpoint_dir, args.id)
     source = resume_source(args, latest)
     restored = from_relu = None
-    if source is None and args.initial_checkpoint:
+    if source is None and args.pretrained is not None:
+        weights, described, classes = pretrained_weights(
+            args.arch, None if args.pretrained == "default" else args.pretrained)
+        from_relu = qcfs_from_relu(
+            weights, f"torchvision's {described}", args.arch, spec.dataset, spec.variant,
+            spec.num_classes, 4 if args.levels is None else args.levels,
+            _constant_threshold(args.init_threshold), 0.0,
+            input_shape=(3, spec.image_size, spec.image_size), source_classes=classes)
+        replaced = from_relu[1].pop("replaced", [])
+        logger.info(f"initial weights: torchvision's {described}" + (
+            f"; classifier replaced ({classes} -> {spec.num_classes} classes: "
+            f"{', '.join(replaced)} freshly initialised)" if replaced else ""))
+    elif source is None and args.initial_checkpoint:
         # weights from any dataset with the same classes (the checkpoint's own arch, class
         # count and shapes are checked), rebuilt as a new run of this version: its dropout
         # layout; a ReLU network's weights become a QCFS network's
@@ -231,8 +243,9 @@ def prepare_run(args, spec, ctx, logger):
             model_args["levels"] = new
     elif from_relu is not None:
         model, model_args = from_relu
-        logger.info(f"initial weights from the ReLU network in {args.initial_checkpoint}; "
-                    "thresholds " + ("from data (below)" if isinstance(args.init_threshold, tuple)
+        if args.initial_checkpoint:
+            logger.info(f"initial weights from the ReLU network in {args.initial_checkpoint}")
+        logger.info("thresholds " + ("from data (below)" if isinstance(args.init_threshold, tuple)
                                      else f"{args.init_threshold:g}"))
     elif args.initial_checkpoint:
         source, source_args = model_from_checkpoint(

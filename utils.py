@@ -344,6 +344,12 @@ def add_run_args(group, default_id, default_dir):
                             "ReLU network's weights (--activation relu checkpoints, plain state "
                             "dicts, torchvision's keys for tv:NAME), thresholds from "
                             "--init-threshold")
+    group.add_argument("--pretrained", nargs="?", const="default", default=None,
+                       metavar="WEIGHTS",
+                       help="tv:NAME: start a new run from torchvision's pretrained weights "
+                            "(WEIGHTS, e.g. IMAGENET1K_V2; torchvision's default without it), "
+                            "read through torch hub's cache; the classifier is replaced when "
+                            "the class count differs; thresholds from --init-threshold")
     group.add_argument("--overwrite", action="store_true",
                        help="start over even if run {id} already has a checkpoint")
 
@@ -404,6 +410,13 @@ def check_training_args(args, thresholds_default):
     if args.resume and args.resume != "auto" and args.initial_checkpoint:
         raise UsageError("--resume continues a run and --initial-checkpoint starts a new one: "
                          "give only one")
+    if args.pretrained is not None:
+        if args.initial_checkpoint:
+            raise UsageError("--pretrained and --initial-checkpoint both give the starting "
+                             "weights: give only one")
+        if args.activation == "relu":
+            raise UsageError("--pretrained starts a QCFS network from torchvision's weights: "
+                             "drop --activation relu")
     if args.resume_from_ckpt and args.initial_checkpoint:
         raise UsageError("--resume_from_ckpt=1 and --initial-checkpoint exclude each other: "
                          "give only one")

@@ -233,3 +233,57 @@ def test_init_threshold_needs_a_relu_checkpoint_and_levels(relu_run, capsys):
     assert run_script(main_test, ["-data", "digits", "--id", "relu", "--checkpoint-dir",
                                   str(relu_run), "--init-threshold", "auto"]) == 2
     assert_one_line_error(capsys, "--init-threshold", "converted with --levels")
+
+
+# --- torchvision's pretrained weights: --pretrained ------------------------------------------
+
+def test_pretrained_without_the_file_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+
+    def offline(url, dst, *args, **kwargs):  # what an unreachable server gives
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert run_script(main_train, [
+        "-data", "digits", "-arch", "tv:resnet18", "-epochs", "1", "--pretrained", "--id", "p",
+        "--checkpoint-dir", str(tmp_path / "runs")]) == 2
+    assert_one_line_error(capsys, "ResNet18_Weights.IMAGENET1K_V1 could not be loaded",
+                          f"put resnet18-f37072fd.pth (from https://download.pytorch.org/"
+                          f"models/resnet18-f37072fd.pth) into {folder}")
+    assert not (tmp_path / "runs" / "p.pth").exists()
+
+
+def test_pretrained_from_the_cache_replaces_the_classifier(tmp_path, monkeypatch):
+    """A state dict placed in torch hub's cache under the expected name is used as it is
+    (no download, no hash check): the classifier of 1000 classes becomes one of 10."""
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(1)
+    weights = torchvision.models.resnet18(num_classes=1000).state_dict()
+    torch.save(weights, folder / "resnet18-f37072fd.pth")
+    assert run_script(main_train, [
+        "-data", "digits", "-arch", "tv:resnet18", "-epochs", "1", "-b", "128", "-lr", "0",
+        "--pretrained", "IMAGENET1K_V1", "--levels", "2", "--id", "p", "-j", "0",
+        "--no-progress", "--checkpoint-dir", str(tmp_path)]) == 0
+    state = torch.load(tmp_path / "p.pth", weights_only=True)["state_dict"]
+    assert state["fc.weight"].shape == (10, 512)
+    parameters = {k for k, _ in models.create_model("tv:resnet18", num_classes=10,
+                                                    levels=2).named_parameters()}
+    for key in parameters - {"fc.weight", "fc.bias"}:
+        if not key.endswith("threshold"):
+            assert torch.equal(state[key], weights[key]), key  # learning rate 0
+    log = (tmp_path / "p.log").read_text()
+    assert ("initial weights: torchvision's ResNet18_Weights.IMAGENET1K_V1; classifier "
+            "replaced (1000 -> 10 classes: fc.weight, fc.bias freshly initialised)") in log
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["-arch", "vgg_small", "--pretrained"], "it needs -arch tv:NAME, not vgg_small"),
+    (["-arch", "tv:resnet18", "--pretrained", "NOPE"], "has no pretrained weights 'NOPE'"),
+    (["-arch", "tv:resnet18", "--pretrained", "--activation", "relu"], "drop --activation")])
+def test_pretrained_refusals(tmp_path, capsys, argv, fragment):
+    assert run_script(main_train, ["-data", "digits", "-epochs", "1", "--checkpoint-dir",
+                                   str(tmp_path)] + argv) == 2
+    assert_one_line_error(capsys, fragment)
