@@ -141,8 +141,10 @@ def make_live(model, input_shape, images=3, seed=0, dtype=torch.float64):
     return model, x
 
 
-def assert_snn_exact(model, x, sims=("step", "counts"), min_classes=2, alive=True):
-    """The oracle: alive network, exact counts, logits close.
+def assert_snn_exact(model, x, sims=("step", "counts"), min_classes=2, alive=True,
+                     report=True):
+    """The oracle: alive network, exact counts, logits close, and (with ``report``) the cost
+    report, T_eff and the latencies computed, the report's spikes equal to the ANN's levels.
 
     Alive (with ``alive``): every QCFS layer has 5-95 % non-zero outputs on ``x`` and the
     batch's logits predict at least ``min_classes`` classes (with ``min_classes=1``: the
@@ -177,4 +179,26 @@ def assert_snn_exact(model, x, sims=("step", "counts"), min_classes=2, alive=Tru
             assert mismatched == 0, f"{sim} {s.name}: {mismatched} of {s.counts.numel()} differ"
         torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
         runs[sim] = (out, stats)
+    if report:
+        assert_cost_report_counts(model, models.convert_to_snn(model, sim="counts"), x,
+                                  levels)
     return runs
+
+
+def assert_cost_report_counts(model, snn, x, levels):
+    """The cost report of ``snn`` on ``x`` runs (with T_eff and both latencies of ``model``)
+    and counts, per spiking layer, the spikes the ANN's levels say."""
+    import snn_cost
+    from models.timing import latency_steps, layer_fan_ins, pipelined_latency_steps, teff
+    layer_levels = models.get_levels(model)
+    timing = {"T_eff": teff(layer_levels, layer_fan_ins(model))[0],
+              "latency_steps": latency_steps(model)[0],
+              "latency_pipelined_steps": pipelined_latency_steps(model),
+              "T_eff_reference": None, "mean_level": sum(layer_levels) / len(layer_levels)}
+    _, stats = snn.forward_with_stats(x, keep_counts=True)
+    meter = snn_cost.CostMeter(snn)
+    meter.add(x, stats)
+    report = snn_cost.build_report(meter, timing)
+    spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]
+              if row["kind"] == "spiking"}
+    assert spikes == {name: int(level.sum()) / x.shape[0] for name, level in levels.items()}
