@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .qcfs import QCFS
-from .signatures import BindError, bind
+from .signatures import BindError, Binding, bind
 
 __all__ = ["GraphNode", "ModelGraph", "UnsupportedModelError", "call_site_names",
            "check_inplace_aliasing", "model_graph", "trace"]
