@@ -25,7 +25,7 @@ from level_search import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_TOP_K, calibration
                           sweep_budgets)
 from models.timing import teff
 from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
-                   arch_name, env_data_root, parse_levels, parse_thresholds, resolve_device,
+                   arch_name, check_budget_teff, env_data_root, parse_levels, parse_thresholds, resolve_device,
                    run_main)
 
 
@@ -149,10 +149,7 @@ def check_search_args(args):
     if args.npy:
         raise UsageError("--budget-teff and --pareto search the levels of a checkpoint: pass "
                          "--id or --checkpoint instead of --npy")
-    if args.budget_teff is not None and not (math.isfinite(args.budget_teff)
-                                             and args.budget_teff >= 1):
-        raise UsageError(f"--budget-teff must be a number >= 1 (T_eff is at least 1 step), "
-                         f"got {args.budget_teff}")
+    check_budget_teff(args.budget_teff)
     if args.calib_images < 1:
         raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
     if args.top_k < 1:

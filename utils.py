@@ -221,6 +221,13 @@ def parse_init_threshold(text):
     return value
 
 
+def check_budget_teff(value):
+    """``--budget-teff``, for every script that takes it: None or a finite number >= 1."""
+    if value is not None and not (math.isfinite(value) and value >= 1):
+        raise UsageError(f"--budget-teff must be a number >= 1 (T_eff is at least 1 step), "
+                         f"got {value}")
+
+
 def parse_thresholds(text, default):
     """``"t1,t2,t3"`` -> three increasing floats (``default`` for None); else UsageError."""
     if text is None:
@@ -429,8 +436,7 @@ def check_training_args(args, thresholds_default):
             raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
         if args.stats_batches < 1:
             raise UsageError(f"--stats-batches must be >= 1, got {args.stats_batches}")
-        if args.budget_teff is not None and not args.budget_teff > 0:
-            raise UsageError(f"--budget-teff must be a T_eff > 0, got {args.budget_teff}")
+        check_budget_teff(args.budget_teff)
         if args.candidates is not None:
             try:
                 candidates = sorted({int(v) for v in str(args.candidates).split(",") if v})

@@ -412,6 +412,11 @@ def test_adaptive_training_with_a_budget_is_exact_as_an_snn(tmp_path, capsys):
     # a budget no candidate combination meets is refused before phase 1
     assert run_script(main_train, common + [
         "--id", "low", "-epochs", "3", "--adaptive", "--phase1-epochs", "2", "--levels", "8",
+        "--budget-teff", "1"]) == 2
+    assert_one_line_error(capsys, "--budget-teff 1", "smallest T_eff")
+    # below 1 the flag itself is refused, with the same words as get_stats.py's
+    assert run_script(main_train, common + [
+        "--id", "low", "-epochs", "3", "--adaptive", "--phase1-epochs", "2", "--levels", "8",
         "--budget-teff", "0.5"]) == 2
-    assert_one_line_error(capsys, "--budget-teff 0.5", "smallest T_eff")
+    assert_one_line_error(capsys, "--budget-teff must be a number >= 1", "got 0.5")
     assert not (tmp_path / "low.pth").exists()
