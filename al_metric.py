@@ -1,4 +1,4 @@
-"""The AL metric of an activation histogram (spec section 4), our metric-to-level rule, and the
+"""The AL metric of an activation histogram, our metric-to-level rule, and the
 per-layer statistics of a QCFS network they are computed from."""
 import math
 
@@ -27,7 +27,7 @@ DEFAULT_THRESHOLDS = (20.0, 30.0, 38.0)
 
 
 def al_metric(counts, bins=5):
-    """AL metric of one histogram, as the reference code computes it (spec section 4).
+    """AL metric of one histogram, as the reference code computes it.
 
     With h = ``counts`` (one count per bin, ``len(counts) == bins``):
 
@@ -110,7 +110,7 @@ def level_histogram(level_counts, threshold, level, bins=5, dtype=torch.float32)
 
 
 def suggest_level(metric, max_level, thresholds=DEFAULT_THRESHOLDS):
-    """This project's level for a layer with AL metric ``metric`` (spec section 4).
+    """This project's level for a layer with AL metric ``metric``.
 
     With thresholds t1 < t2 < t3 (default :data:`DEFAULT_THRESHOLDS` = 20, 30, 38):
     metric < t1 -> max_level; < t2 -> ceil(max_level/2); < t3 -> ceil(max_level/4); else 1.

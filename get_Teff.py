@@ -60,7 +60,7 @@ def _resolve(args):
 
 def get_args_parser():
     parser = ArgumentParser(
-        description="T_eff and latency of a PASCAL network for per-layer levels (spec section 5).")
+        description="T_eff and latency of a PASCAL network for per-layer levels.")
     model = parser.add_argument_group("model")
     model.add_argument("-arch", "--arch", type=arch_name, default=None,
                        help="architecture, as main_train.py's -arch (default: the checkpoint's; "

@@ -31,7 +31,7 @@ from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_ou
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser(
-        description="AL metric per QCFS layer (spec section 4) and suggested per-layer levels.",
+        description="AL metric per QCFS layer and suggested per-layer levels.",
         add_help=add_help, allow_abbrev=False)
     group = parser.add_argument_group("checkpoint")
     group.add_argument("-data", "--dataset", default="cifar10", choices=list(DATASETS),

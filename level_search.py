@@ -1,4 +1,4 @@
-"""Per-layer levels chosen by a T_eff budget (issue #15): a measured per-layer loss table, an
+"""Per-layer levels chosen by a T_eff budget: a measured per-layer loss table, an
 exact dynamic programme over layers, and a measured re-evaluation of the best few choices.
 
 The search, for a trained QCFS model and calibration images (training images with evaluation

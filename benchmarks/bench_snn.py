@@ -49,7 +49,7 @@ from models.chunking import Segment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Per-layer levels of the published reference code (spec section 2).
+# Per-layer levels of the published reference code.
 REFERENCE_LEVELS = {
     "vgg16": [8, 4, 4, 1, 4, 4, 1, 1, 1, 1, 1, 4, 8, 8, 8],
     "resnet18": [4, 4, 4, 1, 4, 4, 4, 1, 4, 1, 1, 1, 1, 1, 1, 1, 4],

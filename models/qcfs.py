@@ -47,7 +47,7 @@ class _QCFSFunction(torch.autograd.Function):
 
 
 class QCFS(nn.Module):
-    """Quantization-clip-floor-shift activation (spec section 1).
+    """Quantization-clip-floor-shift activation.
 
     q(x) = threshold * clip(floor(x * L / threshold + 1/2) / L, 0, 1), with one trainable
     scalar ``threshold`` (lambda) and an integer ``level`` L >= 1. Its outputs take the L+1

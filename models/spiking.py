@@ -191,7 +191,7 @@ class LayerStats:
 
 
 class PascalNeuron(nn.Module):
-    """Three-phase PASCAL neuron (spec section 3.3) replacing one QCFS layer.
+    """Three-phase PASCAL neuron replacing one QCFS layer.
 
     Input ``x_seq``: currents ``(T_in, B, ...)``. Output: ``(L, B, ...)`` spikes of amplitude
     ``threshold / L`` whose count per neuron is ``clip(floor(sum_t x(t) / (threshold/L) +

@@ -1,4 +1,4 @@
-"""T_eff (effective timesteps), sequential latency and the fan-ins they need (spec section 5),
+"""T_eff (effective timesteps), sequential latency and the fan-ins they need,
 derived from the model's graph (:mod:`models.graph`) for every architecture.
 
 The method's arithmetic, shared by get_Teff.py, the cost report and the level search.
@@ -61,13 +61,13 @@ def layer_num_steps_in(model):
 
 
 def teff_term(T, r):
-    """One layer's term of T_eff: ``T (1 + (5T - 2) r) / (1 + T r)`` (spec section 5), the
+    """One layer's term of T_eff: ``T (1 + (5T - 2) r) / (1 + T r)``, the
     level T times PASCAL's update overhead over a plain IF layer for the layer constant r."""
     return T * (1 + (5 * T - 2) * r) / (1 + T * r)
 
 
 def teff(levels, fan_ins):
-    """Effective timesteps over all spiking layers (spec section 5, every layer counted).
+    """Effective timesteps over all spiking layers (every layer counted).
 
         T_eff = mean_l  T_l (1 + (5 T_l - 2) r_l) / (1 + T_l r_l),   r_l = (4/3) / fan_in_l
 

@@ -75,7 +75,7 @@ def test_unknown_sim_is_rejected():
 
 
 def loop_correct(v, count, num_steps):
-    """Phase 2 exactly as spec section 3.3 writes it, one step at a time."""
+    """Phase 2 as the method defines it, one step at a time."""
     for _ in range(num_steps):
         excite = v >= 1
         inhibit = v < 0

@@ -1,4 +1,4 @@
-"""The level search (level_search.py, issue #15): exact optimiser, measured optimum, budgets,
+"""The level search (level_search.py): exact optimiser, measured optimum, budgets,
 records, and get_stats.py --budget-teff / --pareto."""
 import itertools
 import json

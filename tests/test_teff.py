@@ -15,7 +15,7 @@ VGG16_LEVELS = "8,4,4,1,4,4,1,1,1,1,1,4,8,8,8"
 RESNET18_LEVELS = "4,4,4,1,4,4,4,1,4,1,1,1,1,1,1,1,4"
 RESNET18_README_LEVELS = "4,2,4,1,4,2,2,1,4,2,2,1,4,1,1,1,4"
 RESNET34_LEVELS = ("16,16,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,16,8,"
-                   "8,8,8,8,8")  # spec section 2, ImageNet
+                   "8,8,8,8,8")  # the reference code's ImageNet levels
 
 
 def run_cli(capsys, argv):
