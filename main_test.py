@@ -266,7 +266,8 @@ def main(args):
     else:
         if args.init_threshold is not None:
             raise UsageError("--init-threshold sets the thresholds of a ReLU checkpoint "
-                             "converted with --levels; this checkpoint has its own: drop it")
+                             "converted with --levels: pass --levels with a ReLU checkpoint, or "
+                             "drop --init-threshold")
         model, model_args = model_from_checkpoint(checkpoint, path, arch=args.arch,
                                                   dataset=args.dataset, levels=levels,
                                                   variant=args.variant)
