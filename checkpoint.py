@@ -1,10 +1,11 @@
-"""Self-describing checkpoints: atomic writes, weights-only loads, one-line errors.
+"""Self-describing checkpoints: atomic writes, weights-only loads, format upgrades.
 
 A checkpoint is a dict of tensors and plain Python values (loadable with
 ``torch.load(..., weights_only=True)``)::
 
     format_version  int (FORMAT_VERSION)
-    model_args      {"arch", "variant", "num_classes", "levels", "dataset"}
+    model_args      {"arch", "variant", "num_classes", "levels", "dropout", "activation",
+                     "dataset", "image_size"}: what rebuilds the model
     state_dict      the unwrapped model state_dict
     optimizer, scheduler, scaler   state dicts (training checkpoints)
     epoch           number of completed epochs
@@ -13,10 +14,13 @@ A checkpoint is a dict of tensors and plain Python values (loadable with
     test_acc1, test_images   held-out top-1 of this epoch and the images it counts
     adaptive        the adaptive level switch's record, or None
     world_size      processes that trained it
-    args            the command-line arguments as a plain dict
+    config          the run's TrainConfig as a plain dict (config.TrainConfig.as_dict)
 
-Older checkpoints may also hold ``rng`` (generator states, no longer needed: every training
-step is seeded from its position) or ``val_images``; both are ignored.
+:func:`load_checkpoint_file` passes every checkpoint of this project through
+:func:`upgrade`, which brings one of any earlier format version to the current one, so the
+rest of the code reads one format. Problems raise :class:`errors.CheckpointError` (or
+:class:`errors.CheckpointMismatch`), whose advice names configuration fields (``arch``,
+``levels``, ...) that the scripts translate into their flags.
 """
 import os
 from pathlib import Path
@@ -25,35 +29,58 @@ import numpy as np
 import torch
 
 import models
-from utils import (DATASETS, UsageError, default_checkpoint_dir, default_run_id,
-                   stretch_cosine_schedule)
+from errors import CheckpointError, CheckpointMismatch
+from utils import DATASETS, stretch_cosine_schedule
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model_args complete (image_size included), config instead of args
+
+_MODEL_ARGS_DEFAULTS = {  # format 1 left these out when they had these values
+    "variant": "cifar", "dropout": None, "activation": "qcfs", "dataset": None}
 
 
 def checkpoint_path(checkpoint_dir, run_id, best=False):
     return Path(checkpoint_dir) / (f"{run_id}_best.pth" if best else f"{run_id}.pth")
 
 
-def resolve_checkpoint(args):
-    """``(path, checkpoint_dir)`` named by a script's ``--checkpoint`` or ``--id``/``-suffix``
-    (in ``--checkpoint-dir``, default ``{dataset}-checkpoints``)."""
-    if args.checkpoint:
-        return Path(args.checkpoint), None
-    checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
-    run_id = args.id or (default_run_id(args.arch, args.dataset) if args.arch else None)
-    if run_id is None:
-        raise UsageError("say which checkpoint to use: --id ID (with -data) or "
-                         "--checkpoint PATH")
-    if args.suffix:
-        run_id = f"{run_id}_{args.suffix}"
-    return checkpoint_path(checkpoint_dir, run_id), checkpoint_dir
-
-
 def trained_image_size(checkpoint):
-    """The image size a checkpoint was trained at (its ``args``), or None: the dataset's own."""
-    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
-    return int(args["image_size"]) if args.get("image_size") else None
+    """The image size a checkpoint of this project was trained at, or None: the dataset's
+    own. Other checkpoints (the reference code's, plain state dicts) do not say: None."""
+    if not is_own_format(checkpoint):
+        return None
+    size = checkpoint["model_args"].get("image_size")
+    return int(size) if size else None
+
+
+def upgrade(checkpoint, path=None):
+    """``checkpoint`` (this project's, any format version) in the current format.
+
+    Format 1 (no ``format_version`` before it was recorded) stored the command line as
+    ``args`` and left ``model_args`` keys out when they had their default; its image size
+    lived in ``args["image_size"]``. Also dropped: ``rng`` and ``val_images``, which older
+    checkpoints hold and nothing reads. A checkpoint of a later format than this code knows
+    is refused (:class:`errors.CheckpointError`).
+    """
+    version = int(checkpoint.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(path, f"has checkpoint format {version}, newer than the "
+                              f"{FORMAT_VERSION} this code reads",
+                              advice="update this project's code")
+    checkpoint = dict(checkpoint)
+    model_args = dict(checkpoint["model_args"])
+    if version < 2:
+        for key, value in _MODEL_ARGS_DEFAULTS.items():
+            model_args.setdefault(key, value)
+        args = checkpoint.pop("args", None)
+        args = args if isinstance(args, dict) else {}
+        model_args.setdefault("image_size", args.get("image_size"))
+        checkpoint.setdefault("config", None)
+        for key in ("partial_epoch", "adaptive", "scaler"):
+            checkpoint.setdefault(key, None)
+    for key in ("rng", "val_images"):
+        checkpoint.pop(key, None)
+    checkpoint["model_args"] = model_args
+    checkpoint["format_version"] = FORMAT_VERSION
+    return checkpoint
 
 
 def list_ids(checkpoint_dir):
@@ -91,10 +118,12 @@ def load_checkpoint_file(path, checkpoint_dir=None):
         ids = list_ids(folder)
         known = f"ids with a checkpoint in {folder}: {', '.join(ids)}" if ids else \
             f"{folder} holds no checkpoints"
-        raise UsageError(f"checkpoint {path} does not exist ({known}); check --id / "
-                         "--checkpoint-dir, or pass --checkpoint PATH")
+        raise CheckpointError(None, f"checkpoint {path} does not exist ({known})",
+                              field="checkpoint", advice="check `run_id` and `checkpoint_dir`, "
+                              "or pass checkpoint=PATH")
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} is not a file: pass the .pth file itself")
+        raise CheckpointError(None, f"checkpoint {path} is not a file", field="checkpoint",
+                              advice="pass the .pth file itself")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
@@ -102,15 +131,21 @@ def load_checkpoint_file(path, checkpoint_dir=None):
         if "Weights only load failed" in text:  # torch's advice to unpickle blindly: not ours
             text = "not a PyTorch file"
         if "Unsupported global" in str(error):
-            raise UsageError(
-                f"{path} contains pickled Python objects that safe loading refuses: re-save it "
-                "as a state_dict (torch.save(model.state_dict(), ...)) from the code that wrote "
-                "it") from None
-        raise UsageError(f"{path} is not a readable PyTorch checkpoint (truncated or another "
-                         f"format: {text}); re-create it or pick another file") from None
+            raise CheckpointError(
+                path, "contains pickled Python objects that safe loading refuses",
+                advice="re-save it as a state_dict (torch.save(model.state_dict(), ...)) from "
+                "the code that wrote it") from None
+        raise CheckpointError(path, f"is not a readable PyTorch checkpoint (truncated or "
+                              f"another format: {text})",
+                              advice="re-create it or pick another file") from None
     if not isinstance(checkpoint, dict):
-        raise UsageError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint "
-                         "dict or state_dict")
+        raise CheckpointError(path, f"holds a {type(checkpoint).__name__}, not a checkpoint "
+                              "dict or state_dict")
+    if is_own_format(checkpoint):
+        try:
+            checkpoint = upgrade(checkpoint, path)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(path, f"has malformed model_args ({error})") from None
     return checkpoint
 
 
@@ -122,6 +157,22 @@ def is_relu(model_args):
 
 def is_own_format(checkpoint):
     return "model_args" in checkpoint and "state_dict" in checkpoint
+
+
+def check_model(stored, given, path):
+    """The checkpoint ``path`` must hold the network ``given`` names: each of its
+    ``model_args`` fields (activation, arch, variant, class count, dataset) agrees with
+    ``stored`` where both say (:class:`errors.CheckpointMismatch` naming the first that
+    differs)."""
+    for key, value in given.items():
+        have = ("relu" if is_relu(stored) else "qcfs") if key == "activation" else \
+            stored.get(key)
+        if have is None or value is None or have == value:
+            continue
+        if key == "num_classes":
+            raise CheckpointMismatch(path, key, have, value,
+                                     advice="continue it on the data it was trained on")
+        raise CheckpointMismatch(path, key, have, value, advice=f"pass {key}={have!r}")
 
 
 def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None,
@@ -136,51 +187,58 @@ def model_from_checkpoint(checkpoint, path, arch=None, dataset=None, levels=None
     ImageNet included). Returns ``(model, model_args)``.
     """
     if is_own_format(checkpoint):
+        checkpoint = upgrade(checkpoint, path)
         model_args = dict(checkpoint["model_args"])
         if arch is not None and arch != model_args["arch"]:
-            raise UsageError(f"{path} holds a {model_args['arch']} model but -arch {arch} was "
-                             f"given: drop -arch or pass -arch {model_args['arch']}")
-        stored = model_args.get("dataset")
+            raise CheckpointMismatch(path, "arch", model_args["arch"], arch,
+                                     advice=f"leave `arch` unset or pass arch="
+                                            f"{model_args['arch']!r}")
+        stored = model_args["dataset"]
         # An ImageFolder run (main.py) stores its folder's class count, which need not be the
         # table's 1000; a checkpoint is always consistent with the dataset it names.
         if dataset is not None and stored is not None and dataset != stored and \
                 DATASETS.get(dataset, (None,))[0] != model_args["num_classes"]:
-            raise UsageError(f"{path} was trained on {stored} ({model_args['num_classes']} "
-                             f"classes); -data {dataset} has a different number of classes")
-        if variant is not None and variant != model_args.get("variant", "cifar"):
-            raise UsageError(f"{path} holds the {model_args.get('variant', 'cifar')} variant of "
-                             f"{model_args['arch']}, not {variant}: drop --variant")
+            raise CheckpointMismatch(
+                path, "dataset", stored, dataset,
+                advice=f"it has {model_args['num_classes']} classes and {dataset} another "
+                       f"number: pass dataset={stored!r}")
+        if variant is not None and variant != model_args["variant"]:
+            raise CheckpointMismatch(path, "variant", model_args["variant"], variant,
+                                     advice="leave `variant` unset")
         if levels is not None:
             if is_relu(model_args):
-                raise UsageError(f"{path} holds a ReLU network (trained with --activation "
-                                 "relu), which has no levels: drop --levels")
+                raise CheckpointError(path, "holds a ReLU network (trained with activation "
+                                      "'relu'), which has no levels", field="levels",
+                                      advice="leave `levels` unset")
             model_args["levels"] = levels
         model = _create(model_args, path)
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:
-            raise UsageError(f"{path} does not fit its own model_args: "
-                             f"{str(error).splitlines()[0]}") from None
+            raise CheckpointError(path, f"does not fit its own model_args: "
+                                  f"{str(error).splitlines()[0]}") from None
         model_args["levels"] = models.get_levels(model)
         _check_thresholds(model, path)
         return model, model_args
     # reference-code checkpoint: a bare state_dict or one under model_state_dict
     if arch is None or dataset is None:
-        raise UsageError(f"{path} has no model_args (a reference-code checkpoint?): pass -arch "
-                         "and -data")
+        raise CheckpointError(path, "has no model_args (a reference-code checkpoint?)",
+                              advice="pass `arch` and `dataset`")
     if levels is None:
-        raise UsageError(f"{path} was written by the reference code and carries no levels: pass "
-                         "--levels (one per QCFS layer, as its self.list / mylist)")
+        raise CheckpointError(path, "was written by the reference code and carries no levels",
+                              field="levels", advice="pass `levels` (one per QCFS layer, as "
+                              "its self.list / mylist)")
     num_classes = DATASETS[dataset][0]
     variant = variant or reference_variant(checkpoint, arch, num_classes, dataset, path)
     model_args = {"arch": arch, "variant": variant, "num_classes": num_classes,
-                  "levels": levels, "dataset": dataset, "dropout": 0.0}
+                  "levels": levels, "dataset": dataset, "dropout": 0.0, "activation": "qcfs",
+                  "image_size": None}
     model = _create(model_args, path)
     try:
         models.load_reference_state_dict(model, checkpoint)
     except ValueError as error:
-        raise UsageError(f"{path} does not match the {variant} variant of {arch} for "
-                         f"{dataset}: {error}") from None
+        raise CheckpointError(path, f"does not match the {variant} variant of {arch} for "
+                              f"{dataset}: {error}") from None
     model_args["levels"] = models.get_levels(model)
     _check_thresholds(model, path)
     return model, model_args
@@ -213,24 +271,26 @@ def pretrained_weights(arch, name=None):
     """``(state dict, weights' name, their class count)`` of torchvision's pretrained weights
     for ``tv:NAME`` (``name``: e.g. ``IMAGENET1K_V2``; None: torchvision's default), read
     through torch hub's cache (``$TORCH_HOME/hub/checkpoints``) and downloaded into it if
-    missing. UsageError, in one line naming the file and the folder to put it in, when it
-    can be neither found nor downloaded."""
+    missing. :class:`errors.CheckpointError`, naming the file and the folder to put it in,
+    when it can be neither found nor downloaded."""
     import torchvision
     if not models.is_torchvision_arch(arch):
-        raise UsageError(f"--pretrained loads torchvision's weights: it needs -arch tv:NAME, "
-                         f"not {arch}")
+        raise CheckpointError(None, "pretrained weights are torchvision's", field="pretrained",
+                              advice=f"they need arch='tv:NAME', not {arch}")
     model_name = arch[len(models.TORCHVISION_PREFIX):]
     try:
         enum = torchvision.models.get_model_weights(model_name)
     except (KeyError, ValueError):
-        raise UsageError(f"torchvision has no pretrained weights for {model_name}") from None
+        raise CheckpointError(None, f"torchvision has no pretrained weights for {model_name}",
+                              field="pretrained") from None
     if name is None:
         weights = enum.DEFAULT
     elif name in enum.__members__:
         weights = enum[name]
     else:
-        raise UsageError(f"{arch} has no pretrained weights {name!r}; choose one of "
-                         f"{', '.join(enum.__members__)}")
+        raise CheckpointError(None, f"{arch} has no pretrained weights {name!r}",
+                              field="pretrained",
+                              advice=f"choose one of {', '.join(enum.__members__)}")
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     file = folder / Path(weights.url).name
     try:
@@ -240,8 +300,10 @@ def pretrained_weights(arch, name=None):
         state_dict = weights.get_state_dict(progress=False)
     except Exception as error:  # noqa: BLE001 - offline, refused, truncated: all one advice
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"{enum.__name__}.{weights.name} could not be loaded ({reason}): put "
-                         f"{file.name} (from {weights.url}) into {folder}") from None
+        raise CheckpointError(None, f"{enum.__name__}.{weights.name} could not be loaded "
+                              f"({reason})", field="pretrained",
+                              advice=f"put {file.name} (from {weights.url}) into "
+                                     f"{folder}") from None
     return state_dict, f"{enum.__name__}.{weights.name}", len(weights.meta["categories"])
 
 
@@ -252,7 +314,7 @@ def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels
     ``(model, model_args)``, or None if ``checkpoint`` holds no ReLU network. This project's
     ReLU checkpoints supply their own arch, class count and variant (``arch`` must agree);
     a plain state dict is read as ``arch`` with ``num_classes`` and ``variant``. Keys other
-    than the thresholds must match exactly (UsageError naming the difference), except, when
+    than the thresholds must match exactly (CheckpointError naming the difference), except, when
     the weights were trained for ``source_classes`` classes, the classifier's: its tensors
     whose first dimension is ``source_classes`` where the model has ``num_classes`` keep
     their fresh initialisation (``model_args["replaced"]`` lists them)."""
@@ -262,9 +324,9 @@ def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels
     if is_own_format(checkpoint):
         stored = checkpoint["model_args"]
         if stored["arch"] != arch:
-            raise UsageError(f"{path} holds a ReLU {stored['arch']}, not {arch}: pass -arch "
-                             f"{stored['arch']}")
-        num_classes, variant = stored["num_classes"], stored.get("variant", variant)
+            raise CheckpointMismatch(path, "arch", stored["arch"], arch,
+                                     advice=f"pass arch={stored['arch']!r}")
+        num_classes, variant = stored["num_classes"], stored["variant"]
     model = models.create_model(arch, num_classes=num_classes, levels=levels, variant=variant,
                                 init_threshold=init_threshold, dropout=dropout,
                                 input_shape=input_shape)
@@ -278,7 +340,8 @@ def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels
         own = {k: v for k, v in own.items() if k not in replaced}
     problem = models.reference.state_dict_mismatch(own, weights)
     if problem is not None:
-        raise UsageError(f"{path} is not a ReLU {arch} with {num_classes} classes: {problem}")
+        raise CheckpointError(path, f"is not a ReLU {arch} with {num_classes} classes: "
+                              f"{problem}")
     model.load_state_dict(weights, strict=False)
     model_args = models.model_args_of(model, arch, variant, num_classes, dropout)
     model_args["dataset"] = dataset
@@ -289,7 +352,7 @@ def qcfs_from_relu(checkpoint, path, arch, dataset, variant, num_classes, levels
 
 def reference_variant(checkpoint, arch, num_classes, dataset, path):
     """The variant whose keys and shapes a reference-code state_dict fits (the dataset's own
-    variant first), or a one-line UsageError saying how it fits neither."""
+    variant first), or a CheckpointError saying how it fits neither."""
     translated = models.reference.translate_reference_keys(checkpoint)
     own_first = sorted(models.VARIANTS, key=lambda v: v != DATASETS[dataset][1])
     problems = {}
@@ -302,28 +365,28 @@ def reference_variant(checkpoint, arch, num_classes, dataset, path):
             return variant
         problems[variant] = problem
     details = "; ".join(f"{variant}: {problem}" for variant, problem in problems.items())
-    raise UsageError(f"{path} fits neither variant of {arch} with {num_classes} classes "
-                     f"({details}): check -arch and -data")
+    raise CheckpointError(path, f"fits neither variant of {arch} with {num_classes} classes "
+                          f"({details})", advice="check `arch` and `dataset`")
 
 
 def _check_thresholds(model, path):
     try:
         models.convert.check_thresholds(model)
     except ValueError as error:
-        raise UsageError(f"{path}: {error}") from None
+        raise CheckpointError(path, f"holds a network that cannot be converted: {error}") from None
 
 
 def _create(model_args, path):
     try:
-        # no "dropout": written before it was recorded, rebuilt with the layout of then
+        # dropout None: written before it was recorded, rebuilt with the layout of then
         relu = is_relu(model_args)
         return models.create_model(model_args["arch"], num_classes=model_args["num_classes"],
                                    levels=None if relu else model_args["levels"],
-                                   variant=model_args.get("variant", "cifar"),
-                                   dropout=model_args.get("dropout"),
+                                   variant=model_args["variant"],
+                                   dropout=model_args["dropout"],
                                    activation="relu" if relu else "qcfs")
     except (KeyError, TypeError) as error:
-        raise UsageError(f"{path} has malformed model_args ({error})") from None
+        raise CheckpointError(path, f"has malformed model_args ({error})") from None
 
 
 def restore_training_state(restored, optimizer, scheduler, scaler, epochs, logger):
@@ -335,7 +398,7 @@ def restore_training_state(restored, optimizer, scheduler, scaler, epochs, logge
     if scheduler.T_max != epochs:
         logger.info(f"schedule length changed from {scheduler.T_max} to {epochs} epochs")
         stretch_cosine_schedule(scheduler, epochs)
-    if scaler is not None and restored.get("scaler"):
+    if scaler is not None and restored["scaler"]:
         scaler.load_state_dict(restored["scaler"])
     return int(restored["epoch"]), float(restored["best_acc1"])
 

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils import DATASETS, UsageError, ignore_signals_in_worker
+from errors import DataError
+from utils import DATASETS, ignore_signals_in_worker
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
@@ -141,7 +142,8 @@ def get_dataset(name, root, split, download=False, augment=None, image_size=None
     with evaluation transforms (what get_stats.py measures on).
     """
     if name not in DATASETS:
-        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}", field="dataset",
+                        advice=f"choose one of {', '.join(DATASETS)}")
     train = split == "train"
     augment = train if augment is None else augment
     if name == "digits":
@@ -176,11 +178,12 @@ def cifar_dataset(name, root, train, download, transform):
         try:
             dataset = cls(root, train=train, download=download, transform=transform)
         except RuntimeError as error:
-            raise UsageError(
-                f"{name} not found under {os.path.abspath(root)} ({error}): pass --download to "
-                "fetch it, set --data-root (or $PASCAL_DATA) to where it is (torchvision's "
-                f"{CIFAR_PICKLE_FOLDERS[name]}/ or an image-folder copy with train/CLASS/ and "
-                "test/CLASS/), or try the bundled dataset with -data digits") from None
+            raise DataError(
+                f"{name} not found under {os.path.abspath(root)} ({error})", field="data_root",
+                advice="pass download=True to fetch it, set `data_root` (or $PASCAL_DATA) to "
+                f"where it is (torchvision's {CIFAR_PICKLE_FOLDERS[name]}/ or an image-folder "
+                "copy with train/CLASS/ and test/CLASS/), or try the bundled dataset with "
+                "dataset='digits'") from None
         dataset.source = (f"{name}: torchvision's pickled batches in "
                           f"{os.path.join(os.path.abspath(root), CIFAR_PICKLE_FOLDERS[name])}")
     return dataset
@@ -208,8 +211,8 @@ class CifarFolder(Dataset):
         if found != sorted(classes):
             missing = sorted(set(classes) - set(found))
             extra = sorted(set(found) - set(classes))
-            raise UsageError(f"{folder} must hold exactly the {len(classes)} {name} class "
-                             f"folders: missing {_first(missing)}; unexpected {_first(extra)}")
+            raise DataError(f"{folder} must hold exactly the {len(classes)} {name} class "
+                            f"folders: missing {_first(missing)}; unexpected {_first(extra)}")
         self.data, targets = _decode_cifar_folder(os.path.abspath(folder), classes)
         self.targets, self.classes, self.transform = list(targets), list(classes), transform
         self.source = (f"{name}: image folders {os.path.abspath(folder)} ({len(targets)} "
@@ -238,8 +241,8 @@ def _decode_cifar_folder(folder, classes):
         files = sorted(f for f in os.listdir(os.path.join(folder, cls))
                        if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            raise UsageError(f"{os.path.join(folder, cls)} holds no images "
-                             f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"{os.path.join(folder, cls)} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
         entries += [(rank, label, os.path.join(folder, cls, f)) for rank, f in enumerate(files)]
     # the classes interleaved (the first file of every class, then the second, ...): the
     # first N images of a split (--num-images N) cover the classes evenly
@@ -250,8 +253,8 @@ def _decode_cifar_folder(folder, classes):
     for index, path in enumerate(paths):
         image = load_rgb_image(path)
         if image.size != (32, 32):
-            raise UsageError(f"{path} is {image.size[0]}x{image.size[1]}: CIFAR images are "
-                             "32x32 (use --image-size to resize them for a network)")
+            raise DataError(f"{path} is {image.size[0]}x{image.size[1]}: CIFAR images are "
+                            "32x32", advice="set `image_size` to resize them for a network")
         data[index] = np.asarray(image)
     data.setflags(write=False)
     return data, tuple(targets)
@@ -262,12 +265,12 @@ def image_folder(root, split, transform):
     from torchvision import datasets
     path = os.path.join(root, split)
     if not os.path.isdir(path):
-        raise UsageError(f"{path} is not a directory: an ImageNet-style root needs train/ and "
-                         "val/ folders with one sub-folder per class (set --data-root)")
+        raise DataError(f"{path} is not a directory: an ImageNet-style root needs train/ and "
+                        "val/ folders with one sub-folder per class", advice="set `data_root`")
     try:
         return datasets.ImageFolder(path, transform=transform, loader=load_rgb_image)
     except (FileNotFoundError, RuntimeError) as error:
-        raise UsageError(f"no usable images under {path}: {error}") from None
+        raise DataError(f"no usable images under {path}: {error}") from None
 
 
 def load_rgb_image(path):
@@ -278,8 +281,8 @@ def load_rgb_image(path):
             image = Image.open(handle)
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
-        raise UsageError(f"cannot read image {path} ({type(error).__name__}): remove or "
-                         "replace the file") from None
+        raise DataError(f"cannot read image {path} ({type(error).__name__})",
+                        advice="remove or replace the file") from None
 
 
 def make_loader(dataset, batch_size, train, workers=0, generator=None, sampler=None,
@@ -342,7 +345,7 @@ def check_image_folder(root):
     """Check an ImageNet-style tree ``root/{train,val}/CLASS/IMAGE``; return the class names.
 
     Cheap (one directory listing per class, stopping at the first image), so the launcher can
-    run it before any worker starts. Raises a one-line UsageError when ``root``, ``train/`` or
+    run it before any worker starts. Raises a DataError when ``root``, ``train/`` or
     ``val/`` is missing, ``train/`` has no class folders, ``val/`` does not have the same class
     folders as ``train/`` (ImageFolder numbers classes by sorted folder name, so a missing
     folder would silently shift every label after it), or a class folder holds no image.
@@ -350,30 +353,31 @@ def check_image_folder(root):
     from torchvision.datasets.folder import IMG_EXTENSIONS
     layout = "DIR/train/CLASS/*.jpg and DIR/val/CLASS/*.jpg"
     if not os.path.isdir(root):
-        raise UsageError(f"{root} is not a directory: pass the folder that holds train/ and val/ "
-                         f"({layout})")
+        raise DataError(f"{root} is not a directory", advice=f"pass the folder that holds "
+                                                             f"train/ and val/ ({layout})")
     classes = {}
     for split in ("train", "val"):
         path = os.path.join(root, split)
         if not os.path.isdir(path):
-            raise UsageError(f"{path} is missing: {root} must hold train/ and val/, each with one "
-                             f"sub-folder of images per class ({layout})")
+            raise DataError(f"{path} is missing: {root} must hold train/ and val/, each with one "
+                            f"sub-folder of images per class ({layout})")
         with os.scandir(path) as entries:
             classes[split] = sorted(e.name for e in entries if e.is_dir())
         if not classes[split]:
-            raise UsageError(f"{path} has no class sub-folders: put each class's images in "
-                             f"{split}/CLASS/ ({layout})")
+            raise DataError(f"{path} has no class sub-folders",
+                            advice=f"put each class's images in {split}/CLASS/ ({layout})")
     if classes["train"] != classes["val"]:
         only_train = sorted(set(classes["train"]) - set(classes["val"]))
         only_val = sorted(set(classes["val"]) - set(classes["train"]))
-        raise UsageError(f"train/ and val/ under {root} must have the same class folders: "
-                         f"only in train/: {_first(only_train)}; only in val/: {_first(only_val)}")
+        raise DataError(f"train/ and val/ under {root} must have the same class folders: "
+                        f"only in train/: {_first(only_train)}; only in val/: {_first(only_val)}")
     for split in ("train", "val"):
         for name in classes[split]:
             folder = os.path.join(root, split, name)
             if not _has_file(folder, IMG_EXTENSIONS):
-                raise UsageError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}): add "
-                                 "some or remove the folder from both train/ and val/")
+                raise DataError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)})",
+                                advice="add some or remove the folder from both train/ and "
+                                       "val/")
     return classes["train"]
 
 

@@ -20,12 +20,49 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import engine
-from checkpoint import checkpoint_path
-from utils import UsageError
+from dataclasses import dataclass
 
-__all__ = ["launch_mode", "free_port", "process_device", "init_process_group", "spawn",
+from errors import ExitCode, PascalError
+from utils import UsageError, one_line
+
+__all__ = ["DistContext", "current_context", "ProcessConfig", "launch_mode", "free_port", "process_device", "init_process_group", "spawn",
            "detach_from_terminal", "ProcessPlace", "run_worker", "exit_worker", "exit_process"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands. ``distributed``: a process group exists (torchrun or the
+    spawn launch); collectives then run on ``device`` (the CPU for gloo, the GPU for nccl)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    distributed: bool = False
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def current_context(model=None):
+    """This process's :class:`DistContext` for a caller that did not make one: the process
+    group's rank and size if one exists -- inside torchrun without one, it is joined first
+    (nccl on CUDA, gloo otherwise) -- else a single process. The device: ``cuda:LOCAL_RANK``
+    in a CUDA process group, else ``model``'s (the CPU without a model)."""
+    device = torch.device("cpu")
+    if model is not None:
+        parameter = next(iter(model.parameters()), None)
+        device = parameter.device if parameter is not None else device
+    if not dist.is_initialized() and launch_mode(False, 1) == "torchrun":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        init_process_group(backend, "torchrun", int(os.environ["RANK"]),
+                           int(os.environ["WORLD_SIZE"]), None, 1800)
+    if not dist.is_initialized():
+        return DistContext(device=device)
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device,
+                       distributed=True)
 
 
 def launch_mode(multiprocessing_distributed, world_size):
@@ -165,44 +202,61 @@ class ProcessPlace:
         self.distributed = launch != "single"
 
 
-def run_worker(train, args, place):
-    """Run ``train(args, ctx)`` in this process of the launch; returns the exit status.
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How one training process joins its launch: ``launch`` (see :func:`launch_mode`), the
+    device spec (``-dev``), the process group's ``backend``, ``dist_url`` (spawn) and
+    ``timeout`` (seconds), the run's latest ``checkpoint`` (named when a peer is lost), and
+    ``debug`` (tracebacks instead of one-line errors)."""
 
-    Chooses the device (``-dev``; ``cuda`` means ``cuda:LOCAL_RANK``), joins the process group,
-    and turns failures into statuses: bad input is one line from rank 0 (status 2); a
-    collective that fails because a peer died or stopped answering is one line (status 1):
-    nothing was written, so the last completed checkpoint stands. Reads ``args``: launch,
-    device, dist_backend, dist_url, dist_timeout, checkpoint_dir, id, debug.
+    launch: str = "single"
+    device: str | None = None
+    backend: str | None = None
+    dist_url: str | None = None
+    timeout: float = 1800
+    checkpoint: str | None = None
+    debug: bool = False
+
+
+def run_worker(train, place, process, error_line=str):
+    """Run ``train(ctx)`` in this process of the launch; returns the exit status.
+
+    Chooses the device (``cuda`` means ``cuda:LOCAL_RANK``), joins the process group, and
+    turns failures into statuses (:class:`errors.ExitCode`): bad input (a UsageError or a
+    library's :class:`errors.PascalError`) is one line from rank 0, ``error_line(error)``
+    (status 2); a collective that fails because a peer died or stopped answering is one line
+    (status 1): nothing was written, so the last completed checkpoint stands. Any other
+    exception is a bug and keeps its traceback.
     """
-    status = 1
+    status = ExitCode.FAILED
     try:
-        device = process_device(args.device, place.local_rank, place.local_world_size)
+        device = process_device(process.device, place.local_rank, place.local_world_size)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         elif "OMP_NUM_THREADS" not in os.environ:
             # processes on one CPU machine share its cores; oversubscription slows all of them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.local_world_size))
         if place.distributed:
-            init_process_group(args.dist_backend, args.launch, place.rank, place.world_size,
-                               args.dist_url, args.dist_timeout)
-        ctx = engine.DistContext(rank=place.rank, world_size=place.world_size, device=device,
-                                 distributed=place.distributed)
-        status = train(args, ctx)
-    except (UsageError, ValueError) as error:
-        if args.debug:
+            init_process_group(process.backend, process.launch, place.rank, place.world_size,
+                               process.dist_url, process.timeout)
+        ctx = DistContext(rank=place.rank, world_size=place.world_size, device=device,
+                          distributed=place.distributed)
+        status = train(ctx)
+    except (UsageError, PascalError) as error:
+        if process.debug:
             raise
         if place.rank == 0:  # every rank meets the same bad input: one line, from rank 0
-            print(f"error: {error}", file=sys.stderr)
-        status = 2
+            print(f"error: {one_line(error_line(error))}", file=sys.stderr)
+        status = ExitCode.USAGE
     except KeyboardInterrupt:
-        status = 130
+        status = ExitCode.SIGNAL + signal.SIGINT
     except RuntimeError as error:
-        if not place.distributed or args.debug:
+        if not place.distributed or process.debug:
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"error: process {place.rank}: {first}; the last checkpoint, if any, is "
-              f"{checkpoint_path(args.checkpoint_dir, args.id)}", file=sys.stderr)
-        status = 1
+              f"{process.checkpoint}", file=sys.stderr)
+        status = ExitCode.FAILED
     finally:
         if place.distributed and dist.is_initialized():
             # A clean exit waits for every peer, so that no process tears down the group while
@@ -210,12 +264,12 @@ def run_worker(train, args, place):
             # finishing). After a failure the peers may be mid-collective: skip the barrier.
             if status == 0:
                 dist.barrier(device_ids=[torch.cuda.current_device()]
-                             if args.dist_backend == "nccl" else None)
+                             if process.backend == "nccl" else None)
             # free what the run built (DDP's reducer holds the group) while the interpreter
             # is whole, so the backend's threads are joined here rather than at exit
             gc.collect()
             dist.destroy_process_group()
-    return status
+    return int(status)
 
 
 def exit_worker(status):

@@ -1,16 +1,23 @@
-"""The training engine of main_train.py and main.py: one epoch loop for one process or many.
+"""The training engine: :func:`fit` trains a QCFS (or ReLU) network, in one process or many.
 
-It owns what a training run does once the data and the model's recipe are known: building or
-restoring the run (``--resume``, ``--resume_from_ckpt``, ``--initial-checkpoint``, elastic
-restarts), the epoch loop (AMP, threshold clamping, divergence), evaluation, the adaptive
-(two-phase) level switch, self-describing checkpoints (epoch ends and mid-epoch stops), stop
-requests by signal, and the per-epoch log and CSV. The scripts parse arguments, build the
-data and call :func:`prepare_run` and :func:`fit`.
+    from config import AdaptiveConfig, TrainConfig
+    result = engine.fit(model, train_set, test_set, TrainConfig(epochs=5, lr=0.01,
+                        run_id="mine", checkpoint_dir="runs", resume="auto"))
 
-Under DDP (a process group exists) every decision that changes what the processes do next is
-agreed by a collective: whether to stop after a step (a signal reached any process), whether
-a step's loss is finite everywhere, and the levels of the adaptive switch (computed on rank
-0, broadcast, then checked on every rank). Only rank 0 logs and writes files.
+``model`` is any network (a QCFS network from ``models.create_model`` or ``models.qcfsify``,
+or a ReLU one); ``train_set`` yields augmented ``(image, label)`` samples, ``test_set`` the
+held-out ones. :func:`fit` owns what a run does once the model and the data exist: resuming
+(``config.resume``, elastic restarts), thresholds from data for a new run, the epoch loop
+(AMP, threshold clamping, divergence), evaluation, the two-phase level switch (the AL rule
+or the level search), self-describing checkpoints (epoch ends and mid-epoch stops), stops on
+SIGTERM/SIGINT, and the per-epoch log and CSV. The training scripts build the model
+(:mod:`model_setup`) and the config from their flags and call it.
+
+Under DDP (a process group exists: torchrun, or a spawned worker) every decision that
+changes what the processes do next is agreed by a collective: whether to stop after a step
+(a signal reached any process), whether a step's loss is finite everywhere, and the levels of
+the adaptive switch (computed on rank 0, broadcast, then checked on every rank). Only rank 0
+logs and writes files.
 
 Reproducibility: every step seeds torch from (run seed, epoch, step, rank), every sample
 draws its augmentation from (run seed, epoch, index) and every epoch's order comes from
@@ -18,6 +25,7 @@ draws its augmentation from (run seed, epoch, index) and every epoch's order com
 same processes, what an uninterrupted run does; no generator state needs saving.
 """
 import csv
+import logging
 import os
 import signal
 import time
@@ -33,45 +41,19 @@ from torch.utils.data import Subset
 
 import models
 from al_metric import collect_level_counts, format_table, layer_metrics
-from checkpoint import (FORMAT_VERSION, checkpoint_path, is_own_format, is_relu,
-                        load_checkpoint_file, model_from_checkpoint, plain, pretrained_weights,
-                        qcfs_from_relu, restore_training_state, save_checkpoint)
+from checkpoint import (FORMAT_VERSION, check_model, checkpoint_path, is_own_format, is_relu,
+                        load_checkpoint_file, restore_training_state, save_checkpoint)
+from config import AdaptiveConfig, TrainConfig
 from data import SeededAugmentation, make_loader, shard_order
+from distributed import DistContext, current_context
+from errors import CheckpointError, ConfigError, ExitCode
 from level_search import calibration_loader, default_candidates, minimum_teff, search_levels
-from threshold_init import data_thresholds_
-from utils import UsageError, progress
+from threshold_init import MIN_THRESHOLD, data_thresholds_
+from utils import progress
 
-__all__ = ["MIN_THRESHOLD", "DistContext", "RunSpec", "Run", "StopRequest", "Diverged",
-           "EpochProgress", "resume_source", "prepare_run", "fit", "evaluate",
-           "enable_determinism", "elastic_restart_count"]
-
-MIN_THRESHOLD = 1e-3  # thresholds are clamped to at least this after every optimizer step
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands. ``distributed``: a process group exists (torchrun or the
-    spawn launch); collectives then run on ``device`` (the CPU for gloo, the GPU for nccl)."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    distributed: bool = False
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What the script knows of the data: ``model_args["dataset"]``, the class count, the
-    model variant (stem and classifier) it trains, and the side of its square images."""
-
-    dataset: str
-    num_classes: int
-    variant: str
-    image_size: int
+__all__ = ["TrainConfig", "AdaptiveConfig", "MIN_THRESHOLD", "DistContext", "Run", "FitResult", "StopRequest", "Diverged",
+           "EpochProgress", "resume_source", "start_run", "fit", "evaluate",
+           "describe_model", "enable_determinism", "elastic_restart_count"]
 
 
 @dataclass
@@ -101,6 +83,21 @@ class Run:
     resumed_from: Path | None = None
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` ended with. ``status``: an :class:`errors.ExitCode` value (0 done,
+    3 diverged, 128 + N stopped on signal N); ``epochs``: epochs completed; ``best_acc1`` and
+    ``last_acc1``: held-out top-1 (percent; the best since the level switch); ``levels``:
+    the model's levels at the end; ``checkpoint``: the run's latest checkpoint."""
+
+    status: int
+    epochs: int
+    best_acc1: float
+    last_acc1: float | None
+    levels: list
+    checkpoint: Path
+
+
 class Diverged(Exception):
     """The loss became NaN or infinite."""
 
@@ -118,7 +115,7 @@ class StopRequest:
     """SIGTERM/SIGINT during training: stop at the next step boundary every process agrees on.
 
     - the first SIGTERM or SIGINT is recorded; the loop finishes its step, rank 0 writes a
-      resumable checkpoint, and the run exits with status 128 + signal;
+      resumable checkpoint, and the run ends with status 128 + signal;
     - a repeated SIGTERM is ignored: under a scheduler a worker may get it twice, directly
       and from its launcher;
     - a second SIGINT (Ctrl-C again) restores Python's default handler and raises
@@ -166,182 +163,85 @@ def elastic_restart_count():
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def resume_source(args, latest):
-    """The checkpoint a run continues from, or None for a new run.
+def resume_source(config):
+    """The checkpoint the run of ``config`` continues from, or None for a new run.
 
-    ``--resume PATH`` names it; ``--resume_from_ckpt=1`` means ``latest``; ``--resume auto``
-    means ``latest`` if it exists, else a new run. A worker restarted by torchrun behaves as
-    ``--resume auto`` and ignores ``--overwrite`` (otherwise a restart would start over).
-    A new run where ``latest`` exists needs ``--overwrite``.
+    ``resume``: a path names it; ``"auto"`` means the run's latest checkpoint if it exists,
+    else a new run. A worker restarted by torchrun behaves as ``"auto"`` and ignores
+    ``overwrite`` (otherwise a restart would start over). A new run where the run's checkpoint
+    exists needs ``overwrite`` (:class:`errors.CheckpointError`, field ``resume``).
     """
-    restarted = elastic_restart_count() > 0
-    if args.resume == "auto" or restarted:
+    latest = checkpoint_path(config.checkpoint_dir, config.run_id)
+    if config.resume == "auto" or elastic_restart_count() > 0:
         return latest if latest.exists() else None
-    if args.resume:
-        return Path(args.resume)
-    if args.resume_from_ckpt:
-        return latest
-    if latest.exists() and not args.overwrite:
-        raise UsageError(f"run {args.id!r} already has a checkpoint ({latest}): pass "
-                         "--resume_from_ckpt=1 (or --resume auto) to continue it, --overwrite to "
-                         "start over, or another --id")
+    if config.resume:
+        return Path(config.resume)
+    if latest.exists() and not config.overwrite:
+        raise CheckpointError(latest, f"run {config.run_id!r} already has this checkpoint",
+                              field="resume", advice="continue it with resume='auto', start "
+                              "over with overwrite=True, or choose another `run_id`")
     return None
 
 
-def prepare_run(args, spec, ctx, logger):
-    """Build the model and its optimizer, schedule and AMP scaler, new or restored.
+def describe_model(model, image_size=None):
+    """``model_args`` for a network built outside the model registry: its class name as
+    ``arch``, its levels and activation (what a resumed run is checked against)."""
+    levels = models.get_levels(model)
+    return {"arch": type(model).__name__, "levels": levels,
+            "activation": "qcfs" if levels else "relu", "image_size": image_size}
 
-    Reads ``args``: arch, levels, init_threshold, id, checkpoint_dir, resume,
-    resume_from_ckpt, initial_checkpoint, overwrite, lr, momentum, weight_decay, epochs, amp.
-    """
-    latest = checkpoint_path(args.checkpoint_dir, args.id)
-    source = resume_source(args, latest)
-    restored = from_relu = None
-    if source is None and args.pretrained is not None:
-        weights, described, classes = pretrained_weights(
-            args.arch, None if args.pretrained == "default" else args.pretrained)
-        from_relu = qcfs_from_relu(
-            weights, f"torchvision's {described}", args.arch, spec.dataset, spec.variant,
-            spec.num_classes, 4 if args.levels is None else args.levels,
-            _constant_threshold(args.init_threshold), 0.0,
-            input_shape=(3, spec.image_size, spec.image_size), source_classes=classes)
-        replaced = from_relu[1].pop("replaced", [])
-        logger.info(f"initial weights: torchvision's {described}" + (
-            f"; classifier replaced ({classes} -> {spec.num_classes} classes: "
-            f"{', '.join(replaced)} freshly initialised)" if replaced else ""))
-    elif source is None and args.initial_checkpoint:
-        # weights from any dataset with the same classes (the checkpoint's own arch, class
-        # count and shapes are checked), rebuilt as a new run of this version: its dropout
-        # layout; a ReLU network's weights become a QCFS network's
-        checkpoint = load_checkpoint_file(args.initial_checkpoint)
-        if args.activation == "qcfs":
-            from_relu = qcfs_from_relu(
-                checkpoint, args.initial_checkpoint, args.arch, spec.dataset, spec.variant,
-                spec.num_classes, 4 if args.levels is None else args.levels,
-                _constant_threshold(args.init_threshold),
-                0.0 if args.dropout is None else args.dropout,
-                input_shape=(3, spec.image_size, spec.image_size))
+
+def start_run(model, model_args, config, ctx, logger, levels=None):
+    """A :class:`Run` of ``model``: new (fresh optimizer and schedule), or continuing
+    :func:`resume_source`'s checkpoint, whose weights, levels, optimizer, schedule and
+    progress are restored after checking that it holds this model (:class:`errors.
+    CheckpointMismatch` naming the differing ``model_args`` field). ``levels``, if given,
+    replace the model's (for a resumed run: the checkpoint's) levels."""
+    source = resume_source(config)
+    restored = None
     if source is not None:
-        restored = load_checkpoint_file(source, args.checkpoint_dir)
+        restored = load_checkpoint_file(source, config.checkpoint_dir)
         if not is_own_format(restored) or "optimizer" not in restored:
-            raise UsageError(f"{source} is not a training checkpoint of this project (no "
-                             "optimizer state): use --initial-checkpoint to start a new run "
-                             "from its weights")
-        _check_same_run(restored["model_args"], args.arch, spec, source, args.activation)
-        stored = restored["model_args"].get("dropout")
-        if args.dropout is not None and args.dropout != stored:
-            raise UsageError(f"{source} was trained with dropout {stored} (None: the layout "
-                             f"before dropout was recorded), not {args.dropout}: drop --dropout "
-                             "to continue it")
-        model, model_args = model_from_checkpoint(restored, source)
-        if args.levels is not None:
-            old = model_args["levels"]
-            new = models.set_levels(model, args.levels)
-            if new != old:
-                logger.info(f"levels changed at epoch {restored['epoch']}: {old} -> {new} "
-                            "(phase 2: same optimizer, schedule and epoch counter)")
-            model_args["levels"] = new
-    elif from_relu is not None:
-        model, model_args = from_relu
-        if args.initial_checkpoint:
-            logger.info(f"initial weights from the ReLU network in {args.initial_checkpoint}")
-        logger.info("thresholds " + ("from data (below)" if isinstance(args.init_threshold, tuple)
-                                     else f"{args.init_threshold:g}"))
-    elif args.initial_checkpoint:
-        source, source_args = model_from_checkpoint(
-            checkpoint, args.initial_checkpoint, arch=args.arch, dataset=spec.dataset,
-            levels=args.levels)
-        source_activation = "relu" if is_relu(source_args) else "qcfs"
-        if source_activation != args.activation:
-            raise UsageError(f"{args.initial_checkpoint} holds a {source_activation} network; "
-                             f"a new --activation {args.activation} run cannot start from its "
-                             f"weights: pass --activation {source_activation}")
-        dropout = 0.0 if args.dropout is None else args.dropout
-        variant = source_args.get("variant", spec.variant)
-        model = models.create_model(
-            args.arch, num_classes=source_args["num_classes"],
-            levels=None if args.activation == "relu" else source_args["levels"],
-            variant=variant, dropout=dropout, activation=args.activation,
-            input_shape=(3, spec.image_size, spec.image_size))
-        model.load_state_dict(source.state_dict())
-        model_args = models.model_args_of(model, args.arch, variant, source_args["num_classes"],
-                                          dropout, args.activation)
-        logger.info(f"initial weights and thresholds from {args.initial_checkpoint}")
-    else:
-        relu = args.activation == "relu"
-        levels = None if relu else 4 if args.levels is None else args.levels
-        dropout = 0.0 if args.dropout is None else args.dropout
-        model = models.create_model(args.arch, num_classes=spec.num_classes, levels=levels,
-                                    variant=spec.variant,
-                                    init_threshold=_constant_threshold(args.init_threshold),
-                                    dropout=dropout, activation=args.activation,
-                                    input_shape=(3, spec.image_size, spec.image_size))
-        model_args = models.model_args_of(model, args.arch, spec.variant, spec.num_classes,
-                                          dropout, args.activation)
-    model_args["dataset"] = spec.dataset
+            raise CheckpointError(source, "is not a training checkpoint of this project (no "
+                                  "optimizer state)", field="resume",
+                                  advice="start a new run from its weights instead")
+        check_model(restored["model_args"], {
+            key: model_args.get(key) for key in ("activation", "arch", "variant",
+                                                 "num_classes", "dataset", "dropout")}, source)
+        try:
+            model.load_state_dict(restored["state_dict"])
+        except RuntimeError as error:
+            raise CheckpointError(source, f"does not fit the model: "
+                                  f"{str(error).splitlines()[0]}") from None
+        stored_levels = restored["model_args"]["levels"]
+        if stored_levels:
+            models.set_levels(model, stored_levels)
+    if levels is not None:
+        old = models.get_levels(model)
+        new = models.set_levels(model, levels)
+        if restored is not None and new != old:
+            logger.info(f"levels changed at epoch {restored['epoch']}: {old} -> {new} "
+                        "(phase 2: same optimizer, schedule and epoch counter)")
+    model_args = dict(model_args, levels=models.get_levels(model))
     model.to(ctx.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    scaler = torch.amp.GradScaler("cuda") if args.amp else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scaler = torch.amp.GradScaler("cuda") if config.amp else None
     run = Run(model, model_args, optimizer, scheduler, scaler)
     if restored is not None:
         run.start_epoch, run.best_acc1 = restore_training_state(
-            restored, optimizer, scheduler, scaler, args.epochs, logger)
-        run.adaptive = restored.get("adaptive")
-        if restored.get("partial_epoch"):
+            restored, optimizer, scheduler, scaler, config.epochs, logger)
+        run.adaptive = restored["adaptive"]
+        if restored["partial_epoch"]:
             saved = restored["partial_epoch"]
             run.partial = EpochProgress(**{k: saved[k] for k in asdict(EpochProgress())})
         run.resumed_from = source
-    if run.start_epoch >= args.epochs:
-        raise UsageError(f"run {args.id} already finished {run.start_epoch} epochs: raise "
-                         "-epochs to train longer")
+    if run.start_epoch >= config.epochs:
+        raise ConfigError("epochs", config.epochs,
+                          f"must exceed the {run.start_epoch} epochs run {config.run_id} has "
+                          "already finished", advice="raise `epochs` to train longer")
     return run
-
-
-def _constant_threshold(init_threshold):
-    """The threshold a new model is built with: the number given, or (for ``auto``, replaced
-    from data before training) the default 4.0."""
-    return 4.0 if isinstance(init_threshold, tuple) else init_threshold
-
-
-def init_thresholds_from_data(run, stats_set, percentile, calib_images, batch_size, workers,
-                              ctx, logger, show_progress=False):
-    """``--init-threshold auto:P`` on a run that starts now: every QCFS threshold from the
-    P-th percentile of its inputs on a fixed calibration subset of the training split
-    (:mod:`threshold_init`). Every process computes the same values from the same images;
-    DDP's start-up broadcast of rank 0's parameters then makes them equal bit for bit."""
-    calibration = calibration_loader(stats_set, calib_images, batch_size, workers,
-                                     device=ctx.device)
-    started = time.time()
-    chosen = data_thresholds_(run.model, calibration, percentile, show_progress=show_progress)
-    used = len(calibration.dataset)
-    table = ", ".join(f"{name} {threshold:.4g}" for name, threshold, _ in chosen)
-    logger.info(f"thresholds from data: the {percentile:g}th percentile of each layer's positive "
-                f"inputs on {used} training images ({time.time() - started:.0f}s): {table}")
-    return chosen
-
-
-def _check_same_run(stored, arch, spec, path, activation="qcfs"):
-    """A checkpoint continued (or fine-tuned) here must hold the model this run trains."""
-    stored_activation = "relu" if is_relu(stored) else "qcfs"
-    if stored_activation != activation:
-        raise UsageError(f"{path} holds a {stored_activation} network but --activation is "
-                         f"{activation}: pass --activation {stored_activation}")
-    for key, given, flag in (("arch", arch, "-arch"), ("variant", spec.variant, "--variant"),
-                             ("num_classes", spec.num_classes, None)):
-        value = stored.get(key)
-        if key == "variant" and value is None:
-            continue
-        if value != given:
-            if flag is None:
-                raise UsageError(f"{path} has {value} classes but the data has {given}: "
-                                 "continue it on the data it was trained on")
-            raise UsageError(f"{path} holds {key} {value} but {flag} is {given}: pass "
-                             f"{flag} {value}")
-    if stored.get("dataset") not in (None, spec.dataset):
-        raise UsageError(f"{path} was trained on {stored['dataset']}, not {spec.dataset}: "
-                         f"pass -data {stored['dataset']}")
 
 
 def enable_determinism():
@@ -357,6 +257,11 @@ def step_seed(seed, epoch, step, rank):
     draws): a pure function of where the step is, so a resumed run draws what an uninterrupted
     one would."""
     return (((seed * 1_000_003 + epoch) * 1_000_033 + step) * 1_009 + rank) % 2**63
+
+
+def epoch_seed(seed, epoch):
+    """The seed of one epoch's sample order."""
+    return seed * 100_003 + epoch
 
 
 @torch.no_grad()
@@ -379,172 +284,286 @@ def evaluate(model, loader, ctx, show_progress=True, desc="test"):
     return 100.0 * correct / max(seen, 1), loss_sum / max(seen, 1), seen
 
 
-def fit(args, ctx, run, train_set, test_set, stats_set, logger, sync_bn=False,
-        describe=""):
-    """Train ``run`` to ``args.epochs``; returns the exit status.
-
-    0: finished. 3: the loss diverged (the last good checkpoint is kept). 128 + signal: every
-    process stopped after the same step on a signal, and rank 0 wrote a resumable checkpoint.
+def fit(model, train_set, test_set, config, *, stats_set=None, model_args=None, levels=None,
+        init_percentile=None, ctx=None, logger=None, describe=""):
+    """Train ``model`` as ``config`` says; returns a :class:`FitResult`.
 
     ``train_set`` yields augmented training samples (each sample's augmentation is seeded
-    here); ``test_set`` is the held-out split (sharded over processes); ``stats_set``: training
-    images with evaluation transforms, for the adaptive switch. Reads ``args``: epochs,
-    batch_size (global), workers, seed, skip_nonfinite, adaptive, phase1_epochs, max_level,
-    thresholds, stats_batches, budget_teff, candidates, calib_images, no_progress, id,
-    checkpoint_dir.
-    """
-    model_without_ddp = run.model
-    if run.adaptive is None:
-        check_budget(model_without_ddp, args)
-    model = model_without_ddp
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model_without_ddp = run.model = model
-    if ctx.distributed:
-        model = DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    batch_size = args.batch_size // ctx.world_size
-    train_set = SeededAugmentation(train_set, args.seed)
-    test_shard = Subset(test_set, range(ctx.rank, len(test_set), ctx.world_size))
-    test_loader = make_loader(test_shard, max(batch_size, 256 // ctx.world_size), False,
-                              args.workers, device=ctx.device)
-    show = ctx.is_main and not args.no_progress
-    latest = checkpoint_path(args.checkpoint_dir, args.id)
-    csv_path = Path(args.checkpoint_dir) / f"{args.id}_epochs.csv"
-    best_acc1, adaptive = run.best_acc1, run.adaptive
+    here), ``test_set`` the held-out split (sharded over processes). ``stats_set``: training
+    images with evaluation transforms, for ``config.adaptive`` and ``init_percentile``
+    (default: ``train_set``). ``model_args``: how the model is described in the checkpoint
+    (default :func:`describe_model`; the scripts' checkpoints say how to rebuild it).
+    ``levels``: the levels to train with (for a resumed run, instead of the checkpoint's).
+    ``init_percentile``: for a new run, every QCFS threshold first becomes this percentile of
+    its layer's positive inputs on ``config.calib_images`` images of ``stats_set``
+    (:mod:`threshold_init`). ``ctx``: where this process stands (default: a process group's
+    rank if one exists -- inside torchrun one is joined -- else one process on the model's
+    device). ``logger``: where the log lines go (default: the ``pascal`` logger).
 
-    def snapshot(epoch_done, partial=None, test=None):
+    Raises :class:`errors.ConfigError`, :class:`errors.CheckpointError` and
+    :class:`errors.CheckpointMismatch` for what the caller can fix; they are raised before
+    the first step.
+    """
+    config.validate()
+    if model_args is None:
+        model_args = describe_model(model, _image_side(train_set))
+    ctx = ctx if ctx is not None else current_context(model)
+    logger = logger if logger is not None else logging.getLogger("pascal")
+    stats_set = train_set if stats_set is None else stats_set
+    run = start_run(model, model_args, config, ctx, logger, levels)
+    if init_percentile is not None and run.resumed_from is None:
+        init_thresholds_from_data(run.model, stats_set, init_percentile, config, ctx, logger)
+    if config.adaptive is not None and run.adaptive is None:
+        check_budget(run.model, config.adaptive)
+    return _Training(run, train_set, test_set, stats_set, config, ctx, logger).loop(describe)
+
+
+def _image_side(dataset):
+    """The side of the first sample's image (square images), or None if it has no shape."""
+    try:
+        image = dataset[0][0]
+        return int(image.shape[-1])
+    except (IndexError, TypeError, AttributeError):
+        return None
+
+
+def init_thresholds_from_data(model, stats_set, percentile, config, ctx, logger):
+    """Every QCFS threshold from the ``percentile``-th percentile of its inputs on a fixed
+    calibration subset of ``stats_set`` (:mod:`threshold_init`). Every process computes the
+    same values from the same images; DDP's start-up broadcast of rank 0's parameters then
+    makes them equal bit for bit."""
+    calibration = calibration_loader(stats_set, config.calib_images,
+                                     max(1, config.batch_size // ctx.world_size),
+                                     config.workers, device=ctx.device)
+    started = time.time()
+    chosen = data_thresholds_(model, calibration, percentile,
+                              show_progress=config.show_progress and ctx.is_main)
+    used = len(calibration.dataset)
+    table = ", ".join(f"{name} {threshold:.4g}" for name, threshold, _ in chosen)
+    logger.info(f"thresholds from data: the {percentile:g}th percentile of each layer's positive "
+                f"inputs on {used} training images ({time.time() - started:.0f}s): {table}")
+    return chosen
+
+
+def check_budget(model, adaptive):
+    """With ``budget_teff``, refuse (before phase 1) a budget the candidates cannot meet."""
+    if adaptive.budget_teff is None:
+        return
+    candidates = list(adaptive.candidates or default_candidates(
+        adaptive.max_level or max(models.get_levels(model))))
+    lowest = minimum_teff(model, candidates)
+    if adaptive.budget_teff < lowest:
+        raise ConfigError("budget_teff", adaptive.budget_teff,
+                          f"is below the smallest T_eff the candidate levels {candidates} "
+                          f"reach on this model ({lowest:.4f})", advice="raise `budget_teff`")
+
+
+class _Training:
+    """The epoch loop of one :func:`fit` call, as named steps over explicit state:
+    :meth:`train_epoch`, :meth:`evaluate`, :meth:`switch` (the phase boundary of the adaptive
+    schedule) and :meth:`end_epoch` (checkpoint, log line, CSV row)."""
+
+    def __init__(self, run, train_set, test_set, stats_set, config, ctx, logger):
+        self.run, self.config, self.ctx, self.logger = run, config, ctx, logger
+        self.stats_set = stats_set
+        self.best_acc1, self.adaptive = run.best_acc1, run.adaptive
+        self.last_acc1 = None
+        model = run.model
+        if config.sync_bn:
+            model = run.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model  # what the steps call: DDP's wrapper under DDP
+        if ctx.distributed:
+            self.model = DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.batch_size = config.batch_size // ctx.world_size
+        self.train_set = SeededAugmentation(train_set, config.seed)
+        self.num_train, self.num_test = len(train_set), len(test_set)
+        test_shard = Subset(test_set, range(ctx.rank, len(test_set), ctx.world_size))
+        self.test_loader = make_loader(test_shard, max(self.batch_size, 256 // ctx.world_size),
+                                       False, config.workers, device=ctx.device)
+        self.show = ctx.is_main and config.show_progress
+        self.latest = checkpoint_path(config.checkpoint_dir, config.run_id)
+        self.csv_path = Path(config.checkpoint_dir) / f"{config.run_id}_epochs.csv"
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def loop(self, describe):
+        config, run = self.config, self.run
+        self.log_start(describe)
+        adaptive = config.adaptive
+        with StopRequest() as stop:
+            if adaptive is not None and adaptive.phase1_epochs == 0 and self.adaptive is None:
+                acc1, _, images = self.evaluate()
+                self.switch(0, acc1, images)
+            for epoch in range(run.start_epoch, config.epochs):
+                started = time.time()
+                lr = run.optimizer.param_groups[0]["lr"]
+                try:
+                    totals = self.train_epoch(epoch, stop)
+                except Diverged as error:
+                    self.logger.error(f"training stopped: {error}; the last good checkpoint "
+                                      f"({self.latest}) is intact")
+                    return self.result(ExitCode.DIVERGED, epoch)
+                except Interrupted as stopped:
+                    totals = _summed_progress(stopped.progress, self.ctx)
+                    if self.ctx.is_main:
+                        save_checkpoint(self.latest, self.snapshot(epoch, totals))
+                        self.logger.error(
+                            f"interrupted (signal {stopped.signum}) at epoch {epoch + 1}, step "
+                            f"{totals.step}; resumable checkpoint {self.latest}")
+                    return self.result(ExitCode.SIGNAL + stopped.signum, epoch)
+                acc1, loss, images = self.evaluate()
+                is_best = acc1 > self.best_acc1
+                self.best_acc1 = max(self.best_acc1, acc1)
+                switched = (adaptive is not None and self.adaptive is None and
+                            epoch + 1 == adaptive.phase1_epochs)
+                if switched:
+                    self.switch(epoch + 1, acc1, images)
+                    is_best = False
+                self.end_epoch(epoch, lr, totals, (acc1, loss, images), is_best, switched,
+                               time.time() - started)
+                signum = stop.agreed(self.ctx)
+                if signum is not None and epoch + 1 < config.epochs:
+                    self.logger.error(
+                        f"interrupted (signal {signum}) after epoch {epoch + 1}; checkpoint "
+                        f"{self.latest}")
+                    return self.result(ExitCode.SIGNAL + signum, epoch + 1)
+        self.logger.info(f"done: best test top-1 {self.best_acc1:.2f}%; checkpoint "
+                         f"{self.latest}")
+        return self.result(ExitCode.OK, config.epochs)
+
+    def result(self, status, epochs):
+        return FitResult(status=int(status), epochs=epochs, best_acc1=self.best_acc1,
+                         last_acc1=self.last_acc1, levels=models.get_levels(self.run.model),
+                         checkpoint=self.latest)
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def train_epoch(self, epoch, stop):
+        """Epoch ``epoch`` (continued where a saved partial epoch stopped); returns its
+        totals summed over processes, after the schedule's step and, under DDP, rank 0's
+        BatchNorm statistics broadcast to every process."""
+        run, ctx = self.run, self.ctx
+        state = run.partial if epoch == run.start_epoch and run.partial else EpochProgress()
+        if not ctx.is_main and state.step:
+            # rank 0 holds the saved totals of the partial epoch; the others start at 0
+            state = EpochProgress(step=state.step, skipped=state.skipped)
+        self.train_set.set_epoch(epoch)
+        order = shard_order(len(self.train_set), epoch_seed(self.config.seed, epoch), ctx.rank,
+                            ctx.world_size)
+        loader = make_loader(self.train_set, self.batch_size, True, self.config.workers,
+                             sampler=order[state.step * self.batch_size:], device=ctx.device)
+        train_one_epoch(self.model, loader, run, ctx, epoch, state, stop, self.config,
+                        self.logger, self.show)
+        run.scheduler.step()
+        if ctx.distributed:
+            # BatchNorm running statistics drift apart between processes (each updates them
+            # on its own batches); use rank 0's everywhere, as the checkpoint saves them.
+            for buffer in run.model.buffers():
+                dist.broadcast(buffer, src=0)
+        return _summed_progress(state, ctx)
+
+    def evaluate(self):
+        acc1, loss, images = evaluate(self.run.model, self.test_loader, self.ctx, self.show)
+        self.last_acc1 = acc1
+        return acc1, loss, images
+
+    def switch(self, epochs_done, acc1, images):
+        """The phase boundary of the adaptive schedule after ``epochs_done`` epochs: the
+        phase-1 checkpoint, the new levels, and the best top-1 tracked afresh (phase-2
+        accuracy is not comparable with phase 1)."""
+        adaptive = self.config.adaptive
+        self.logger.info(f"epoch {epochs_done}: phase 1 ends with test top-1 {acc1:.2f}%")
+        if self.ctx.is_main:
+            save_checkpoint(Path(self.config.checkpoint_dir) / f"{self.config.run_id}_phase1.pth",
+                            self.snapshot(epochs_done, test=(acc1, images)))
+        record = switch_levels(self.run.model, self.stats_set, adaptive, self.config,
+                               self.ctx, self.logger)
+        record.update(phase1_epochs=adaptive.phase1_epochs, phase1_test_acc1=acc1)
+        self.run.model_args["levels"] = record["levels"]
+        self.adaptive = record
+        self.best_acc1 = 0.0
+
+    def end_epoch(self, epoch, lr, totals, test, is_best, switched, seconds):
+        """Rank 0: the checkpoint (and the best one), the log line and the CSV row."""
+        if not self.ctx.is_main:
+            return
+        acc1, loss, images = test
+        state = self.snapshot(epoch + 1, test=(acc1, images))
+        save_checkpoint(self.latest, state)
+        if is_best:
+            save_checkpoint(checkpoint_path(self.config.checkpoint_dir, self.config.run_id,
+                                            best=True), state)
+        train_loss = totals.loss_sum / max(totals.seen, 1)
+        train_acc1 = 100.0 * totals.correct / max(totals.seen, 1)
+        self.logger.info(
+            f"epoch {epoch + 1}/{self.config.epochs}  lr {lr:.4f}  train loss {train_loss:.4f} "
+            f"acc {train_acc1:.2f}%  test loss {loss:.4f} acc {acc1:.2f}% ({images} images)  "
+            + ("levels changed, best reset" if switched else f"best {self.best_acc1:.2f}%")
+            + f"  {seconds:.1f}s"
+            + (f"  ({totals.skipped} non-finite batches skipped)" if totals.skipped else ""))
+        write_csv_row(self.csv_path, {
+            "epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc1": train_acc1,
+            "test_loss": loss, "test_acc1": acc1, "test_images": images,
+            "best_acc1": self.best_acc1, "seconds": round(seconds, 2),
+            "skipped_batches": totals.skipped, "processes": self.ctx.world_size,
+            "levels": ",".join(map(str, self.run.model_args["levels"]))})
+
+    def snapshot(self, epochs_done, partial=None, test=None):
+        """The checkpoint after ``epochs_done`` epochs (and ``partial``, the progress inside
+        the next one)."""
+        run = self.run
         state = {
             "format_version": FORMAT_VERSION, "model_args": run.model_args,
-            "state_dict": model_without_ddp.state_dict(),
+            "state_dict": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-            "epoch": epoch_done, "best_acc1": best_acc1,
+            "epoch": epochs_done, "best_acc1": self.best_acc1,
             "partial_epoch": asdict(partial) if partial else None,
-            "adaptive": adaptive, "world_size": ctx.world_size, "args": checkpoint_args(args)}
+            "adaptive": self.adaptive, "world_size": self.ctx.world_size,
+            "config": self.config.as_dict()}
         if test is not None:
             state["test_acc1"], state["test_images"] = test
         return state
 
-    if ctx.is_main:
+    def log_start(self, describe):
+        if not self.ctx.is_main:
+            return
+        run, config = self.run, self.config
         restart = elastic_restart_count()
         restarted = f"restarted by torchrun (restart {restart}): " if restart else ""
         if run.resumed_from is not None:
             where = f"epoch {run.start_epoch}" + (
                 f" + {run.partial.step} steps of epoch {run.start_epoch + 1}"
                 if run.partial else "")
-            logger.info(f"{restarted}resuming run {args.id} after {where} "
-                        f"(best {best_acc1:.2f}%) from {run.resumed_from}")
+            self.logger.info(f"{restarted}resuming run {config.run_id} after {where} "
+                             f"(best {self.best_acc1:.2f}%) from {run.resumed_from}")
         elif restarted:
-            logger.info(f"{restarted}no checkpoint of run {args.id} yet: starting it over")
+            self.logger.info(f"{restarted}no checkpoint of run {config.run_id} yet: starting "
+                             "it over")
         activations = ("ReLU activations (no levels)" if is_relu(run.model_args)
                        else f"levels {run.model_args['levels']}")
-        logger.info(f"run {args.id}: {args.arch} on {run.model_args['dataset']}, "
-                    f"{activations}, {len(train_set)} train / {len(test_set)} test "
-                    f"images" + (f", {describe}" if describe else ""))
-    with StopRequest() as stop:
-        for epoch in range(run.start_epoch, args.epochs):
-            started = time.time()
-            state = run.partial if epoch == run.start_epoch and run.partial else EpochProgress()
-            if not ctx.is_main and state.step:
-                # rank 0 holds the saved totals of the partial epoch; the others start at 0
-                state = EpochProgress(step=state.step, skipped=state.skipped)
-            train_set.set_epoch(epoch)
-            order = shard_order(len(train_set), epoch_seed(args.seed, epoch), ctx.rank,
-                                ctx.world_size)
-            loader = make_loader(train_set, batch_size, True, args.workers,
-                                 sampler=order[state.step * batch_size:], device=ctx.device)
-            lr = run.optimizer.param_groups[0]["lr"]
-            try:
-                train_one_epoch(model, loader, run, ctx, epoch, state, stop, args, logger,
-                                show)
-            except Diverged as error:
-                logger.error(f"training stopped: {error}; the last good checkpoint ({latest}) "
-                             "is intact: lower -lr, or pass --skip-nonfinite")
-                return 3
-            except Interrupted as stopped:
-                totals = _summed_progress(stopped.progress, ctx)
-                if ctx.is_main:
-                    save_checkpoint(latest, snapshot(epoch, totals))
-                    logger.error(f"interrupted (signal {stopped.signum}) at epoch {epoch + 1}, "
-                                 f"step {totals.step}; resumable checkpoint {latest}; run the "
-                                 "same command with --resume auto (or --resume_from_ckpt=1) to "
-                                 "continue")
-                return 128 + stopped.signum
-            run.scheduler.step()
-            if ctx.distributed:
-                # BatchNorm running statistics drift apart between processes (each updates them
-                # on its own batches); use rank 0's everywhere, as the checkpoint saves them.
-                for buffer in model_without_ddp.buffers():
-                    dist.broadcast(buffer, src=0)
-            totals = _summed_progress(state, ctx)
-            train_loss = totals.loss_sum / max(totals.seen, 1)
-            train_acc1 = 100.0 * totals.correct / max(totals.seen, 1)
-            test_acc1, test_loss, test_images = evaluate(model_without_ddp, test_loader, ctx,
-                                                         show)
-            is_best = test_acc1 > best_acc1
-            best_acc1 = max(best_acc1, test_acc1)
-            switched = False
-            if args.adaptive and epoch + 1 == args.phase1_epochs and adaptive is None:
-                logger.info(f"epoch {epoch + 1}: phase 1 ends with test top-1 {test_acc1:.2f}%")
-                if ctx.is_main:
-                    phase1 = snapshot(epoch + 1, test=(test_acc1, test_images))
-                    save_checkpoint(Path(args.checkpoint_dir) / f"{args.id}_phase1.pth", phase1)
-                adaptive = switch_levels(model_without_ddp, run.model_args, stats_set, args,
-                                         ctx, logger)
-                adaptive.update(phase1_epochs=args.phase1_epochs, phase1_test_acc1=test_acc1)
-                # phase-2 accuracy is not comparable with phase 1: track the best afresh
-                best_acc1, is_best, switched = 0.0, False, True
-            if ctx.is_main:
-                state_dict = snapshot(epoch + 1, test=(test_acc1, test_images))
-                save_checkpoint(latest, state_dict)
-                if is_best:
-                    save_checkpoint(checkpoint_path(args.checkpoint_dir, args.id, best=True),
-                                    state_dict)
-                seconds = time.time() - started
-                logger.info(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4f}  train loss "
-                            f"{train_loss:.4f} acc {train_acc1:.2f}%  test loss {test_loss:.4f} "
-                            f"acc {test_acc1:.2f}% ({test_images} images)  " +
-                            ("levels changed, best reset" if switched else
-                             f"best {best_acc1:.2f}%") + f"  {seconds:.1f}s" +
-                            (f"  ({state.skipped} non-finite batches skipped)"
-                             if state.skipped else ""))
-                write_csv_row(csv_path, {
-                    "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                    "train_acc1": train_acc1, "test_loss": test_loss, "test_acc1": test_acc1,
-                    "test_images": test_images, "best_acc1": best_acc1,
-                    "seconds": round(time.time() - started, 2), "skipped_batches": state.skipped,
-                    "processes": ctx.world_size,
-                    "levels": ",".join(map(str, run.model_args["levels"]))})
-            signum = stop.agreed(ctx)
-            if signum is not None and epoch + 1 < args.epochs:
-                logger.error(f"interrupted (signal {signum}) after epoch {epoch + 1}; checkpoint "
-                             f"{latest}; run the same command with --resume auto (or "
-                             "--resume_from_ckpt=1) to continue")
-                return 128 + signum
-    logger.info(f"done: best test top-1 {best_acc1:.2f}%; checkpoint {latest}")
-    return 0
+        dataset = run.model_args.get("dataset")
+        self.logger.info(f"run {config.run_id}: {run.model_args['arch']}"
+                         + (f" on {dataset}" if dataset else "")
+                         + f", {activations}, {self.num_train} train / {self.num_test} test "
+                         f"images" + (f", {describe}" if describe else ""))
 
 
-def epoch_seed(seed, epoch):
-    """The seed of one epoch's sample order."""
-    return seed * 100_003 + epoch
-
-
-def train_one_epoch(model, loader, run, ctx, epoch, state, stop, args, logger, show):
+def train_one_epoch(model, loader, run, ctx, epoch, state, stop, config, logger, show):
     """Continue epoch ``epoch`` from ``state`` over ``loader`` (the remaining batches).
 
     Each step: seed, forward, agree that the loss is finite (else stop with
-    :class:`Diverged`, or skip the step with ``--skip-nonfinite``), update, clamp thresholds to
-    >= MIN_THRESHOLD (so the network keeps a spiking counterpart), then agree whether to stop
-    (:class:`Interrupted`).
+    :class:`Diverged`, or skip the step with ``config.skip_nonfinite``), update, clamp
+    thresholds to >= MIN_THRESHOLD (so the network keeps a spiking counterpart), then agree
+    whether to stop (:class:`Interrupted`).
     """
     model.train()
     bar = progress(loader, show, desc=f"epoch {epoch + 1} train", initial=state.step,
                    total=state.step + len(loader))
     for images, targets in bar:
         step = state.step
-        torch.manual_seed(step_seed(args.seed, epoch, step, ctx.rank))
+        torch.manual_seed(step_seed(config.seed, epoch, step, ctx.rank))
         images = images.to(ctx.device, non_blocking=True)
         targets = targets.to(ctx.device, non_blocking=True)
         with torch.autocast(ctx.device.type, dtype=torch.float16,
@@ -552,7 +571,7 @@ def train_one_epoch(model, loader, run, ctx, epoch, state, stop, args, logger, s
             logits = model(images)
             loss = F.cross_entropy(logits, targets)
         if not _agree_finite(loss, ctx):
-            if not args.skip_nonfinite:
+            if not config.skip_nonfinite:
                 raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}"
                                + (" (on some process)" if ctx.distributed else ""))
             state.skipped += 1
@@ -595,51 +614,51 @@ def _summed_progress(state, ctx):
                          seen=int(seen), skipped=state.skipped)
 
 
-def switch_levels(model, model_args, stats_set, args, ctx, logger):
+def switch_levels(model, stats_set, adaptive, config, ctx, logger):
     """Phase 1 -> 2 of the adaptive schedule: the AL metric of every layer on the first
-    ``args.stats_batches`` x global batch training images (evaluation transforms) and the level
-    rule; with ``args.budget_teff``, the level search (:mod:`level_search`) on
-    ``args.calib_images`` of them chooses instead, the AL rule's levels being one of the
-    combinations it measures. Rank 0 computes, every process takes its levels, and all check
-    that they agree. Sets the levels on ``model`` and in ``model_args``; returns the
-    ``adaptive`` record.
+    ``adaptive.stats_batches`` x global batch images of ``stats_set`` and the level rule; with
+    ``adaptive.budget_teff``, the level search (:mod:`level_search`) on ``config.calib_images``
+    of them chooses instead, the AL rule's levels being one of the combinations it measures.
+    Rank 0 computes, every process takes its levels, and all check that they agree. Sets the
+    levels on ``model``; returns the ``adaptive`` record.
     """
     chosen = [None]
+    batch = max(1, config.batch_size // ctx.world_size)
     if ctx.is_main:
-        images = min(len(stats_set), args.stats_batches * args.batch_size)
-        loader = make_loader(Subset(stats_set, range(images)), args.batch_size // ctx.world_size,
-                             False, args.workers, device=ctx.device)
+        images = min(len(stats_set), adaptive.stats_batches * config.batch_size)
+        loader = make_loader(Subset(stats_set, range(images)), batch, False, config.workers,
+                             device=ctx.device)
         counts = collect_level_counts(model, loader, ctx.device)
-        rows = layer_metrics(model, counts, 5, args.max_level, args.thresholds)
+        rows = layer_metrics(model, counts, 5, adaptive.max_level, adaptive.thresholds)
         logger.info(f"AL metric on {images} training images:\n{format_table(rows)}")
         al_levels = [r["suggested_level"] for r in rows]
         record = {"method": "al_metric", "levels": al_levels, "metrics": [
             {k: r[k] for k in ("name", "level", "metric", "suggested_level")} for r in rows]}
-        if args.budget_teff is not None:
-            calibration = calibration_loader(
-                stats_set, args.calib_images, args.batch_size // ctx.world_size, args.workers,
-                device=ctx.device)
-            result = search_levels(model, calibration, args.budget_teff,
-                                   candidates=args.candidates, max_level=args.max_level,
-                                   al_levels=al_levels, show_progress=not args.no_progress)
+        if adaptive.budget_teff is not None:
+            calibration = calibration_loader(stats_set, config.calib_images, batch,
+                                             config.workers, device=ctx.device)
+            result = search_levels(
+                model, calibration, adaptive.budget_teff,
+                candidates=list(adaptive.candidates) if adaptive.candidates else None,
+                max_level=adaptive.max_level, al_levels=al_levels,
+                show_progress=config.show_progress)
             logger.info(
-                f"level search at T_eff <= {args.budget_teff:g} on "
-                f"{len(calibration.dataset)} training images ({result.num_evaluations} evaluations, {result.seconds:.0f}s): "
-                f"{result.levels}, T_eff {result.teff:.4f}, calibration loss "
-                f"{result.calibration_loss:.4f}; AL rule {result.al_rule.levels}: T_eff "
-                f"{result.al_rule.teff:.4f}, calibration loss "
+                f"level search at T_eff <= {adaptive.budget_teff:g} on "
+                f"{len(calibration.dataset)} training images ({result.num_evaluations} "
+                f"evaluations, {result.seconds:.0f}s): {result.levels}, T_eff "
+                f"{result.teff:.4f}, calibration loss {result.calibration_loss:.4f}; AL rule "
+                f"{result.al_rule.levels}: T_eff {result.al_rule.teff:.4f}, calibration loss "
                 f"{result.al_rule.calibration_loss:.4f}")
             record.update(method="level_search", levels=result.levels,
-                          budget_teff=args.budget_teff, al_levels=al_levels,
+                          budget_teff=adaptive.budget_teff, al_levels=al_levels,
                           level_search=result.as_dict())
         chosen = [record]
-    if ctx.distributed:  # the timeout of this wait is --dist-timeout (rank 0 measures above)
+    if ctx.distributed:  # the timeout of this wait is the process group's (rank 0 measures)
         dist.broadcast_object_list(chosen, src=0,
                                    device=ctx.device if ctx.device.type == "cuda" else None)
     record = chosen[0]
     old = models.get_levels(model)
     levels = models.set_levels(model, record["levels"])
-    model_args["levels"] = levels
     if ctx.distributed:
         every = [None] * ctx.world_size
         dist.all_gather_object(every, models.get_levels(model))
@@ -650,26 +669,6 @@ def switch_levels(model, model_args, stats_set, args, ctx, logger):
     return record
 
 
-def check_budget(model, args):
-    """With ``--budget-teff``, refuse (before phase 1) a budget the candidates cannot meet."""
-    if not args.adaptive or args.budget_teff is None:
-        return
-    candidates = args.candidates or default_candidates(
-        args.max_level or max(models.get_levels(model)))
-    lowest = minimum_teff(model, candidates)
-    if args.budget_teff < lowest:
-        raise UsageError(f"--budget-teff {args.budget_teff:g} is below the smallest T_eff the "
-                         f"candidate levels {candidates} reach on this model ({lowest:.4f}): "
-                         "raise it")
-
-
-def checkpoint_args(args):
-    """The run's arguments as plain values (main_test.py reads ``image_size`` from them)."""
-    values = plain(vars(args))
-    values.pop("classes", None)  # the class folder names live in the data folder
-    return values
-
-
 def write_csv_row(path, row):
     new = not Path(path).exists()
     with open(path, "a", newline="") as handle:
@@ -677,3 +676,4 @@ def write_csv_row(path, row):
         if new:
             writer.writeheader()
         writer.writerow(row)
+

@@ -11,10 +11,13 @@ from pathlib import Path
 import torch
 
 import models
-from checkpoint import is_relu, load_checkpoint_file, resolve_checkpoint
+from checkpoint import is_relu, load_checkpoint_file
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps, reference_rows,
                            teff, teff_reference)
-from utils import DATASETS, ArgumentParser, UsageError, arch_name, parse_levels, run_main
+from utils import (EVAL_TERMS, DATASETS, ArgumentParser, UsageError, arch_name, parse_levels, resolve_checkpoint,
+                   run_main)
+
+TERMS = EVAL_TERMS  # how the library's errors name this script's flags
 
 
 
@@ -43,14 +46,14 @@ def _resolve(args):
             _fail(f"{path} holds a ReLU network (trained with --activation relu): it has no "
                   "levels and no T_eff; pass -arch and --levels for the QCFS network instead")
         for key, given in (("arch", arch), ("variant", variant), ("dataset", dataset)):
-            stored = model_args.get(key)
+            stored = model_args[key]
             if given is not None and stored is not None and given != stored:
                 _fail(f"checkpoint {path} has {key} {stored!r} but {given!r} was given; "
                       f"drop the option or pick the matching checkpoint")
-        arch = model_args.get("arch")
-        variant = variant or model_args.get("variant")
-        dataset = dataset or model_args.get("dataset")
-        levels, source = model_args.get("levels"), str(path)
+        arch = model_args["arch"]
+        variant = variant or model_args["variant"]
+        dataset = dataset or model_args["dataset"]
+        levels, source = model_args["levels"], str(path)
         known = arch in models.list_models() or models.is_torchvision_arch(arch)
         if not known or levels is None:
             _fail(f"checkpoint {path} has unusable model_args {model_args!r}")
@@ -153,4 +156,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, get_args_parser().parse_args()))
+    sys.exit(run_main(main, get_args_parser().parse_args(), TERMS))

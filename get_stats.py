@@ -17,16 +17,19 @@ from torch.utils.data import Subset
 
 from al_metric import (DEFAULT_THRESHOLDS, collect_level_counts, format_table, layer_metrics,
                        npy_metrics)
+from config import check_budget_teff
 from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
-                        resolve_checkpoint, trained_image_size)
+                        trained_image_size)
 from data import get_dataset, make_loader
 from level_search import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_TOP_K, calibration_loader,
                           default_budgets, default_candidates, evaluate_levels, minimum_teff,
                           sweep_budgets)
 from models.timing import teff
-from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
-                   arch_name, check_budget_teff, env_data_root, parse_levels, parse_thresholds, resolve_device,
-                   run_main)
+from utils import (EVAL_TERMS, DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
+                   arch_name, env_data_root, parse_levels, parse_thresholds, resolve_checkpoint,
+                   resolve_device, run_main)
+
+TERMS = EVAL_TERMS  # how the library's errors name this script's flags
 
 
 def get_args_parser(add_help=True):
@@ -374,4 +377,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, get_args_parser().parse_args()))
+    sys.exit(run_main(main, get_args_parser().parse_args(), TERMS))

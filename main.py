@@ -23,16 +23,18 @@ import torch.multiprocessing as mp
 
 import engine
 import models
-from al_metric import DEFAULT_THRESHOLDS
 from checkpoint import checkpoint_path
 from data import check_image_folder, image_folder, imagenet_transforms
 from distributed import (ProcessPlace, detach_from_terminal, exit_process, exit_worker, free_port,
                          launch_mode, process_device, run_worker, spawn)
-from utils import (ArgumentParser, UsageError, add_adaptive_args, add_model_args,
-                   add_optimisation_args, add_output_flags, add_process_group_args, add_run_args,
-                   add_training_machine_args, arch_help, arch_name, check_training_args,
-                   default_checkpoint_dir, default_run_id,
-                   run_main, seed_everything, setup_logging, silent_logger)
+from model_setup import RunSpec, build_model
+from train_args import (TERMS, add_adaptive_args, add_model_args, add_optimisation_args,
+                        add_process_group_args, add_run_args, add_training_machine_args,
+                        check_training_args, fit_from_args, init_percentile, model_config,
+                        process_config, train_config)
+from utils import (ArgumentParser, UsageError, add_output_flags, arch_help, arch_name,
+                   default_checkpoint_dir, default_run_id, error_line, run_main,
+                   seed_everything, setup_logging, silent_logger)
 
 DATASET = "imagenet"  # model_args["dataset"]: what main_test.py's -data names
 
@@ -100,7 +102,7 @@ def resolve_args(args):
         raise UsageError("no data folder: pass DIR (or --data-root DIR), the folder that holds "
                          "train/ and val/")
     args.id = args.id or default_run_id(args.arch, DATASET)
-    check_training_args(args, DEFAULT_THRESHOLDS)
+    args.checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(DATASET))
     for flag, value, low in (("--image-size", args.image_size, 32),
                              ("--world-size", args.world_size, 1), ("--rank", args.rank, 0)):
         if value < low:
@@ -155,9 +157,9 @@ def resolve_args(args):
         raise UsageError(f"-b {args.batch_size} is the global batch and must be a multiple of "
                          f"the {processes} processes: pass -b {nearest}, for example")
 
+    check_training_args(args)
     args.classes = check_image_folder(args.data)
     args.num_classes = len(args.classes)
-    args.checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(DATASET))
     return args
 
 
@@ -197,7 +199,8 @@ def worker(local_rank, args):
     so the global rank is ``rank * nproc + local_rank``. Single: no process group.
     """
     place = ProcessPlace(args.launch, local_rank, args.rank, args.nproc or 1, args.world_size)
-    return run_worker(train, args, place)
+    return run_worker(lambda ctx: train(args, ctx), place, process_config(args),
+                      lambda error: error_line(error, TERMS))
 
 
 def train(args, ctx):
@@ -210,20 +213,18 @@ def train(args, ctx):
     if args.deterministic:
         engine.enable_determinism()
         logger.info("deterministic algorithms on (torch.use_deterministic_algorithms)")
-    spec = engine.RunSpec(dataset=DATASET, num_classes=args.num_classes, variant=args.variant,
-                          image_size=args.image_size)
-    run = engine.prepare_run(args, spec, ctx, logger)
+    spec = RunSpec(dataset=DATASET, num_classes=args.num_classes, variant=args.variant,
+                   image_size=args.image_size)
+    config = train_config(args)
+    model, model_args = build_model(model_config(args), spec, engine.resume_source(config),
+                                    logger)
     train_set = image_folder(args.data, "train", imagenet_transforms(True, args.image_size))
     test_set = image_folder(args.data, "val", imagenet_transforms(False, args.image_size))
-    auto_thresholds = isinstance(args.init_threshold, tuple)
+    percentile = init_percentile(args)
     stats_set = image_folder(args.data, "train", imagenet_transforms(False, args.image_size)) \
-        if args.adaptive or auto_thresholds else None
+        if args.adaptive or percentile else None
     if train_set.classes != args.classes or test_set.classes != args.classes:
         raise UsageError(f"the class folders under {args.data} changed while starting: retry")
-    if auto_thresholds and run.resumed_from is None:
-        engine.init_thresholds_from_data(run, stats_set, args.init_threshold[1],
-                                         args.calib_images, args.batch_size // ctx.world_size,
-                                         args.workers, ctx, logger, not args.no_progress)
     launch = {"torchrun": "torchrun", "spawn": "--multiprocessing-distributed",
               "single": "single process"}[args.launch]
     describe = (f"{args.num_classes} classes, {args.image_size}px from {args.data}; "
@@ -232,9 +233,9 @@ def train(args, ctx):
                 + f"), device {ctx.device.type}, batch {args.batch_size} "
                 f"({args.batch_size // ctx.world_size} per process)"
                 + (", AMP" if args.amp else "") + (", SyncBatchNorm" if args.sync_bn else ""))
-    return engine.fit(args, ctx, run, train_set, test_set, stats_set, logger,
-                      sync_bn=args.sync_bn, describe=describe)
+    return fit_from_args(args, config, model, model_args, (train_set, test_set, stats_set),
+                         ctx, logger, describe)
 
 
 if __name__ == "__main__":
-    exit_process(run_main(main, get_args_parser().parse_args()))
+    exit_process(run_main(main, get_args_parser().parse_args(), TERMS))

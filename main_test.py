@@ -16,14 +16,16 @@ from torch.utils.data import Subset
 import models
 import snn_cost
 from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
-                        qcfs_from_relu, relu_weights, resolve_checkpoint, trained_image_size)
+                        qcfs_from_relu, relu_weights, trained_image_size)
 from data import get_dataset, make_loader
 from level_search import DEFAULT_CALIBRATION_IMAGES, calibration_loader
 from models.baseline import convert_to_if
 from threshold_init import data_thresholds_
-from utils import (DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
+from utils import (EVAL_TERMS, DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
                    arch_name, env_data_root, parse_init_threshold, parse_levels, progress,
-                   resolve_device, run_main, setup_logging)
+                   resolve_checkpoint, resolve_device, run_main, setup_logging)
+
+TERMS = EVAL_TERMS  # how the library's errors name this script's flags
 
 
 def get_args_parser(add_help=True):
@@ -279,7 +281,7 @@ def main(args):
                              "--report and --baseline")
         mode = "ann"
         logger.info("a ReLU network (--activation relu): evaluated as an ANN only")
-    if model_args.get("dataset") not in (None, args.dataset):
+    if model_args["dataset"] not in (None, args.dataset):
         logger.info(f"note: checkpoint trained on {model_args['dataset']}, evaluating on "
                     f"{args.dataset}")
     if device.type == "cuda" and not args.allow_tf32:
@@ -330,7 +332,7 @@ def main(args):
                    "checkpoint": str(path)})
     if args.report or args.baseline or relu_net is not None:
         timing = snn_cost.timing_summary(model, model_args["arch"],
-                                         model_args.get("variant", "cifar"), args.dataset,
+                                         model_args["variant"], args.dataset,
                                          model_args["levels"])
         result["timing"] = timing
     report(result, logger)
@@ -357,7 +359,7 @@ def from_relu_checkpoint(checkpoint, path, args, levels, init_threshold):
     if is_own_format(checkpoint):
         stored = checkpoint["model_args"]
         arch, num_classes = stored["arch"], stored["num_classes"]
-        variant = stored.get("variant", "cifar")
+        variant = stored["variant"]
         if args.arch is not None and args.arch != arch:
             raise UsageError(f"{path} holds a ReLU {arch}, not {args.arch}: drop -arch")
     elif args.arch is None:
@@ -475,4 +477,4 @@ def report(result, logger):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, get_args_parser().parse_args()))
+    sys.exit(run_main(main, get_args_parser().parse_args(), TERMS))

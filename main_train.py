@@ -11,16 +11,16 @@ import os
 from pathlib import Path
 
 import engine
-from al_metric import DEFAULT_THRESHOLDS
 from data import get_dataset
-from distributed import (ProcessPlace, exit_process, launch_mode, process_device,
-                         run_worker)
-from utils import (DATASETS, ArgumentParser, UsageError, add_adaptive_args, add_model_args,
-                   add_optimisation_args, add_output_flags, add_process_group_args,
-                   add_run_args, add_training_machine_args, arch_help, arch_name,
-                   check_training_args,
-                   default_checkpoint_dir, default_run_id, env_data_root, run_main, seed_everything,
-                   setup_logging, silent_logger)
+from distributed import ProcessPlace, exit_process, launch_mode, process_device, run_worker
+from model_setup import RunSpec, build_model
+from train_args import (TERMS, add_adaptive_args, add_model_args, add_optimisation_args,
+                        add_process_group_args, add_run_args, add_training_machine_args,
+                        check_training_args, fit_from_args, init_percentile, model_config,
+                        process_config, train_config)
+from utils import (DATASETS, ArgumentParser, UsageError, add_output_flags, arch_help, arch_name,
+                   default_checkpoint_dir, default_run_id, env_data_root, error_line, run_main,
+                   seed_everything, setup_logging, silent_logger)
 
 # Per-dataset defaults: the paper's CIFAR recipe, and a shorter schedule for the digits.
 DEFAULTS = {
@@ -70,7 +70,8 @@ def resolve_args(args):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.id = args.id or default_run_id(args.arch, args.dataset)
-    check_training_args(args, DEFAULT_THRESHOLDS)
+    args.checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
+    check_training_args(args)
     if args.image_size is not None and args.image_size < 8:
         raise UsageError(f"--image-size must be >= 8, got {args.image_size}")
     args.launch = launch_mode(False, 1)
@@ -87,7 +88,6 @@ def resolve_args(args):
         if args.batch_size % processes:
             raise UsageError(f"-b {args.batch_size} is the global batch and must be a multiple "
                              f"of the {processes} processes")
-    args.checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
     args.data_root = args.data_root or env_data_root()
     return args
 
@@ -95,7 +95,8 @@ def resolve_args(args):
 def main(args):
     args = resolve_args(args)
     place = ProcessPlace(args.launch, int(os.environ.get("LOCAL_RANK", 0)))
-    return run_worker(train, args, place)
+    return run_worker(lambda ctx: train(args, ctx), place, process_config(args),
+                      lambda error: error_line(error, TERMS))
 
 
 def train(args, ctx):
@@ -105,9 +106,9 @@ def train(args, ctx):
                             image_size=size)
     test_set = get_dataset(args.dataset, args.data_root, "test", download=args.download,
                            image_size=size)
-    auto_thresholds = isinstance(args.init_threshold, tuple)
+    percentile = init_percentile(args)
     stats_set = get_dataset(args.dataset, args.data_root, "train", augment=False,
-                            image_size=size) if args.adaptive or auto_thresholds else None
+                            image_size=size) if args.adaptive or percentile else None
     if ctx.is_main:
         args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         logger = setup_logging(args.checkpoint_dir / f"{args.id}.log")
@@ -120,20 +121,18 @@ def train(args, ctx):
         engine.enable_determinism()
         logger.info("deterministic algorithms on (torch.use_deterministic_algorithms)")
     num_classes, variant = DATASETS[args.dataset]
-    spec = engine.RunSpec(dataset=args.dataset, num_classes=num_classes, variant=variant,
-                          image_size=size or 32)
-    run = engine.prepare_run(args, spec, ctx, logger)
-    if auto_thresholds and run.resumed_from is None:
-        engine.init_thresholds_from_data(run, stats_set, args.init_threshold[1],
-                                         args.calib_images, args.batch_size // ctx.world_size,
-                                         args.workers, ctx, logger, not args.no_progress)
+    spec = RunSpec(dataset=args.dataset, num_classes=num_classes, variant=variant,
+                   image_size=size or 32)
+    config = train_config(args)
+    model, model_args = build_model(model_config(args), spec, engine.resume_source(config),
+                                    logger)
     describe = f"device {ctx.device}" + (
         f", {ctx.world_size} processes (torchrun, {args.dist_backend}), batch "
         f"{args.batch_size} ({args.batch_size // ctx.world_size} per process)"
         if ctx.distributed else "")
-    return engine.fit(args, ctx, run, train_set, test_set, stats_set, logger,
-                      describe=describe)
+    return fit_from_args(args, config, model, model_args, (train_set, test_set, stats_set),
+                         ctx, logger, describe)
 
 
 if __name__ == "__main__":
-    exit_process(run_main(main, get_args_parser().parse_args()))
+    exit_process(run_main(main, get_args_parser().parse_args(), TERMS))

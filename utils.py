@@ -4,18 +4,22 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from errors import ConfigError, ExitCode, PascalError
+
 __all__ = ["ArgumentParser", "UsageError", "ignore_signals_in_worker", "run_main",
-           "setup_logging", "silent_logger", "seed_everything", "resolve_device", "parse_levels",
-           "parse_thresholds", "progress", "stretch_cosine_schedule", "DATASETS",
-           "default_checkpoint_dir", "add_optimisation_args", "add_adaptive_args",
-           "add_run_args", "add_process_group_args", "arch_name", "arch_help",
-           "add_training_machine_args", "check_training_args"]
+           "error_line", "one_line", "setup_logging", "silent_logger", "seed_everything",
+           "resolve_device", "parse_levels", "parse_init_threshold", "parse_thresholds",
+           "progress", "stretch_cosine_schedule", "DATASETS", "default_checkpoint_dir",
+           "default_run_id", "resolve_checkpoint", "env_data_root", "arch_name", "arch_help",
+           "add_device_args", "add_output_flags", "EVAL_TERMS"]
 
 # Dataset name -> (number of classes, model variant).
 DATASETS = {"cifar10": (10, "cifar"), "cifar100": (100, "cifar"), "digits": (10, "cifar"),
@@ -34,28 +38,75 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class UsageError(Exception):
-    """Bad input from the user: printed as one line (problem and fix), exit status 2."""
+    """Bad input on a script's command line: printed as one line (problem and fix, naming the
+    flag), exit status 2. Library modules raise :class:`errors.PascalError` instead."""
 
 
-def run_main(main, args):
-    """Run ``main(args)``; a UsageError or ValueError becomes one line on stderr and exit 2.
+# The configuration fields the library's errors name, as the evaluation scripts spell them
+# (main_test.py, get_stats.py, get_Teff.py); the training scripts' are train_args.TERMS.
+EVAL_TERMS = {"arch": "-arch", "dataset": "-data", "levels": "--levels", "variant": "--variant",
+              "checkpoint": "--checkpoint", "run_id": "--id", "checkpoint_dir": "--checkpoint-dir",
+              "budget_teff": "--budget-teff", "pretrained": "--pretrained",
+              "activation": "--activation", "calib_images": "--calib-images",
+              "data_root": "--data-root", "download": "--download",
+              "image_size": "--image-size"}
 
-    ``--debug`` (``args.debug``) shows the traceback instead. Returns the exit status.
+
+def one_line(message):
+    """``message`` as one line: the last line of an error re-raised from a DataLoader worker
+    (which carries the worker's traceback), else its first line."""
+    message = str(message).strip()
+    if "Original Traceback" in message:
+        return message.splitlines()[-1].split(": ", 1)[-1]
+    return message.splitlines()[0] if message else message
+
+
+def error_line(error, terms=None):
+    """The one line a script prints for ``error``: a UsageError as it is; a library's
+    :class:`errors.PascalError` with the configuration terms of its advice replaced by the
+    script's flags. ``terms`` maps a field name to its flag (``{"epochs": "-epochs"}``):
+    ``name='value'`` and ``name=value`` become ``flag value``, ``name=True`` becomes
+    ``flag``, and a name in backticks becomes its flag (backticks around other words are
+    dropped); a :class:`errors.ConfigError`'s leading field name becomes its flag."""
+    if isinstance(error, UsageError) or not isinstance(error, PascalError):
+        return str(error)
+    terms = terms or {}
+    message, advice = error.message, error.advice
+    if isinstance(error, ConfigError) and error.field in terms:
+        message = f"{terms[error.field]} {error.rule}"
+
+    def flag_value(match):
+        flag = terms[match.group(1)]
+        value = match.group(2) if match.group(2) is not None else match.group(3)
+        return flag if value == "True" else f"{flag} {value}"
+
+    if advice:
+        if terms:
+            names = "|".join(sorted(map(re.escape, terms), key=len, reverse=True))
+            advice = re.sub(rf"\b({names})=(?:'([^']*)'|([^'\",;:\s]+))", flag_value, advice)
+        advice = re.sub(r"`([^`]*)`", lambda m: terms.get(m.group(1), m.group(1)), advice)
+    return message + (f": {advice}" if advice else "")
+
+
+def run_main(main, args, terms=None):
+    """Run ``main(args)``; returns the exit status (:class:`errors.ExitCode`).
+
+    A UsageError or a library's :class:`errors.PascalError` becomes one line on stderr
+    (:func:`error_line` with the script's flag ``terms``) and status 2; ``--debug``
+    (``args.debug``) shows the traceback instead. Any other exception is a bug and keeps its
+    traceback (status 1).
     """
     try:
         status = main(args)
-    except (UsageError, ValueError) as error:
+    except (UsageError, PascalError) as error:
         if getattr(args, "debug", False):
             raise
-        message = str(error).strip()
-        if "Original Traceback" in message:  # re-raised from a DataLoader worker
-            message = message.splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        print(f"error: {one_line(error_line(error, terms))}", file=sys.stderr)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0 if status is None else status
+    return 0 if status is None else int(status)
 
 
 def setup_logging(log_file=None, quiet=False):
@@ -141,28 +192,6 @@ def arch_help(default):
     return ARCH_HELP.format(names=", ".join(models.list_models())) + f" (default: {default})"
 
 
-def add_model_args(group):
-    """``--levels``, ``-L/--level``, ``--init-threshold``, ``--activation`` and ``--dropout``
-    of the training scripts."""
-    group.add_argument("--levels", default=None,
-                       help="quantization level L: one int for all layers, or a comma-separated "
-                            "list with one entry per QCFS layer (default: 4)")
-    group.add_argument("-L", "--level", type=int, default=None,
-                       help="uniform level, same as --levels N (reference spelling)")
-    group.add_argument("--init-threshold", default="4.0",
-                       help="initial QCFS threshold lambda: a number, or auto[:P] for each "
-                            "layer's P-th percentile of its positive inputs on --calib-images "
-                            f"training images, in forward order (P default {DEFAULT_PERCENTILE}; "
-                            "docs/relu-networks.md) (default: 4.0)")
-    group.add_argument("--activation", choices=("qcfs", "relu"), default="qcfs",
-                       help="qcfs: the QCFS network PASCAL converts; relu: the same "
-                            "architecture with ReLU, an ANN baseline with no levels and no "
-                            "spiking counterpart (default: qcfs)")
-    group.add_argument("--dropout", type=float, default=None,
-                       help="VGG: probability of the Dropout after every activation (default: "
-                            "0, as the reference; a resumed run keeps its own)")
-
-
 def add_device_args(group):
     """``-dev/--device`` and ``-j/--workers`` of the single-process scripts."""
     group.add_argument("-dev", "--device", default=None,
@@ -221,13 +250,6 @@ def parse_init_threshold(text):
     return value
 
 
-def check_budget_teff(value):
-    """``--budget-teff``, for every script that takes it: None or a finite number >= 1."""
-    if value is not None and not (math.isfinite(value) and value >= 1):
-        raise UsageError(f"--budget-teff must be a number >= 1 (T_eff is at least 1 step), "
-                         f"got {value}")
-
-
 def parse_thresholds(text, default):
     """``"t1,t2,t3"`` -> three increasing floats (``default`` for None); else UsageError."""
     if text is None:
@@ -265,62 +287,19 @@ def progress(iterable, enabled, **kwargs):
     return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
 
 
-def default_checkpoint_dir(dataset):
-    return f"{dataset}-checkpoints"
-
-
-def env_data_root():
-    """``$PASCAL_DATA`` if set, else ``./data``."""
-    return os.environ.get("PASCAL_DATA", "./data")
-
-
-# --- the flags both training scripts share (main_train.py, main.py) ------------------------
-
-def add_optimisation_args(group, epochs_help, batch_help, lr_help, weight_decay):
-    """``-epochs``, ``-b``, ``-lr``, ``-wd``, ``--momentum``, ``--amp``, ``--skip-nonfinite``.
-
-    Defaults of epochs, batch size and learning rate are the script's (None here, filled in
-    from its dataset); the help texts say what they are."""
-    group.add_argument("-epochs", "--epochs", type=int, default=None, help=epochs_help)
-    group.add_argument("-b", "--batch-size", type=int, default=None, help=batch_help)
-    group.add_argument("-lr", "--lr", "--learning-rate", dest="lr", type=float, default=None,
-                       help=lr_help)
-    group.add_argument("-wd", "--wd", "--weight-decay", dest="weight_decay", type=float,
-                       default=weight_decay, help=f"SGD weight decay (default: {weight_decay:g})")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument("--amp", action="store_true",
-                       help="mixed precision on CUDA; QCFS arithmetic stays float32 (default: off)")
-    group.add_argument("--skip-nonfinite", action="store_true",
-                       help="skip batches whose loss is NaN/inf (on any process) instead of "
-                            "stopping (default: stop, keeping the last good checkpoint)")
-
-
-def add_adaptive_args(parser):
-    """The two-phase layerwise schedule: ``--adaptive`` and its tuning flags."""
-    group = parser.add_argument_group("adaptive layerwise levels (two-phase schedule)")
-    group.add_argument("--adaptive", action="store_true",
-                       help="train --phase1-epochs with uniform levels, choose per-layer levels "
-                            "from the AL metric, continue to -epochs (default: off)")
-    group.add_argument("--phase1-epochs", type=int, default=None,
-                       help="epochs before the levels are chosen (required with --adaptive)")
-    group.add_argument("--max-level", type=int, default=None,
-                       help="level of the least concentrated layers (default: the largest "
-                            "phase-1 level)")
-    group.add_argument("--thresholds", default=None,
-                       help="metric cut points t1,t2,t3 of the level rule (default: 20,30,38)")
-    group.add_argument("--stats-batches", type=int, default=20,
-                       help="training batches (evaluation transforms, global batch size) the "
-                            "metric is measured on (default: 20)")
-    group.add_argument("--budget-teff", type=float, default=None, metavar="X",
-                       help="choose the phase-2 levels by the level search instead of the AL "
-                            "rule: the least calibration loss at all-layer T_eff <= X (default: "
-                            "off; see docs/level-search.md)")
-    group.add_argument("--candidates", default=None,
-                       help="levels the search may give a layer, comma-separated (default: "
-                            "powers of two up to --max-level)")
-    group.add_argument("--calib-images", type=int, default=512,
-                       help="training images (evaluation transforms) the level search and "
-                            "--init-threshold auto measure on (default: 512)")
+def resolve_checkpoint(args):
+    """``(path, checkpoint_dir)`` named by a script's ``--checkpoint`` or ``--id``/``-suffix``
+    (in ``--checkpoint-dir``, default ``{dataset}-checkpoints``)."""
+    if args.checkpoint:
+        return Path(args.checkpoint), None
+    checkpoint_dir = Path(args.checkpoint_dir or default_checkpoint_dir(args.dataset))
+    run_id = args.id or (default_run_id(args.arch, args.dataset) if args.arch else None)
+    if run_id is None:
+        raise UsageError("say which checkpoint to use: --id ID (with -data) or "
+                         "--checkpoint PATH")
+    if args.suffix:
+        run_id = f"{run_id}_{args.suffix}"
+    return checkpoint_dir / f"{run_id}.pth", checkpoint_dir
 
 
 def default_run_id(arch, dataset):
@@ -329,128 +308,13 @@ def default_run_id(arch, dataset):
     return f"{arch.replace(':', '-')}_{dataset}"
 
 
-def add_run_args(group, default_id, default_dir):
-    """Run id, checkpoint folder, resuming, initial weights and overwriting."""
-    group.add_argument("--id", default=None,
-                       help="run id: checkpoints are {checkpoint-dir}/{id}.pth and {id}_best.pth "
-                            f"(default: {default_id})")
-    group.add_argument("-suffix", "--suffix", default="",
-                       help="appended to the id as {id}_{suffix} (default: none)")
-    group.add_argument("--checkpoint-dir", default=None,
-                       help=f"where checkpoints, the log and the CSV go (default: {default_dir})")
-    group.add_argument("--resume_from_ckpt", "--resume-from-ckpt", type=int, default=0,
-                       choices=[0, 1], help="1: continue the run {id} from its latest checkpoint "
-                                            "(default: 0)")
-    group.add_argument("--resume", default=None, metavar="PATH|auto",
-                       help="continue the run saved in PATH (full state); auto: continue "
-                            "{id}.pth if it exists, else start a new run (for relaunched and "
-                            "elastic jobs; a worker restarted by torchrun always does this)")
-    group.add_argument("--initial-checkpoint", default=None, metavar="PATH",
-                       help="start a new run from the weights and thresholds in PATH (ours or "
-                            "the reference code's), fresh optimizer and schedule; or from a "
-                            "ReLU network's weights (--activation relu checkpoints, plain state "
-                            "dicts, torchvision's keys for tv:NAME), thresholds from "
-                            "--init-threshold")
-    group.add_argument("--pretrained", nargs="?", const="default", default=None,
-                       metavar="WEIGHTS",
-                       help="tv:NAME: start a new run from torchvision's pretrained weights "
-                            "(WEIGHTS, e.g. IMAGENET1K_V2; torchvision's default without it), "
-                            "read through torch hub's cache; the classifier is replaced when "
-                            "the class count differs; thresholds from --init-threshold")
-    group.add_argument("--overwrite", action="store_true",
-                       help="start over even if run {id} already has a checkpoint")
+def default_checkpoint_dir(dataset):
+    return f"{dataset}-checkpoints"
 
 
-def add_process_group_args(group):
-    """``--dist-backend`` and ``--dist-timeout``: the process group of a torchrun launch (and of
-    main.py's spawn launch)."""
-    group.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"],
-                       help="process-group backend (default: nccl with CUDA, gloo without)")
-    group.add_argument("--dist-timeout", type=float, default=1800,
-                       help="seconds a collective waits for a missing process before the job "
-                            "fails; covers rank 0's adaptive level choice (default: 1800)")
-
-
-def add_training_machine_args(group, workers):
-    """``-dev``, ``-j``, ``--seed``, ``--deterministic`` of the training scripts."""
-    group.add_argument("-dev", "--device", default=None,
-                       help="cpu, cuda or cuda:N; with several processes on a node, cuda means "
-                            "cuda:LOCAL_RANK for each (default: cuda if available)")
-    group.add_argument("-j", "--workers", type=int, default=workers,
-                       help=f"data-loading worker processes per training process "
-                            f"(default: {workers})")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    group.add_argument("--deterministic", action="store_true",
-                       help="deterministic algorithms (bit-reproducible on CUDA too; slower)")
-
-
-def check_training_args(args, thresholds_default):
-    """Validate the shared training flags once, before any expensive work (UsageError)."""
-    for flag, value, low in (("-epochs", args.epochs, 1), ("-b", args.batch_size, 1),
-                             ("-j", args.workers, 0)):
-        if value < low:
-            raise UsageError(f"{flag} must be >= {low}, got {value}")
-    if args.level is not None and args.levels is not None:
-        raise UsageError("give either -L N or --levels, not both")
-    args.levels = parse_levels(args.levels if args.levels is not None else args.level)
-    if args.activation == "relu":
-        for flag, given in (("--levels / -L", args.levels is not None),
-                            ("--adaptive", args.adaptive)):
-            if given:
-                raise UsageError(f"--activation relu trains a network without levels: drop "
-                                 f"{flag}")
-    try:
-        args.init_threshold = parse_init_threshold(args.init_threshold)
-    except ValueError as error:
-        raise UsageError(f"--init-threshold: {error}") from None
-    if args.activation == "relu" and args.init_threshold != 4.0:
-        raise UsageError("--activation relu trains a network without thresholds: drop "
-                         "--init-threshold")
-    if args.calib_images < 1:
-        raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
-    if args.resume == "auto" and args.overwrite:
-        raise UsageError("--resume auto continues an existing run and --overwrite starts it "
-                         "over: give only one")
-    if args.resume and args.resume_from_ckpt:
-        raise UsageError("--resume and --resume_from_ckpt=1 both name the run to continue: "
-                         "give only one")
-    if args.resume and args.resume != "auto" and args.initial_checkpoint:
-        raise UsageError("--resume continues a run and --initial-checkpoint starts a new one: "
-                         "give only one")
-    if args.pretrained is not None:
-        if args.initial_checkpoint:
-            raise UsageError("--pretrained and --initial-checkpoint both give the starting "
-                             "weights: give only one")
-        if args.activation == "relu":
-            raise UsageError("--pretrained starts a QCFS network from torchvision's weights: "
-                             "drop --activation relu")
-    if args.resume_from_ckpt and args.initial_checkpoint:
-        raise UsageError("--resume_from_ckpt=1 and --initial-checkpoint exclude each other: "
-                         "give only one")
-    if args.adaptive:
-        if args.phase1_epochs is None or not 1 <= args.phase1_epochs < args.epochs:
-            raise UsageError(f"--adaptive needs --phase1-epochs N with 1 <= N < -epochs "
-                             f"({args.epochs}), got {args.phase1_epochs}")
-        args.thresholds = parse_thresholds(args.thresholds, thresholds_default)
-        if args.max_level is not None and args.max_level < 1:
-            raise UsageError(f"--max-level must be >= 1, got {args.max_level}")
-        if args.stats_batches < 1:
-            raise UsageError(f"--stats-batches must be >= 1, got {args.stats_batches}")
-        check_budget_teff(args.budget_teff)
-        if args.candidates is not None:
-            try:
-                candidates = sorted({int(v) for v in str(args.candidates).split(",") if v})
-            except ValueError:
-                candidates = []
-            if not candidates or candidates[0] < 1:
-                raise UsageError(f"--candidates must be comma-separated levels >= 1, got "
-                                 f"{args.candidates!r}")
-            args.candidates = candidates
-    elif args.phase1_epochs is not None or args.budget_teff is not None:
-        raise UsageError("--phase1-epochs and --budget-teff only make sense with --adaptive")
-    if args.suffix:
-        args.id = f"{args.id}_{args.suffix}"
-    return args
+def env_data_root():
+    """``$PASCAL_DATA`` if set, else ``./data``."""
+    return os.environ.get("PASCAL_DATA", "./data")
 
 
 def ignore_signals_in_worker(worker_id):

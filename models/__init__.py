@@ -4,6 +4,8 @@ import functools
 
 from torch import nn
 
+from errors import ModelError
+
 from . import resnet, vgg
 from .convert import SpikingNetwork, convert_to_snn
 from .graph import UnsupportedModelError
@@ -81,20 +83,20 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
             that has no exact spiking counterpart (one line naming the node).
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ModelError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not float(init_threshold) > 0:
-        raise ValueError(f"init_threshold must be > 0, got {init_threshold!r}")
+        raise ModelError(f"init_threshold must be > 0, got {init_threshold!r}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of "
+        raise ModelError(f"unknown activation {activation!r}; choose one of "
                          f"{', '.join(ACTIVATIONS)}")
     relu = activation == "relu"
     if relu and levels is not None:
-        raise ValueError(f"a ReLU network has no levels; got levels {levels!r}")
+        raise ModelError(f"a ReLU network has no levels; got levels {levels!r}")
     if is_torchvision_arch(arch):
         if dropout:
-            raise ValueError(f"{arch} keeps torchvision's own dropout; --dropout applies to "
+            raise ModelError(f"{arch} keeps torchvision's own dropout; --dropout applies to "
                              f"this project's VGGs only, got {dropout!r}")
         model = build_torchvision(arch, num_classes, levels, float(init_threshold),
                                   qcfs=not relu, input_shape=input_shape)
@@ -102,7 +104,7 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
             check_input_size(model, input_shape, arch=arch)
         return model
     if arch not in _REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)} or "
+        raise ModelError(f"unknown arch {arch!r}; choose one of {', '.join(_REGISTRY)} or "
                          f"{TORCHVISION_PREFIX}NAME for a torchvision model")
     act_layer = nn.ReLU if relu else functools.partial(QCFS, level=1,
                                                        init_threshold=float(init_threshold))
@@ -115,7 +117,7 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
                                     dropout=_check_dropout(dropout))
     else:
         if dropout:
-            raise ValueError(f"{arch} has no dropout layers; got dropout {dropout!r}")
+            raise ModelError(f"{arch} has no dropout layers; got dropout {dropout!r}")
         model = _REGISTRY[arch](num_classes, variant, act_layer)
     if not relu:
         set_levels(model, levels)
@@ -126,7 +128,7 @@ def create_model(arch, *, num_classes, levels, variant="cifar", init_threshold=4
 
 def _check_dropout(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {value!r}")
+        raise ModelError(f"dropout must be a probability in [0, 1), got {value!r}")
     return float(value)
 
 

@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from errors import ModelError
+
 from .qcfs import QCFS
 
 __all__ = ["IFNeuron", "IFNetwork", "convert_to_if", "if_step_"]
@@ -127,7 +129,7 @@ def _replace_qcfs(module, prefix):
         if isinstance(child, QCFS):
             threshold = child.threshold.detach().reshape(())
             if not bool(torch.isfinite(threshold)) or float(threshold) <= 0:
-                raise ValueError(f"QCFS layer {full_name!r} has threshold {float(threshold)!r}; "
+                raise ModelError(f"QCFS layer {full_name!r} has threshold {float(threshold)!r}; "
                                  "an integrate-and-fire neuron needs a finite threshold > 0")
             setattr(module, name, IFNeuron(threshold, name=full_name))
         else:

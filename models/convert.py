@@ -56,6 +56,8 @@ from collections import ChainMap
 import torch
 from torch import fx, nn
 
+from errors import ModelError
+
 from .chunking import MODULE_CALL_COST, Segment, UnitProfile, find_cuts, plan_segments, \
     run_segments
 from .graph import get_attr, model_graph
@@ -228,7 +230,7 @@ class SpikingNetwork(nn.Module):
         """Raise ``ValueError`` (one line) if the network was converted for another per-image
         input shape than ``x``'s."""
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
+            raise ModelError(
                 f"the spiking network was converted for inputs of shape {self.input_shape} "
                 f"per image, got {tuple(x.shape[1:])}; convert it again with "
                 f"input_shape={tuple(x.shape[1:])} (or without input_shape)")
@@ -314,7 +316,7 @@ class SpikingNetwork(nn.Module):
                                        self._resolve(op.kwargs, env))
                     if role == "route" and not op.tuple_valued and value.shape[0] != \
                             steps[op.index] * batch:
-                        raise ValueError(
+                        raise ModelError(
                             f"node {op.name!r} ({op.op}) changed the batch dimension to "
                             f"{value.shape[0]} (expected {steps[op.index] * batch}: time is "
                             "folded into it); keep the batch dimension first and whole")
@@ -575,7 +577,7 @@ def check_thresholds(ann):
     for name, module in qcfs_layers(ann):
         value = float(module.threshold.detach().reshape(-1)[0])
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(
+            raise ModelError(
                 f"QCFS layer {name!r} has threshold {value!r}; PASCAL conversion needs a finite "
                 "threshold > 0 (a layer with threshold <= 0 can only output 0 and has no spiking "
                 "counterpart). Retrain with thresholds clamped positive "
@@ -595,7 +597,7 @@ def check_eval_mode(ann):
     """
     for name, module in ann.named_modules():
         if isinstance(module, _TRAINING_SENSITIVE) and module.training:
-            raise ValueError(
+            raise ModelError(
                 f"{type(module).__name__} {name or type(ann).__name__!r} is in training mode "
                 "(it would use batch statistics or drop units); call .eval() first")
 
@@ -610,7 +612,7 @@ def check_finite(ann):
             if not bool(finite.all()):
                 bad = tensor.detach()[~finite]
                 what = "NaN" if bool(bad.isnan().any()) else "infinite"
-                raise ValueError(
+                raise ModelError(
                     f"{name!r} holds {what} values ({int((~finite).sum())} of "
                     f"{tensor.numel()}); conversion needs finite weights, BatchNorm statistics "
                     "and thresholds (fix the checkpoint or retrain)")

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from errors import ModelError
+
 from .qcfs import QCFS
 from .signatures import BindError, Binding, bind
 
@@ -53,7 +55,7 @@ __all__ = ["GraphNode", "ModelGraph", "UnsupportedModelError", "call_site_names"
            "check_inplace_aliasing", "model_graph", "trace"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ModelError):
     """A model, or one of its nodes, has no exact spiking counterpart (one-line message)."""
 
 

@@ -3,6 +3,8 @@ import itertools
 
 import torch
 
+from errors import ModelError
+
 __all__ = ["accepts_input", "check_input_size", "min_input_size"]
 
 
@@ -50,10 +52,10 @@ def check_input_size(model, input_shape, arch="the model"):
     got = "x".join(str(s) for s in spatial)
     smallest = min_input_size(model, channels)
     if smallest is None:
-        raise ValueError(f"{arch} accepts no {channels}-channel square input up to 4096x4096 "
+        raise ModelError(f"{arch} accepts no {channels}-channel square input up to 4096x4096 "
                          f"(got {channels}x{got}); check the number of input channels")
     if all(s >= smallest for s in spatial):
-        raise ValueError(f"{arch} does not accept inputs of shape {channels}x{got} although it "
+        raise ModelError(f"{arch} does not accept inputs of shape {channels}x{got} although it "
                          f"accepts {smallest}x{smallest} squares; use a square input")
-    raise ValueError(f"{arch} needs inputs of at least {smallest}x{smallest}; got {got} "
+    raise ModelError(f"{arch} needs inputs of at least {smallest}x{smallest}; got {got} "
                      f"(resize the images to {smallest}x{smallest} or more)")

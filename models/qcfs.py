@@ -4,6 +4,8 @@ import numbers
 import torch
 from torch import fx, nn
 
+from errors import ModelError
+
 __all__ = ["QCFS", "qcfs_layers", "get_levels", "set_levels", "clamp_thresholds_",
            "validate_levels"]
 
@@ -81,9 +83,9 @@ def _check_level(value, what):
     elif isinstance(value, float) and value.is_integer():
         value = int(value)
     else:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+        raise ModelError(f"{what} must be an integer >= 1, got {value!r}")
     if value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+        raise ModelError(f"{what} must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -115,7 +117,7 @@ def validate_levels(levels, layer_names):
     """Expand ``levels`` (an int or one entry per QCFS layer) to a list of ints, or raise."""
     names = list(layer_names)
     if isinstance(levels, str):
-        raise ValueError(
+        raise ModelError(
             f"levels must be an int or a sequence of ints, got the string {levels!r} "
             "(parse comma-separated text with utils.parse_levels first)")
     if isinstance(levels, (int, float)) and not isinstance(levels, bool):
@@ -123,10 +125,10 @@ def validate_levels(levels, layer_names):
     try:
         levels = list(levels)
     except TypeError:
-        raise ValueError(f"levels must be an int or a sequence of ints, got {levels!r}") from None
+        raise ModelError(f"levels must be an int or a sequence of ints, got {levels!r}") from None
     if len(levels) != len(names):
         shown = ", ".join(names) if len(names) <= 40 else ", ".join(names[:40]) + ", ..."
-        raise ValueError(
+        raise ModelError(
             f"the model has {len(names)} QCFS layers ({shown}); got {len(levels)} levels")
     return [_check_level(v, f"level of {name}") for v, name in zip(levels, names, strict=True)]
 

@@ -1,6 +1,8 @@
 """Load state_dicts written by the reference PASCAL code (and QCFS-style names) into our models."""
 import torch
 
+from errors import ModelError
+
 __all__ = ["load_reference_state_dict", "state_dict_mismatch", "translate_reference_keys"]
 
 # Threshold names used by the reference PASCAL code (``thresh``) and by QCFS (``up``).
@@ -54,7 +56,7 @@ def load_reference_state_dict(model, state_dict):
     translated = translate_reference_keys(state_dict)
     problem = state_dict_mismatch(model.state_dict(), translated)
     if problem is not None:
-        raise ValueError(f"the checkpoint does not match the model: {problem} (wrong arch, "
+        raise ModelError(f"the checkpoint does not match the model: {problem} (wrong arch, "
                          "variant or number of classes?)")
     model.load_state_dict(translated)
     return model

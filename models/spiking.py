@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from errors import ModelError
+
 __all__ = [
     "SIM_MODES", "LayerStats", "PascalNeuron", "check_seq", "neuron_operations",
     "pascal_accumulate_", "pascal_correct_", "pascal_counts", "pascal_emit",
@@ -274,7 +276,7 @@ class PascalNeuron(nn.Module):
         """Refuse to report counts for neurons whose input window holds a NaN (their output
         is NaN, as the ANN's; a count would be an arbitrary integer)."""
         if undefined.any():
-            raise ValueError(
+            raise ModelError(
                 f"spiking layer {self.name!r}: {int(undefined.sum())} neuron(s) received a NaN "
                 "input, so their spike counts are undefined (the output is NaN, as in the "
                 "ANN); check the input for NaN values")

@@ -5,6 +5,8 @@ The method's arithmetic, shared by get_Teff.py, the cost report and the level se
 """
 from fractions import Fraction
 
+from errors import ModelError
+
 from .graph import model_graph
 from .qcfs import qcfs_layers
 from .spiking import neuron_operations
@@ -89,7 +91,7 @@ def teff(levels, fan_ins):
         rows.append({"name": name, "level": level, "fan_in": fan_in, "r": r,
                      "term": teff_term(T, r)})
     if not rows:
-        raise ValueError("no spiking layers")
+        raise ModelError("no spiking layers")
     return sum(row["term"] for row in rows) / len(rows), rows
 
 
@@ -184,7 +186,7 @@ def reference_constants(arch, dataset):
         return _resnet_reference_constants(Fraction(1, 216), (2, 2, 2, 2))
     if arch == "resnet34":
         return _resnet_reference_constants(Fraction(1, 162), (3, 4, 6, 3))
-    raise ValueError(f"the published script covers vgg16, resnet18 and resnet34, not {arch!r}")
+    raise ModelError(f"the published script covers vgg16, resnet18 and resnet34, not {arch!r}")
 
 
 def reference_rows(arch, dataset, levels):

@@ -1,4 +1,6 @@
 """Torchvision classification architectures by name, ``tv:NAME``, made QCFS networks."""
+from errors import ModelError
+
 from .qcfsify import qcfsify_
 
 __all__ = ["TORCHVISION_PREFIX", "build_torchvision", "is_torchvision_arch",
@@ -37,7 +39,7 @@ def build_torchvision(arch, num_classes, levels, init_threshold, qcfs=True, inpu
     import torchvision
     name = arch[len(TORCHVISION_PREFIX):]
     if name not in torchvision_names():
-        raise ValueError(f"unknown torchvision classification model {name!r} in {arch!r}; "
+        raise ModelError(f"unknown torchvision classification model {name!r} in {arch!r}; "
                          "see torchvision.models.list_models(module=torchvision.models)")
     kwargs = {"weights": None, "num_classes": num_classes}
     if name in _AUXILIARY:

@@ -19,7 +19,7 @@ from utils import run_main
 
 def run_script(module, argv):
     """Run ``module.main`` in-process exactly as its command line would; returns exit status."""
-    return run_main(module.main, module.get_args_parser().parse_args(argv))
+    return run_main(module.main, module.get_args_parser().parse_args(argv), module.TERMS)
 
 
 def evaluate_digits_run(folder, run_id, output):

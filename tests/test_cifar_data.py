@@ -10,7 +10,7 @@ from PIL import Image
 import data
 import models
 from conftest import main_test, main_train, run_script
-from utils import UsageError
+from errors import DataError
 
 
 def write_cifar_folder(root, classes, per_class=(3, 2), fmt="PNG", seed=0, size=32):
@@ -102,13 +102,13 @@ def test_pickled_batches_win_over_folders(cifar10_root):
 def test_bad_folder_copy_is_one_line(tmp_path, change, message):
     write_cifar_folder(tmp_path, data.CIFAR10_CLASSES, per_class=(1, 1))
     change(tmp_path)
-    with pytest.raises(UsageError, match=message) as error:
+    with pytest.raises(DataError, match=message) as error:
         data.get_dataset("cifar10", str(tmp_path), "test")
     assert "\n" not in str(error.value)
 
 
 def test_missing_cifar_names_both_layouts(tmp_path):
-    with pytest.raises(UsageError, match="image-folder copy with train/CLASS/"):
+    with pytest.raises(DataError, match="image-folder copy with train/CLASS/"):
         data.get_dataset("cifar10", str(tmp_path), "test")
 
 

@@ -268,8 +268,9 @@ def check_run(image_root, folder, run_id, epochs=1, levels=None):
     assert checkpoint["model_args"] == {"arch": "vgg_small", "variant": "imagenet",
                                         "num_classes": NUM_CLASSES,
                                         "levels": levels or [4] * 5, "dataset": "imagenet",
-                                        "dropout": 0.0, "activation": "qcfs"}
-    assert checkpoint["epoch"] == epochs and checkpoint["args"]["image_size"] == 32
+                                        "dropout": 0.0, "activation": "qcfs",
+                                        "image_size": 32}
+    assert checkpoint["epoch"] == epochs and checkpoint["config"]["epochs"] >= epochs
     assert checkpoint["test_images"] == NUM_VAL
     log = (folder / f"{run_id}.log").read_text()
     assert f"acc {checkpoint['test_acc1']:.2f}% ({NUM_VAL} images)" in log
@@ -637,6 +638,6 @@ def test_single_gpu_amp_in_process(image_root, tmp_path):
                      "--amp", str(image_root)]
     assert run_script(main_imagenet, argv) == 0
     checkpoint = torch.load(tmp_path / "amp.pth", weights_only=True)
-    assert checkpoint["args"]["amp"]
+    assert checkpoint["config"]["amp"]
     assert_grad_scaler_scale(checkpoint["scaler"]["scale"])
     assert checkpoint["test_images"] == NUM_VAL

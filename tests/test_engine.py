@@ -1,6 +1,5 @@
 """The training engine's pieces on their own: resume decisions, sharded resumable data order,
 and signal handling with real signals to this process."""
-import argparse
 import os
 import signal
 
@@ -9,14 +8,9 @@ import torch
 
 import engine
 import main_train
+from config import TrainConfig
 from data import shard_order
-from utils import UsageError
-
-
-def resume_args(**kwargs):
-    values = {"resume": None, "resume_from_ckpt": 0, "overwrite": False, "id": "run"}
-    values.update(kwargs)
-    return argparse.Namespace(**values)
+from errors import CheckpointError
 
 
 @pytest.fixture
@@ -26,22 +20,28 @@ def no_restart(monkeypatch):
 
 def test_resume_source_decisions(tmp_path, monkeypatch, no_restart):
     latest = tmp_path / "run.pth"
-    assert engine.resume_source(resume_args(), latest) is None  # a new run
-    assert engine.resume_source(resume_args(resume="auto"), latest) is None  # nothing to resume
+
+    def source(**kwargs):
+        return engine.resume_source(TrainConfig(epochs=1, run_id="run",
+                                                checkpoint_dir=tmp_path, **kwargs))
+
+    assert source() is None  # a new run
+    assert source(resume="auto") is None  # nothing to resume
     latest.write_bytes(b"x")
-    with pytest.raises(UsageError, match="already has a checkpoint"):
-        engine.resume_source(resume_args(), latest)
-    assert engine.resume_source(resume_args(overwrite=True), latest) is None
-    assert engine.resume_source(resume_args(resume="auto"), latest) == latest
-    assert engine.resume_source(resume_args(resume_from_ckpt=1), latest) == latest
+    with pytest.raises(CheckpointError, match="already has this checkpoint") as caught:
+        source()
+    assert caught.value.field == "resume" and caught.value.path == latest
+    assert source(overwrite=True) is None
+    assert source(resume="auto") == latest
+    assert source(resume=str(latest)) == latest  # what --resume_from_ckpt=1 passes
     other = tmp_path / "other.pth"
-    assert engine.resume_source(resume_args(resume=str(other)), latest) == other
+    assert source(resume=str(other)) == other
     # a worker restarted by torchrun resumes whatever it was launched with, --overwrite too
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert engine.resume_source(resume_args(overwrite=True), latest) == latest
-    assert engine.resume_source(resume_args(), latest) == latest
+    assert source(overwrite=True) == latest
+    assert source() == latest
     latest.unlink()
-    assert engine.resume_source(resume_args(overwrite=True), latest) is None
+    assert source(overwrite=True) is None
 
 
 def test_resume_auto_and_overwrite_exclude_each_other(capsys):

@@ -106,7 +106,7 @@ def test_resuming_with_the_other_activation_is_refused(relu_run, capsys):
                                      "--id", "relu", "--resume", "auto", "--checkpoint-dir",
                                      str(relu_run)])
     assert status == 2
-    assert_one_line_error(capsys, "holds a relu network", "--activation relu")
+    assert_one_line_error(capsys, "holds activation 'relu', not 'qcfs'", "pass --activation relu")
 
 
 # --- a QCFS network from a ReLU network's weights ------------------------------------------
@@ -280,7 +280,7 @@ def test_pretrained_from_the_cache_replaces_the_classifier(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["-arch", "vgg_small", "--pretrained"], "it needs -arch tv:NAME, not vgg_small"),
+    (["-arch", "vgg_small", "--pretrained"], "they need -arch tv:NAME, not vgg_small"),
     (["-arch", "tv:resnet18", "--pretrained", "NOPE"], "has no pretrained weights 'NOPE'"),
     (["-arch", "tv:resnet18", "--pretrained", "--activation", "relu"], "drop --activation")])
 def test_pretrained_refusals(tmp_path, capsys, argv, fragment):

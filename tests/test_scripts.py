@@ -6,6 +6,7 @@ import torch
 
 import main_test
 import main_train
+from config import TrainConfig
 from conftest import evaluate_digits_run, run_script
 from test_convert import REFERENCE_LEVELS, reference_state_dict
 from helpers import assert_one_line_error
@@ -21,10 +22,13 @@ def test_digits_checkpoint_is_self_describing(digits_run):
     assert checkpoint["model_args"] == {"arch": "vgg_small", "variant": "cifar",
                                         "num_classes": 10, "levels": [4, 2, 8, 4, 3],
                                         "dataset": "digits", "dropout": 0.0,
-                                        "activation": "qcfs"}
-    assert checkpoint["epoch"] == 3 and checkpoint["format_version"] == 1
-    assert {"optimizer", "scheduler", "args", "best_acc1", "test_acc1", "test_images",
+                                        "activation": "qcfs", "image_size": 32}
+    assert checkpoint["epoch"] == 3 and checkpoint["format_version"] == 2
+    assert {"optimizer", "scheduler", "config", "best_acc1", "test_acc1", "test_images",
             "partial_epoch", "adaptive"} <= set(checkpoint)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    assert (config.epochs, config.batch_size, config.lr, config.run_id) == (3, 32, 0.1, run_id)
+    assert config.as_dict() == checkpoint["config"]  # plain values, read back unchanged
     assert checkpoint["partial_epoch"] is None and checkpoint["test_images"] == 360
     assert (folder / f"{run_id}_best.pth").exists()
     assert (folder / f"{run_id}.log").read_text().count("epoch ") >= 3
@@ -118,7 +122,7 @@ def test_training_refuses_bad_input_and_keeps_checkpoints(digits_run, tmp_path, 
     base = ["-data", "digits", "-arch", "vgg_small", "-epochs", "1", "-j", "0",
             "--no-progress", "--checkpoint-dir", str(folder)]
     for argv, fragments in [
-        (["--id", run_id], ["already has a checkpoint", "--resume_from_ckpt=1", "--overwrite"]),
+        (["--id", run_id], ["already has this checkpoint", "--resume auto", "--overwrite"]),
         (["--id", "other", "--levels", "4,4,4"], ["5 QCFS layers", "got 3 levels"]),
         (["--id", "other", "--levels", "0"], ["level"]),
         (["--id", "other", "--resume", "x.pth", "--initial-checkpoint", "y.pth"],

@@ -132,7 +132,7 @@ def test_refused_and_too_small_architectures_stop_before_training(tmp_path, caps
 def test_default_run_id_of_a_torchvision_arch_has_no_colon(tmp_path):
     """Without --id, training and evaluation name the run tv-resnet18_digits (a file name
     without the colon of tv:NAME), and agree on it."""
-    from checkpoint import resolve_checkpoint
+    from utils import resolve_checkpoint
     args = main_train.resolve_args(main_train.get_args_parser().parse_args(
         ["-data", "digits", "-arch", "tv:resnet18", "--checkpoint-dir", str(tmp_path)]))
     assert args.id == "tv-resnet18_digits"
