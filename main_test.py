@@ -330,7 +330,7 @@ def main(args):
                    "levels": model_args["levels"], "dtype": args.dtype, "sim": args.sim,
                    "device": str(device), "seconds": round(seconds, 2),
                    "checkpoint": str(path)})
-    if args.report or args.baseline or relu_net is not None:
+    if not is_relu(model_args):
         timing = snn_cost.timing_summary(model, model_args["arch"],
                                          model_args["variant"], args.dataset,
                                          model_args["levels"])

@@ -5,7 +5,8 @@
 # before the first epoch from the L = 8 network). Every network is checked SNN == ANN in
 # float64 on all 10,000 test images (counts path). Result files go to results/; checkpoints
 # to $RUNS (default /work/cifar-runs; not committed). Stages whose result file exists are
-# skipped, so the script can be run again after an interruption.
+# skipped, so the script can be run again after an interruption; $STAGES (default: all of
+# "posttrain percentiles uniform search") selects stages, e.g. to run two side by side.
 #
 #   bash benchmarks/cifar10_relu_resnet20.sh [EPOCHS] [FINE-TUNE EPOCHS...]
 set -euo pipefail
@@ -17,14 +18,18 @@ data=data/cifar10-jpeg
 runs="${RUNS:-/work/cifar-runs}"
 relu=resnet20_relu
 common=(-data cifar10 --data-root "$data" --no-progress)
+stages=" ${STAGES:-posttrain percentiles uniform search} "
 export OMP_WAIT_POLICY=PASSIVE  # see benchmarks/README.md: a shared 2-core machine
 
-python3 main_train.py "${common[@]}" -arch resnet20 -epochs "$epochs" --activation relu \
-    --id "$relu" --checkpoint-dir "$runs" --resume auto
-cp "$runs/${relu}_epochs.csv" "results/cifar10_${relu}_epochs.csv"
+if [ ! -f "results/cifar10_${relu}_epochs.csv" ]; then
+    python3 main_train.py "${common[@]}" -arch resnet20 -epochs "$epochs" --activation relu \
+        --id "$relu" --checkpoint-dir "$runs" --resume auto
+    cp "$runs/${relu}_epochs.csv" "results/cifar10_${relu}_epochs.csv"
+fi
 
 # no training: the ReLU ANN, the QCFS ANN with thresholds from data, and its SNN
 for level in 4 8 16; do
+    [[ "$stages" == *" posttrain "* ]] || break
     out="results/cifar10_${relu}_posttrain_L${level}.json"
     [ -f "$out" ] || python3 main_test.py "${common[@]}" --checkpoint "$runs/$relu.pth" \
         --levels "$level" --init-threshold auto --dtype float64 --sim counts --output "$out"
@@ -33,6 +38,7 @@ done
 # the percentile of the thresholds, at L = 4 without training (ANNs only: the SNN equals
 # the QCFS ANN, checked above for P = 98)
 for p in 95 99 99.9 100; do
+    [[ "$stages" == *" percentiles "* ]] || break
     out="results/cifar10_${relu}_posttrain_L4_P${p}.json"
     [ -f "$out" ] || python3 main_test.py "${common[@]}" --checkpoint "$runs/$relu.pth" \
         --levels 4 --init-threshold "auto:$p" --mode ann --output "$out"
@@ -52,7 +58,7 @@ finetune_run() {  # id, then the flags that choose the levels
         --sim counts --output "$out"
 }
 for k in "${finetune[@]}"; do
-    finetune_run "${relu}_L4_ft${k}" --levels 4
-    finetune_run "${relu}_search3_ft${k}" --levels 8 --adaptive --phase1-epochs 0 \
-        --budget-teff 3
+    [[ "$stages" != *" uniform "* ]] || finetune_run "${relu}_L4_ft${k}" --levels 4
+    [[ "$stages" != *" search "* ]] || finetune_run "${relu}_search3_ft${k}" --levels 8 \
+        --adaptive --phase1-epochs 0 --budget-teff 3
 done
