@@ -25,7 +25,6 @@ rest of the code reads one format. Problems raise :class:`errors.CheckpointError
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import models
@@ -401,16 +400,3 @@ def restore_training_state(restored, optimizer, scheduler, scaler, epochs, logge
     if scaler is not None and restored["scaler"]:
         scaler.load_state_dict(restored["scaler"])
     return int(restored["epoch"]), float(restored["best_acc1"])
-
-
-def plain(value):
-    """``value`` with Paths, numpy scalars and tuples turned into plain Python types."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

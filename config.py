@@ -7,7 +7,7 @@ directly. :meth:`TrainConfig.validate` raises :class:`errors.ConfigError` naming
 A checkpoint stores ``config.as_dict()``.
 """
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from al_metric import DEFAULT_THRESHOLDS
@@ -147,10 +147,6 @@ class TrainConfig:
                 k: v for k, v in adaptive.items()
                 if k in {f.name for f in fields(AdaptiveConfig)}})
         return cls(**values)
-
-    def but(self, **changes):
-        """A copy with ``changes`` (``dataclasses.replace``)."""
-        return replace(self, **changes)
 
 
 def _at_least(config, name, low):

@@ -51,9 +51,9 @@ from level_search import calibration_loader, default_candidates, minimum_teff, s
 from threshold_init import MIN_THRESHOLD, data_thresholds_
 from utils import progress
 
-__all__ = ["TrainConfig", "AdaptiveConfig", "MIN_THRESHOLD", "DistContext", "Run", "FitResult", "StopRequest", "Diverged",
-           "EpochProgress", "resume_source", "start_run", "fit", "evaluate",
-           "describe_model", "enable_determinism", "elastic_restart_count"]
+__all__ = ["TrainConfig", "AdaptiveConfig", "MIN_THRESHOLD", "DistContext", "Run", "FitResult",
+           "StopRequest", "Diverged", "EpochProgress", "resume_source", "start_run", "fit",
+           "evaluate", "describe_model", "enable_determinism", "elastic_restart_count"]
 
 
 @dataclass

@@ -2,13 +2,13 @@
 
 Library modules raise these; they never name a command-line flag. A script turns each into
 one line of advice naming its own flag (``utils.run_main``, ``distributed.run_worker``) and
-exits with the status of :data:`EXIT`. Any other exception is a bug: it keeps its traceback
+exits with the status of :class:`ExitCode`. Any other exception is a bug: it keeps its traceback
 and the script exits with status 1.
 """
 from enum import IntEnum
 
 __all__ = ["PascalError", "ConfigError", "CheckpointError", "CheckpointMismatch", "ModelError",
-           "DataError", "ExitCode", "EXIT"]
+           "DataError", "ExitCode"]
 
 
 class PascalError(Exception):
@@ -77,6 +77,3 @@ class ExitCode(IntEnum):
     USAGE = 2        # bad input: one line saying the problem and the fix
     DIVERGED = 3     # the training loss became NaN/inf; the last good checkpoint is kept
     SIGNAL = 128     # + the signal's number: stopped on request after writing a checkpoint
-
-
-EXIT = {code.name.lower(): int(code) for code in ExitCode}
