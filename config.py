@@ -82,7 +82,8 @@ class TrainConfig:
     ``adaptive``: the two-phase level schedule, or None. ``calib_images``: the training
     images (evaluation transforms) that thresholds from data and the level search measure
     on. ``sync_bn``: SyncBatchNorm under
-    DDP. ``show_progress``: progress bars on rank 0.
+    DDP. ``compile``: train and evaluate through ``torch.compile`` (:mod:`compiled`; eager
+    mode, with a warning, where it cannot run). ``show_progress``: progress bars on rank 0.
     """
 
     epochs: int
@@ -101,6 +102,7 @@ class TrainConfig:
     adaptive: AdaptiveConfig | None = None
     calib_images: int = 512
     sync_bn: bool = False
+    compile: bool = False
     show_progress: bool = True
 
     def __post_init__(self):

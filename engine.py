@@ -43,6 +43,7 @@ import models
 from al_metric import collect_level_counts, format_table, layer_metrics
 from checkpoint import (FORMAT_VERSION, check_model, checkpoint_path, is_own_format, is_relu,
                         load_checkpoint_file, restore_training_state, save_checkpoint)
+from compiled import compile_for_steps, compile_seconds
 from config import AdaptiveConfig, TrainConfig
 from data import SeededAugmentation, make_loader, shard_order
 from distributed import DistContext, current_context
@@ -371,10 +372,15 @@ class _Training:
         model = run.model
         if config.sync_bn:
             model = run.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model  # what the steps call: DDP's wrapper under DDP
+        # what evaluation calls: the model, or its compiled wrapper (same parameters)
+        self.eval_model = (compile_for_steps(model, ctx.device, logger) if config.compile
+                           else model)
+        self.model = self.eval_model  # what the steps call: DDP's wrapper under DDP
         if ctx.distributed:
             self.model = DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+                self.eval_model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.compiled_seconds = compile_seconds()
         self.batch_size = config.batch_size // ctx.world_size
         self.train_set = SeededAugmentation(train_set, config.seed)
         self.num_train, self.num_test = len(train_set), len(test_set)
@@ -464,7 +470,7 @@ class _Training:
         return _summed_progress(state, ctx)
 
     def evaluate(self):
-        acc1, loss, images = evaluate(self.run.model, self.test_loader, self.ctx, self.show)
+        acc1, loss, images = evaluate(self.eval_model, self.test_loader, self.ctx, self.show)
         self.last_acc1 = acc1
         return acc1, loss, images
 
@@ -496,6 +502,12 @@ class _Training:
                                             best=True), state)
         train_loss = totals.loss_sum / max(totals.seen, 1)
         train_acc1 = 100.0 * totals.correct / max(totals.seen, 1)
+        if self.config.compile:
+            spent, self.compiled_seconds = (compile_seconds() - self.compiled_seconds,
+                                            compile_seconds())
+            if spent >= 0.05:
+                self.logger.info(f"torch.compile: {spent:.1f}s of epoch {epoch + 1} compiling "
+                                 f"({self.compiled_seconds:.1f}s in this process so far)")
         self.logger.info(
             f"epoch {epoch + 1}/{self.config.epochs}  lr {lr:.4f}  train loss {train_loss:.4f} "
             f"acc {train_acc1:.2f}%  test loss {loss:.4f} acc {acc1:.2f}% ({images} images)  "

@@ -17,6 +17,7 @@ import models
 import snn_cost
 from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
                         qcfs_from_relu, relu_weights, trained_image_size)
+from compiled import compile_for_steps
 from data import get_dataset, make_loader
 from level_search import DEFAULT_CALIBRATION_IMAGES, calibration_loader
 from models.baseline import convert_to_if
@@ -78,6 +79,10 @@ def get_args_parser(add_help=True):
     group.add_argument("--sim", choices=["step", "counts"], default="step",
                        help="step: simulate every timestep; counts: exact closed-form spike "
                             "counts per window (default: step)")
+    group.add_argument("--compile", action="store_true",
+                       help="run the ANN through torch.compile (the spiking network's paths "
+                            "run eagerly); eager with a warning where no compiler is available "
+                            "(default: off)")
     group.add_argument("--allow-tf32", action="store_true",
                        help="let CUDA use TF32 for float32 convolutions and matmuls: faster, but "
                             "ANN and SNN then disagree far beyond float32 rounding (default: off)")
@@ -125,24 +130,33 @@ def get_args_parser(add_help=True):
     return parser
 
 
-@torch.no_grad()
-def ann_forward_with_levels(model, x):
-    """``(logits, {layer name: integer QCFS level per neuron})`` of the ANN in eval mode."""
-    levels, handles = {}, []
-    for name, module in models.qcfs_layers(model):
-        def hook(mod, inputs, output, name=name):
-            levels[name] = mod.quantize(inputs[0])
-        handles.append(module.register_forward_hook(hook))
-    try:
-        logits = model(x)
-    finally:
-        for handle in handles:
+class AnnWithLevels:
+    """The ANN in eval mode as a callable returning ``(logits, {layer name: integer QCFS level
+    per neuron})``. The hooks that read the levels are registered once, so that a compiled
+    ANN (``compile=True``) traces them into its graph once."""
+
+    def __init__(self, model, compile=False, device=None, logger=None):
+        self.levels, self.handles = {}, []
+        for name, module in models.qcfs_layers(model):
+            def hook(mod, inputs, output, name=name):
+                self.levels[name] = mod.quantize(inputs[0])
+            self.handles.append(module.register_forward_hook(hook))
+        self.model = compile_for_steps(model, device, logger) if compile else model
+
+    @torch.no_grad()
+    def __call__(self, x):
+        self.levels.clear()
+        logits = self.model(x)
+        return logits, dict(self.levels)
+
+    def close(self):
+        for handle in self.handles:
             handle.remove()
-    return logits, levels
 
 
-def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True, cost_meter=None):
-    """Run ANN and/or SNN over ``loader``; returns a results dict (counts and agreements).
+def evaluate_both(ann, snn, loader, device, dtype, mode, show_progress=True, cost_meter=None):
+    """Run ANN (an :class:`AnnWithLevels`) and/or SNN over ``loader``; returns a results dict
+    (counts and agreements).
 
     ``cost_meter``: a :class:`snn_cost.CostMeter` of ``snn``; it is given each batch's
     images and ``LayerStats`` (with per-neuron counts).
@@ -155,7 +169,7 @@ def evaluate_both(model, snn, loader, device, dtype, mode, show_progress=True, c
         targets = targets.to(device)
         totals["images"] += len(targets)
         if run_ann:
-            ann_logits, ann_levels = ann_forward_with_levels(model, images)
+            ann_logits, ann_levels = ann(images)
             totals["ann_correct"] += int((ann_logits.argmax(1) == targets).sum())
         if run_snn:
             snn_logits, stats = snn.forward_with_stats(
@@ -315,10 +329,13 @@ def main(args):
 
     started = time.time()
     meter = snn_cost.CostMeter(snn) if args.report else None
-    result = evaluate_both(model, snn, loader, device, dtype, mode, not args.no_progress,
+    ann = AnnWithLevels(model, args.compile, device, logger)
+    result = evaluate_both(ann, snn, loader, device, dtype, mode, not args.no_progress,
                            cost_meter=meter)
+    ann.close()
     if relu_net is not None:
-        result["relu_top1"] = evaluate_both(relu_net, None, loader, device, dtype, "ann",
+        result["relu_top1"] = evaluate_both(AnnWithLevels(relu_net, args.compile, device, logger),
+                                            None, loader, device, dtype, "ann",
                                             not args.no_progress)["ann_top1"]
         result["init_threshold"] = init_threshold
         result["thresholds"] = {name: float(layer.threshold.detach())

@@ -25,7 +25,7 @@ TERMS = {
     "epochs": "-epochs", "batch_size": "-b", "lr": "-lr", "momentum": "--momentum",
     "weight_decay": "-wd", "workers": "-j", "seed": "--seed", "run_id": "--id",
     "checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "overwrite": "--overwrite",
-    "skip_nonfinite": "--skip-nonfinite", "phase1_epochs": "--phase1-epochs",
+    "skip_nonfinite": "--skip-nonfinite", "compile": "--compile", "phase1_epochs": "--phase1-epochs",
     "max_level": "--max-level", "thresholds": "--thresholds",
     "stats_batches": "--stats-batches", "budget_teff": "--budget-teff",
     "candidates": "--candidates", "calib_images": "--calib-images", "arch": "-arch",
@@ -60,7 +60,8 @@ def add_model_args(group):
 
 
 def add_optimisation_args(group, epochs_help, batch_help, lr_help, weight_decay):
-    """``-epochs``, ``-b``, ``-lr``, ``-wd``, ``--momentum``, ``--amp``, ``--skip-nonfinite``.
+    """``-epochs``, ``-b``, ``-lr``, ``-wd``, ``--momentum``, ``--amp``, ``--compile``,
+    ``--skip-nonfinite``.
 
     Defaults of epochs, batch size and learning rate are the script's (None here, filled in
     from its dataset); the help texts say what they are."""
@@ -73,6 +74,10 @@ def add_optimisation_args(group, epochs_help, batch_help, lr_help, weight_decay)
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     group.add_argument("--amp", action="store_true",
                        help="mixed precision on CUDA; QCFS arithmetic stays float32 (default: off)")
+    group.add_argument("--compile", action="store_true",
+                       help="train and evaluate through torch.compile: the first steps compile "
+                            "(cached on disk for later runs), the rest run faster; eager mode "
+                            "with a warning where no compiler is available (default: off)")
     group.add_argument("--skip-nonfinite", action="store_true",
                        help="skip batches whose loss is NaN/inf (on any process) instead of "
                             "stopping (default: stop, keeping the last good checkpoint)")
@@ -261,7 +266,8 @@ def train_config(args):
         seed=args.seed, workers=args.workers, run_id=args.id,
         checkpoint_dir=args.checkpoint_dir, resume=resume, overwrite=args.overwrite,
         adaptive=adaptive, calib_images=args.calib_images,
-        sync_bn=getattr(args, "sync_bn", False), show_progress=not args.no_progress)
+        sync_bn=getattr(args, "sync_bn", False), compile=args.compile,
+        show_progress=not args.no_progress)
 
 
 def process_config(args):

@@ -1,5 +1,12 @@
 """QCFS activation: the quantized, clipped, shifted ReLU that PASCAL networks are trained with."""
+import hashlib
+import logging
 import numbers
+import platform
+import threading
+import time
+import warnings
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -7,7 +14,12 @@ from torch import fx, nn
 from errors import ModelError
 
 __all__ = ["QCFS", "qcfs_layers", "get_levels", "set_levels", "clamp_thresholds_",
-           "validate_levels"]
+           "validate_levels", "fused_kernel"]
+
+_KERNEL_SOURCE = Path(__file__).with_name("qcfs_kernel.cpp")
+_FUSED_DTYPES = (torch.float32, torch.float64)
+_kernel_lock = threading.Lock()
+_kernel_state = {"loaded": False, "ops": None}
 
 
 class _QCFSFunction(torch.autograd.Function):
@@ -19,8 +31,8 @@ class _QCFSFunction(torch.autograd.Function):
     y = 0 (no gradient). With m = [0 <= x <= threshold] that is dy/dthreshold = (y - m x) /
     threshold everywhere (above, y / threshold = 1; below, y = 0), so the threshold gradient
     is two dot products, (<g, y> - <g m, x>) / threshold, and g m is the input gradient.
-    One fused function with a handful of in-place, single-dtype passes keeps a training
-    step within a few percent of ReLU's (benchmarks/bench_snn.py measures it).
+    A handful of in-place, single-dtype passes: the eager code, used on GPUs, under
+    torch.compile and where the fused CPU kernel cannot be built.
     """
 
     @staticmethod
@@ -48,6 +60,130 @@ class _QCFSFunction(torch.autograd.Function):
         return (grad_x if ctx.needs_input_grad[0] else None), grad_threshold, None
 
 
+def _cpu_tag():
+    """A short hash of this CPU's model and instruction-set flags.
+
+    The kernel is built for the CPU it runs on (-march=native), so its cache entry is named
+    after the CPU: a home directory shared by machines with different CPUs holds one build
+    per CPU instead of one that would crash on the others.
+    """
+    described = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    described += line
+    except OSError:
+        pass
+    return hashlib.sha256(described.encode()).hexdigest()[:10]
+
+
+def _build_kernel():
+    # cpp_extension logs a warning about CUDA_HOME on import, irrelevant to a CPU kernel
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    extension_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        extension_log.setLevel(level)
+    started = time.perf_counter()
+    library = cpp_extension.load(
+        f"pascal_qcfs_{_cpu_tag()}", [str(_KERNEL_SOURCE)], is_python_module=False,
+        extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math",
+                      "-fopenmp-simd"],
+        verbose=False)
+    seconds = time.perf_counter() - started
+    if seconds > 2:  # built now rather than loaded from the cache
+        logging.getLogger("pascal").info(
+            "compiled the fused QCFS kernel in %.0fs (cached: %s)", seconds, library)
+    return torch.ops.pascal_qcfs
+
+
+def fused_kernel():
+    """The fused CPU QCFS kernel's ops, built on first use and cached; None if unavailable.
+
+    The kernel is C++ compiled for this CPU by ``torch.utils.cpp_extension`` (a C++ compiler
+    and ninja are needed) and cached under ``$TORCH_EXTENSIONS_DIR`` (default
+    ``~/.cache/torch_extensions``); later processes load the cached build in milliseconds.
+    Where it cannot be built, one warning names the reason and every QCFS layer runs the
+    eager code, which computes the same values.
+    """
+    if _kernel_state["loaded"]:
+        return _kernel_state["ops"]
+    with _kernel_lock:
+        if not _kernel_state["loaded"]:
+            try:
+                _kernel_state["ops"] = _build_kernel()
+            except Exception as error:  # noqa: BLE001 -- any build failure means: eager code
+                reason = " ".join(str(error).split())[:200] or type(error).__name__
+                warnings.warn(f"the fused QCFS kernel could not be built ({reason}); "
+                              "QCFS layers use the eager code", RuntimeWarning, stacklevel=2)
+            _kernel_state["loaded"] = True
+    return _kernel_state["ops"]
+
+
+class _FusedQCFSFunction(torch.autograd.Function):
+    """The QCFS activation through the fused CPU kernel (models/qcfs_kernel.cpp).
+
+    The same values as :class:`_QCFSFunction` -- forward and input gradient bitwise, the
+    threshold gradient up to the order of its sums (accumulated in float64 here) -- in one
+    pass over the elements for the forward and one for the backward. Only the input and the
+    threshold are saved; the backward recomputes the output where it needs it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, threshold, level):
+        ctx.save_for_backward(x, threshold)
+        ctx.level = level
+        return _kernel_state["ops"].forward(x, threshold, level)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, threshold = ctx.saved_tensors
+        if grad_y.dtype != x.dtype or grad_y.stride() != x.stride():
+            grad_y = torch.empty_like(x).copy_(grad_y)
+        grad_x, grad_threshold = _kernel_state["ops"].backward(
+            grad_y, x, threshold, ctx.level, ctx.needs_input_grad[1])
+        return ((grad_x if ctx.needs_input_grad[0] else None),
+                (grad_threshold if ctx.needs_input_grad[1] else None), None)
+
+
+class _TracedQCFSFunction(torch.autograd.Function):
+    """The QCFS activation as torch.compile traces it: plain out-of-place operations, which
+    inductor fuses with their neighbours. The forward and the input gradient are those of
+    the other two; on the CPU the threshold gradient's sum is taken in float64 there too,
+    as the fused kernel's is, so that compiled and eager runs update thresholds alike."""
+
+    @staticmethod
+    def forward(ctx, x, threshold, level):
+        ctx.save_for_backward(x, threshold)
+        ctx.level = level
+        step = threshold.reshape(()) / level
+        return torch.clamp(torch.floor(x / step + 0.5), 0, level) * step
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, threshold = ctx.saved_tensors
+        thr = threshold.reshape(())
+        grad_x = ((x >= 0) & (x <= thr)).to(x.dtype) * grad_y
+        grad_threshold = None
+        if ctx.needs_input_grad[1]:
+            step = thr / ctx.level
+            y = torch.clamp(torch.floor(x / step + 0.5), 0, ctx.level) * step
+            wide = torch.float64 if x.device.type == "cpu" else x.dtype
+            total = (grad_y.to(wide) * y.to(wide) - grad_x.to(wide) * x.to(wide)).sum()
+            grad_threshold = (total / thr.to(wide)).to(threshold.dtype).reshape(threshold.shape)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_threshold, None
+
+
+def _fusable(x, threshold):
+    return (x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and threshold.dtype == x.dtype
+            and (x.is_contiguous()
+                 or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))
+            and fused_kernel() is not None)
+
+
 class QCFS(nn.Module):
     """Quantization-clip-floor-shift activation.
 
@@ -65,6 +201,12 @@ class QCFS(nn.Module):
         self.threshold = nn.Parameter(torch.tensor([float(init_threshold)]))
 
     def forward(self, x):
+        # On the CPU the fused kernel, under torch.compile a formulation it fuses itself,
+        # elsewhere the eager code: the same values in every case.
+        if torch.compiler.is_compiling():
+            return _TracedQCFSFunction.apply(x, self.threshold, self.level)
+        if _fusable(x, self.threshold):
+            return _FusedQCFSFunction.apply(x, self.threshold, self.level)
         return _QCFSFunction.apply(x, self.threshold, self.level)
 
     def quantize(self, x):
