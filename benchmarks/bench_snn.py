@@ -20,6 +20,16 @@ are neither silent nor saturated.
     python3 benchmarks/bench_snn.py --json benchmarks/results/cpu-2core.json --threads 2
     python3 benchmarks/bench_snn.py --archs tv:resnet50 --levels uniform4   # 64x64 inputs
     python3 benchmarks/bench_snn.py --against 9782d84 --archs vgg16 --levels reference
+    python3 benchmarks/bench_snn.py --train-variants --against f9cafbe --archs vgg16,resnet18,resnet20 \
+        --batch 128 --reps 7 --json benchmarks/results/train-cpu-2core.json
+
+``--train-variants`` times training steps only, one row per architecture: ReLU eager, QCFS
+eager as COMMIT's models package computes it (``--against``; the eager code before the
+fused kernel), QCFS eager (the fused kernel on the CPU), QCFS and ReLU through
+torch.compile; each repetition is one SGD step of every variant in turn, after two warm-up
+steps (the compiled variants compile in their first). It also trains the eager and the
+compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
+and reports the relative difference of the last losses (ReLU likewise).
 
 ``--against COMMIT`` extracts that commit's ``models`` package (``git archive``) into a
 temporary folder, imports it under another name and times its converter's step simulation
@@ -99,6 +109,12 @@ def get_args_parser(add_help=True):
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
+    parser.add_argument("--train-variants", action="store_true",
+                        help="time training steps only: ReLU and QCFS, eager and compiled "
+                             "(see above); --against COMMIT adds that commit's eager QCFS")
+    parser.add_argument("--loss-steps", type=int, default=20,
+                        help="with --train-variants: SGD steps of the eager-compiled loss "
+                             "comparison (0: skip it; default: 20)")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the results as JSON to FILE (default: no file)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -246,6 +262,103 @@ def time_training(arch, model, x, reps, device):
     times = time_interleaved(steps, reps, device)
     ratios = [q / r for q, r in zip(times["qcfs"], times["relu"], strict=True)]
     return statistics.median(times["qcfs"]) / statistics.median(times["relu"]), spread(ratios)
+
+
+# --- training variants ------------------------------------------------------------------------
+
+def _train_batches(count, batch, size, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, size, size, generator=gen).to(device),
+             torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device))
+            for _ in range(count)]
+
+
+def _losses(model, batches, steps):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def train_variants_row(arch, args, device, old_models):
+    """One architecture's training-step times: ReLU and QCFS, eager and compiled (same
+    weights, same batch), interleaved; and the eager-compiled loss comparison."""
+    import copy
+    size = image_size(arch, args)
+    model = build_model(arch, 4, device, args.seed, size).train()
+    relu = relu_twin(arch).to(device)
+    relu.load_state_dict({k: v for k, v in model.state_dict().items()
+                          if not k.endswith(".threshold")})
+    variants = {"relu_eager": relu, "qcfs_fused": model}
+    if old_models is not None:
+        old = old_models.create_model(arch, num_classes=NUM_CLASSES, levels=4).to(device)
+        old.load_state_dict(model.state_dict())
+        variants["qcfs_before"] = old
+    started = time.perf_counter()
+    variants["qcfs_compiled"] = torch.compile(copy.deepcopy(model))
+    variants["relu_compiled"] = torch.compile(copy.deepcopy(relu))
+    x, y = _train_batches(1, args.batch, size, device, args.seed)[0]
+    steps = {}
+    for name, net in variants.items():
+        net.train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+        steps[name] = (lambda net=net, optimizer=optimizer:
+                       training_step(net, optimizer, x, y))
+    compile_started = time.perf_counter()
+    for name in ("qcfs_compiled", "relu_compiled"):
+        steps[name]()  # compiles
+    compile_seconds = time.perf_counter() - compile_started
+    times = time_interleaved(steps, args.reps, device)  # its own warm-up call: the second
+    median = {name: statistics.median(t) for name, t in times.items()}
+    row = {"arch": arch, "batch": args.batch, "reps": args.reps,
+           "seconds": median, "spread": {name: spread(t) for name, t in times.items()},
+           "compile_seconds_first_steps": round(compile_seconds, 1),
+           "qcfs_fused_over_relu": median["qcfs_fused"] / median["relu_eager"],
+           "qcfs_compiled_over_relu_compiled": median["qcfs_compiled"] / median["relu_compiled"],
+           "qcfs_compiled_over_fused": median["qcfs_compiled"] / median["qcfs_fused"]}
+    if "qcfs_before" in median:
+        row["qcfs_fused_over_before"] = median["qcfs_fused"] / median["qcfs_before"]
+        row["qcfs_before_over_relu"] = median["qcfs_before"] / median["relu_eager"]
+    if args.loss_steps:
+        batches = _train_batches(4, args.batch, size, device, args.seed + 1)
+        for kind, net in (("qcfs", model), ("relu", relu)):
+            eager = _losses(copy.deepcopy(net), batches, args.loss_steps)
+            compiled = _losses(torch.compile(copy.deepcopy(net)), batches, args.loss_steps)
+            row[f"{kind}_loss_eager"], row[f"{kind}_loss_compiled"] = eager[-1], compiled[-1]
+            row[f"{kind}_loss_rel_diff"] = abs(compiled[-1] - eager[-1]) / abs(eager[-1])
+            row[f"{kind}_first_differing_step"] = next(
+                (i + 1 for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)
+    row["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def print_train_table(result):
+    print(f"device: {result['device']}; torch threads: {result['threads']}; "
+          f"torch {result['torch']}; training steps, median of {result['reps']} (one step "
+          f"each); load average before/after: {result['load_average_before']} / "
+          f"{result['load_average_after']}")
+    names = ["relu_eager", "qcfs_before", "qcfs_fused", "qcfs_compiled", "relu_compiled"]
+    print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>13}" for n in names)
+          + f" {'fused/before':>12} {'fused/ReLU':>10} {'comp Q/R':>8} {'comp/fused':>10}")
+    for row in result["rows"]:
+        sec = row["seconds"]
+        print(f"{row['arch']:<9} {row['batch']:>5} "
+              + " ".join(f"{_fmt(sec.get(n), '>13.3f')}" for n in names)
+              + f" {_fmt(row.get('qcfs_fused_over_before'), '>12.3f')}"
+              f" {row['qcfs_fused_over_relu']:>10.3f}"
+              f" {row['qcfs_compiled_over_relu_compiled']:>8.3f}"
+              f" {row['qcfs_compiled_over_fused']:>10.3f}")
+        if "qcfs_loss_rel_diff" in row:
+            print(f"  loss after {result['loss_steps']} steps, compiled vs eager: QCFS "
+                  f"{row['qcfs_loss_rel_diff']:.2e} relative (first differing step "
+                  f"{row['qcfs_first_differing_step']}), ReLU {row['relu_loss_rel_diff']:.2e} "
+                  f"(first differing step {row['relu_first_differing_step']})")
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -472,6 +585,20 @@ def main(args):
         config_names = ["uniform4", MEMORY_LEVELS]
     load_before = _load_average()
     rows = []
+    if args.train_variants:
+        with tempfile.TemporaryDirectory() as folder:
+            old_models = import_models_of_commit(args.against, folder) if args.against else None
+            for arch in args.archs.split(","):
+                rows.append(train_variants_row(arch, args, device, old_models))
+                print(f"done {arch}: {json.dumps(rows[-1])}", flush=True)
+        result = {"device": device_description(device), "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
+                  "against": args.against, "loss_steps": args.loss_steps,
+                  "load_average_before": load_before, "load_average_after": _load_average(),
+                  "rows": rows}
+        print_train_table(result)
+        _write_json(result, args.json)
+        return result
     with tempfile.TemporaryDirectory() as folder:
         old_models = import_models_of_commit(args.against, folder) if args.against else None
         for arch in args.archs.split(","):
@@ -493,13 +620,17 @@ def main(args):
               "load_average_before": load_before, "load_average_after": _load_average(),
               "rows": rows}
     print_table(result)
-    if args.json:
-        path = Path(args.json)
+    _write_json(result, args.json)
+    return result
+
+
+def _write_json(result, name):
+    if name:
+        path = Path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         os.replace(tmp, path)
-    return result
 
 
 if __name__ == "__main__":
