@@ -167,27 +167,45 @@ def assert_snn_exact(model, x, sims=("step", "counts"), min_classes=2, alive=Tru
         else:
             assert not all(torch.allclose(logits[0], row) for row in logits[1:]), \
                 "the outputs ignore the image"
-    scale = float(logits.abs().max())
-    runs = {"ann": logits}
+    runs, snns = {"ann": logits}, {}
     for sim in sims:
-        snn = models.convert_to_snn(model, sim=sim)
-        out, stats = snn.forward_with_stats(x, keep_counts=True)
-        assert [s.name for s in stats] == list(levels), sim
-        for s in stats:
-            assert s.counts.dtype == torch.int32
-            mismatched = int((s.counts.to(torch.int64) != levels[s.name]).sum())
-            assert mismatched == 0, f"{sim} {s.name}: {mismatched} of {s.counts.numel()} differ"
-        torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
-        runs[sim] = (out, stats)
+        snns[sim] = models.convert_to_snn(model, sim=sim)
+        runs[sim] = assert_counts_and_logits(snns[sim], x, logits, levels, label=sim)
     if report:
-        assert_cost_report_counts(model, models.convert_to_snn(model, sim="counts"), x,
-                                  levels)
+        counts_snn = snns.get("counts") or models.convert_to_snn(model, sim="counts")
+        assert_cost_report_counts(model, counts_snn, x, levels,
+                                  runs["counts"][1] if "counts" in runs else None)
     return runs
 
 
-def assert_cost_report_counts(model, snn, x, levels):
+def assert_logits_close(actual, expected):
+    """Two float64 computations of the same logits agree to rtol 1e-9 + atol 1e-9 * max
+    |expected|: the SNN sums per-step currents (or window sums, or chunks of the batch) where
+    the ANN applies each layer once, a different order of the same additions, ~1e-15 relative
+    rounding, far inside 1e-9."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9 * scale)
+
+
+def assert_counts_and_logits(snn, x, logits, levels, label=""):
+    """``snn`` on ``x``: its spiking layers are exactly those of ``levels`` (``{name: integer
+    tensor (B, ...)}``), in that order, every neuron's emitted count (int32) equals its entry
+    there, and its logits are close to ``logits`` (:func:`assert_logits_close`). Returns
+    ``(logits, [LayerStats])``, the statistics with per-neuron counts."""
+    out, stats = snn.forward_with_stats(x, keep_counts=True)
+    assert [s.name for s in stats] == list(levels), label
+    for s in stats:
+        assert s.counts.dtype == torch.int32, (label, s.name)
+        mismatched = int((s.counts.to(torch.int64) != levels[s.name]).sum())
+        assert mismatched == 0, f"{label} {s.name}: {mismatched} of {s.counts.numel()} differ"
+    assert_logits_close(out, logits)
+    return out, stats
+
+
+def assert_cost_report_counts(model, snn, x, levels, stats=None):
     """The cost report of ``snn`` on ``x`` runs (with T_eff and both latencies of ``model``)
-    and counts, per spiking layer, the spikes the ANN's levels say."""
+    and counts, per spiking layer, the spikes the ANN's levels say. ``stats``: those of
+    ``snn.forward_with_stats(x)`` if already computed."""
     import snn_cost
     from models.timing import latency_steps, layer_fan_ins, pipelined_latency_steps, teff
     layer_levels = models.get_levels(model)
@@ -195,7 +213,8 @@ def assert_cost_report_counts(model, snn, x, levels):
               "latency_steps": latency_steps(model)[0],
               "latency_pipelined_steps": pipelined_latency_steps(model),
               "T_eff_reference": None, "mean_level": sum(layer_levels) / len(layer_levels)}
-    _, stats = snn.forward_with_stats(x, keep_counts=True)
+    if stats is None:
+        _, stats = snn.forward_with_stats(x, keep_counts=True)
     meter = snn_cost.CostMeter(snn)
     meter.add(x, stats)
     report = snn_cost.build_report(meter, timing)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from helpers import ann_levels, assert_snn_exact, make_live, multi_segment_snn
+from helpers import (ann_levels, assert_counts_and_logits, assert_snn_exact, make_live,
+                     multi_segment_snn)
 from models import QCFS, convert_to_snn, qcfsify
 
 SIMS = ("step", "counts")
@@ -459,11 +460,7 @@ def test_ties_stay_exact_across_chunks():
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2),
                     dtype=torch.float64) * 2
     logits, levels = ann_levels(model, x)
-    snn = multi_segment_snn(model, x)
-    out, stats = snn.forward_with_stats(x, keep_counts=True)
-    for s in stats:
-        assert torch.equal(s.counts.to(torch.int64), levels[s.name]), s.name
-    torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * float(logits.abs().max()))
+    assert_counts_and_logits(multi_segment_snn(model, x), x, logits, levels)
 
 
 class FlatMean(nn.Module):
@@ -484,12 +481,9 @@ def test_negative_dims_of_unknown_rank_need_the_input_shape():
         "input_shape=...); average over the other dimensions only")
     model, x = make_live(FlatMean(), (2, 5), images=4)
     logits, levels = ann_levels(model, x)
-    scale = float(logits.abs().max())
     for sim in SIMS:
-        snn = convert_to_snn(model, sim=sim, input_shape=(2, 5))
-        out, stats = snn.forward_with_stats(x, keep_counts=True)
-        assert torch.equal(stats[0].counts.to(torch.int64), levels["a"])
-        torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
+        assert_counts_and_logits(convert_to_snn(model, sim=sim, input_shape=(2, 5)), x, logits,
+                                 levels, label=sim)
     qcfsify(nn.Sequential(nn.Linear(5, 5), nn.ReLU(), Mean(-2)), 2, input_shape=(2, 5))
     # with the input shape, dim -3 of the (B, 2, 5) values is the batch dimension
     with pytest.raises(ValueError, match="averages over the batch dimension"):
