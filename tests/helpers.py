@@ -1,4 +1,6 @@
-"""Shared test helpers: live random networks and ANN-side QCFS levels."""
+"""Shared test helpers: live random networks and ANN-side QCFS levels, the oracles (exact
+spiking network, streamed histograms)."""
+import numpy as np
 import torch
 from torch import nn
 
@@ -221,3 +223,33 @@ def assert_cost_report_counts(model, snn, x, levels, stats=None):
     spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]
               if row["kind"] == "spiking"}
     assert spikes == {name: int(level.sum()) / x.shape[0] for name, level in levels.items()}
+
+
+def assert_streamed_histograms(model, batches, bins=(4, 5, 7)):
+    """The streamed-histogram oracle: for every QCFS layer of ``model``, the per-level counts
+    :func:`al_metric.collect_level_counts` streams over ``batches`` (input tensors) count
+    every output the layer produced on them, and :func:`al_metric.level_histogram` of those
+    counts equals ``numpy.histogram`` of the materialized outputs, exactly (the same values
+    and the same edges), for each number of ``bins``."""
+    from al_metric import collect_level_counts, level_histogram
+    batches = list(batches)
+    layers = models.qcfs_layers(model)
+    counts = collect_level_counts(model, [(x, None) for x in batches], torch.device("cpu"))
+    assert list(counts) == [name for name, _ in layers]
+    outputs = {name: [] for name, _ in layers}
+    handles = [m.register_forward_hook(lambda mod, a, out, n=n: outputs[n].append(out))
+               for n, m in layers]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, module in layers:
+        values = torch.cat([o.flatten() for o in outputs[name]]).numpy()
+        assert counts[name].sum() == values.size, name
+        for count in bins:
+            expected, _ = np.histogram(values, count)
+            streamed = level_histogram(counts[name], module.threshold, module.level, count)
+            np.testing.assert_array_equal(streamed, expected, err_msg=f"{name}, {count} bins")

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch import nn
 
 import models
+from helpers import assert_streamed_histograms
 from al_metric import DEFAULT_THRESHOLDS, al_metric, level_histogram, npy_metrics, suggest_level
 
 
@@ -61,15 +63,6 @@ def test_bad_input_raises(bad):
         al_metric(**bad)
 
 
-def _qcfs_case(level, threshold, x):
-    layer = models.QCFS(level=level)
-    with torch.no_grad():
-        layer.threshold.fill_(threshold)
-        outputs = layer(x).numpy()
-        level_counts = torch.bincount(layer.quantize(x).flatten(), minlength=level + 1).numpy()
-    return layer, outputs, level_counts
-
-
 def _inputs(level, threshold, generator, low=-0.5, high=1.5):
     step = torch.tensor([threshold], dtype=torch.float32) / level
     k = torch.arange(-1, level + 2, dtype=torch.float32)
@@ -85,41 +78,20 @@ def _inputs(level, threshold, generator, low=-0.5, high=1.5):
 @pytest.mark.parametrize("threshold", [1.0, 0.3, 4.0, 0.7])
 def test_streamed_histogram_equals_numpy_on_materialized_outputs(level, threshold):
     generator = torch.Generator().manual_seed(level * 100 + int(threshold * 10))
+    layer = models.QCFS(level=level, init_threshold=threshold)
     cases = [(-0.5, 1.5), (0.45, 0.8), (0.95, 1.5), (-1.0, 0.0)]  # full, interior, top, all zero
     for low, high in cases:
-        x = _inputs(level, threshold, generator, low, high)
-        layer, outputs, level_counts = _qcfs_case(level, threshold, x)
-        for bins in (4, 5, 7):
-            expected, _ = np.histogram(outputs, bins)
-            streamed = level_histogram(level_counts, layer.threshold, level, bins)
-            np.testing.assert_array_equal(streamed, expected)  # exact: same values, same edges
+        assert_streamed_histograms(nn.Sequential(layer),
+                                   [_inputs(level, threshold, generator, low, high)])
 
 
 def test_streamed_histogram_of_a_real_model():
-    # Per-level counts collected by hooks on every QCFS layer of a network, against the
-    # numpy histogram of the outputs those layers actually produced.
+    # Per-level counts streamed over two batches from every QCFS layer of a network, against
+    # the numpy histogram of the outputs those layers actually produced.
     torch.manual_seed(0)
     model = models.create_model("vgg_small", num_classes=10, levels=[1, 2, 4, 8, 5],
                                 init_threshold=1.0).eval()
-    seen = {}
-
-    def hook(module, args, output, name):
-        seen[name] = (output.detach().numpy().ravel(),
-                      torch.bincount(module.quantize(args[0]).flatten(),
-                                     minlength=module.level + 1).numpy())
-
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n))
-               for n, m in models.qcfs_layers(model)]
-    with torch.no_grad():
-        model(torch.randn(8, 3, 32, 32))
-    for h in handles:
-        h.remove()
-    assert len(seen) == 5
-    for name, module in models.qcfs_layers(model):
-        outputs, level_counts = seen[name]
-        expected, _ = np.histogram(outputs, 5)
-        np.testing.assert_array_equal(level_histogram(level_counts, module.threshold, module.level),
-                                      expected)
+    assert_streamed_histograms(model, [torch.randn(8, 3, 32, 32), torch.randn(4, 3, 32, 32)])
 
 
 def test_level_histogram_rejects_wrong_length():

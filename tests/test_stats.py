@@ -8,11 +8,11 @@ from PIL import Image
 import get_stats
 import get_Teff
 import main_train
-import models
-from al_metric import collect_level_counts, level_histogram, suggest_level
+from al_metric import suggest_level
 from checkpoint import load_checkpoint_file, model_from_checkpoint
 from conftest import evaluate_digits_run, run_script
 from data import get_dataset, make_loader
+from helpers import assert_streamed_histograms
 
 
 def test_streamed_histogram_equals_numpy_on_materialized_outputs(digits_run):
@@ -20,23 +20,8 @@ def test_streamed_histogram_equals_numpy_on_materialized_outputs(digits_run):
     path = folder / f"{run_id}.pth"
     model, _ = model_from_checkpoint(load_checkpoint_file(path), path)
     loader = make_loader(get_dataset("digits", "", "train", augment=False), 100, False)
-    counts = collect_level_counts(model, loader, torch.device("cpu"), max_batches=3)
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, []).append(o))
-             for n, m in models.qcfs_layers(model)]
-    with torch.no_grad():
-        for index, (images, _) in enumerate(loader):
-            if index == 3:
-                break
-            model(images)
-    for h in hooks:
-        h.remove()
-    for name, module in models.qcfs_layers(model):
-        values = torch.cat([o.flatten() for o in outputs[name]]).numpy()
-        expected, _ = np.histogram(values, 5)
-        streamed = level_histogram(counts[name], module.threshold, module.level, 5)
-        assert streamed.tolist() == expected.tolist(), name
-        assert counts[name].sum() == values.size
+    batches = [images for _, (images, _) in zip(range(3), loader)]
+    assert_streamed_histograms(model, batches)
 
 
 def test_get_stats_table_json_and_plot(digits_run, tmp_path, capsys):
