@@ -3,12 +3,13 @@ the one-image probe staying invisible to hooks."""
 import itertools
 import math
 import random
+import re
 
 import pytest
 import torch
 
 import models
-from helpers import live_model
+from helpers import ann_levels, assert_counts_and_logits, live_model
 from models.chunking import (BUFFER_SHARE, Segment, UnitProfile, find_cuts, plan_segments,
                              run_segments)
 
@@ -84,37 +85,42 @@ def test_cuts_are_where_one_value_is_alive():
 
 def test_cuts_of_a_resnet_are_its_block_boundaries():
     model = models.create_model("resnet18", num_classes=10, levels=2).eval()
-    snn = models.convert_to_snn(model)
-    starts = [snn.ops[start].name for start, _, source in snn._units if source is not None]
+    ops = models.convert_to_snn(model).ops
+    cuts = find_cuts([op.inputs for op in ops], skip={op.index for op in ops
+                                                      if op.role == "const"})
+    starts = {ops[position].name for position in cuts}
     for block in ("conv2_x.0", "conv2_x.1", "conv3_x.0", "conv5_x.1"):
         assert f"{block}.residual_function.0" in starts  # the block's first conv starts a unit
     # no cut inside a block: its input stays alive for the shortcut until the addition
-    assert "conv2_x.0.residual_function.3" not in starts
+    inside = {op.name for op in ops if re.search(r"\.(residual_function\.[1-9]|shortcut)", op.name)}
+    assert "conv2_x.0.residual_function.3" in inside and not starts & inside
+    # the step simulator's segments begin at these cuts (budgets giving 3 segments)
+    x = torch.zeros(8, 3, 32, 32)
+    for budget in (3, 6):
+        plan = models.convert_to_snn(model, step_budget=budget).chunk_plan(x)
+        assert len(plan) == 3 and all(names[0] in starts for names, _ in plan), plan
 
 
-def _stats_by_name(stats):
-    return {s.name: s for s in stats}
-
-
-def test_run_segments_joins_chunks_in_batch_order():
+def test_segments_join_chunks_in_batch_order():
+    """Every plan the step budgets give for 5 images (chunks of 1, 2 and 3 images, 2 and 3
+    segments): the ANN's counts and logits, and the whole batch's statistics."""
     model, x = live_model("vgg_small", [3, 1, 2, 2, 1], images=5, dtype=torch.float64)
-    snn = models.convert_to_snn(model)
-    whole_logits, whole_stats = snn.forward_with_stats(x, keep_counts=True)
-    units = snn._units
-    for cut in range(1, len(units)):
-        start, _, source = units[cut]
-        segments = [Segment(0, start, 1),
-                    Segment(start, len(snn.ops), 2, source, snn.ops[source].num_steps)]
-        snn._plans = {(5, tuple(x.shape[1:]), x.dtype, x.device, None): segments}
-        logits, stats = snn.forward_with_stats(x, keep_counts=True)
+    logits, levels = ann_levels(model, x)
+    whole = models.convert_to_snn(model, step_budget=10**6)
+    assert [size for _, size in whole.chunk_plan(x)] == [5]
+    _, whole_stats = assert_counts_and_logits(whole, x, logits, levels)
+    plans = {}
+    for budget in range(1, 16):
+        snn = models.convert_to_snn(model, step_budget=budget)
+        plans.setdefault(tuple((names[0], size) for names, size in snn.chunk_plan(x)), snn)
+    sizes = [[size for _, size in plan] for plan in plans]
+    assert [2, 5] in sizes and [1, 3, 5] in sizes and [3, 5] in sizes, sizes
+    for plan, snn in plans.items():
         # float64: a convolution over a different number of images may block its sums
-        # differently (seen on a 16-core CPU), so logits agree to rounding (~1e-15
-        # relative), far inside 1e-9; the spike counts must agree exactly.
-        scale = float(whole_logits.abs().max())
-        torch.testing.assert_close(logits, whole_logits, rtol=1e-9, atol=1e-9 * scale)
+        # differently (seen on a 16-core CPU): logits agree to rounding, counts exactly
+        _, stats = assert_counts_and_logits(snn, x, logits, levels, label=str(plan))
         for s, w in zip(stats, whole_stats, strict=True):
-            assert torch.equal(s.counts, w.counts), (cut, s.name)
-            assert s.as_dict() == w.as_dict(), (cut, s.name)
+            assert s.as_dict() == w.as_dict(), (plan, s.name)
 
 
 def test_run_segments_gathers_trains_step_by_step():
