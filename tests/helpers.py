@@ -1,5 +1,8 @@
 """Shared test helpers: live random networks and ANN-side QCFS levels, the oracles (exact
-spiking network, streamed histograms)."""
+spiking network, streamed histograms) and faults injected through the data."""
+import logging
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -253,3 +256,42 @@ def assert_streamed_histograms(model, batches, bins=(4, 5, 7)):
             expected, _ = np.histogram(values, count)
             streamed = level_histogram(counts[name], module.threshold, module.level, count)
             np.testing.assert_array_equal(streamed, expected, err_msg=f"{name}, {count} bins")
+
+
+class FaultAt(torch.utils.data.Dataset):
+    """``dataset``, with a fault when the ``count``-th sample is read (counting every read,
+    in this process: load with ``workers=0``): ``signals`` sent to this process, one after
+    the other (each is handled before the next is sent), and, with ``nonfinite``, that
+    sample's image filled with NaN."""
+
+    def __init__(self, dataset, count, signals=(), nonfinite=False):
+        self.dataset, self.count, self.signals = dataset, count, signals
+        self.nonfinite, self.reads = nonfinite, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        image, target = self.dataset[index]
+        if self.reads == self.count:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+            if self.nonfinite:
+                image = torch.full_like(image, float("nan"))
+        return image, target
+
+
+def recording_logger(name):
+    """``(logger, messages)``: a logger of its own whose messages are appended to the list."""
+    messages = []
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger(f"tests.{name}")
+    logger.handlers[:] = [Record()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, messages

@@ -26,6 +26,7 @@ from conftest import run_script
 from data import get_dataset
 from errors import (CheckpointError, CheckpointMismatch, ConfigError, ExitCode, ModelError,
                     PascalError)
+from helpers import FaultAt
 from utils import error_line, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,23 +81,6 @@ class Net(nn.Module):
         return self.head(self.features(x))
 
 
-class SignalAt(torch.utils.data.Dataset):
-    """``dataset`` that sends this process ``SIGTERM`` when the ``count``-th sample is read:
-    a preemption injected through the data (loaded in this process: ``workers=0``)."""
-
-    def __init__(self, dataset, count):
-        self.dataset, self.count, self.reads = dataset, count, 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        self.reads += 1
-        if self.reads == self.count:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self.dataset[index]
-
-
 def small_config(folder, **changes):
     values = dict(epochs=2, batch_size=64, lr=0.05, workers=0, run_id="net",
                   checkpoint_dir=folder, resume="auto", show_progress=False)
@@ -112,12 +96,17 @@ def test_a_preempted_fit_resumes_bit_identical(tmp_path):
     whole = copy.deepcopy(initial)
     done = engine.fit(whole, train_set, test_set, small_config(tmp_path / "a"))
     assert done.status == 0 and done.epochs == 2
-    # SIGTERM in the second epoch (1,437 samples per epoch): status 128 + 15, a partial epoch
-    stopped = engine.fit(copy.deepcopy(initial), SignalAt(train_set, 1437 + 300), test_set,
-                         small_config(tmp_path / "b"))
+    # SIGTERM twice (a scheduler may signal a worker directly and through its launcher; the
+    # second is ignored) while step 5 of epoch 2 loads: fit reads one sample for the image
+    # size, then 1,437 per epoch in batches of 64, so read 1 + 1437 + 4 * 64 + 32 is in step
+    # 5. That step finishes: status 128 + 15 and a checkpoint 5 steps into epoch 2.
+    stopped = engine.fit(copy.deepcopy(initial),
+                         FaultAt(train_set, 1 + 1437 + 4 * 64 + 32,
+                                 signals=(signal.SIGTERM, signal.SIGTERM)),
+                         test_set, small_config(tmp_path / "b"))
     assert stopped.status == ExitCode.SIGNAL + signal.SIGTERM and stopped.epochs == 1
     saved = load_checkpoint_file(tmp_path / "b" / "net.pth")
-    assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] > 0
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["step"] == 5
     # a fresh instance (other weights) continues it: the weights come from the checkpoint
     torch.manual_seed(2)
     fresh = Net()
