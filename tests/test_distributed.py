@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-import engine
 import main as main_imagenet
 import main_test
 from al_metric import DEFAULT_THRESHOLDS, collect_level_counts, layer_metrics
@@ -492,28 +491,31 @@ def test_level_search_under_ddp(image_root, tmp_path):
 
 
 def test_single_process_resume_restores_optimizer_and_schedule(image_root, tmp_path,
-                                                               monkeypatch, one_thread):
+                                                               one_thread):
+    # the runs compared are separate processes started alike (OMP_NUM_THREADS=1): a run in
+    # this process, started with other thread settings, rounds differently, and training
+    # amplifies that
     common = CPU + ["--epochs", "2", "--checkpoint-dir", str(tmp_path)]
-    assert run_script(main_imagenet, common + ["--id", "full", str(image_root)]) == 0
+    status, _, output = launch(common + ["--id", "full", str(image_root)])
+    assert status == 0, output
 
-    # a real SIGTERM to this process at the start of step 3 of epoch 2: the step finishes,
-    # a mid-epoch checkpoint is written, the run exits 128 + 15
-    real_seed = engine.step_seed
-
-    def signal_at(seed, epoch, step, rank):
-        if (epoch, step) == (1, 3):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_seed(seed, epoch, step, rank)
-
-    monkeypatch.setattr(engine, "step_seed", signal_at)
-    assert run_script(main_imagenet, common + ["--id", "split", str(image_root)]) == 143
-    after = torch.load(tmp_path / "split.pth", weights_only=True)
-    assert after["epoch"] == 1 and after["partial_epoch"]["step"] == 4
-    monkeypatch.setattr(engine, "step_seed", real_seed)
-    assert run_script(main_imagenet, common + ["--id", "split", "--resume",
-                                               str(tmp_path / "split.pth"),
-                                               str(image_root)]) == 0
-    assert "resuming run split after epoch 1 + 4 steps of epoch 2" in \
+    # a scheduler's SIGTERM to a single training process (no launcher) in the middle of
+    # epoch 2: the step in hand finishes, a mid-epoch checkpoint is written, it exits 128 + 15
+    process = start(common + ["--id", "split", str(image_root)])
+    path = tmp_path / "split.pth"
+    wait_until(path.exists, process, "the epoch-1 checkpoint appeared")
+    used = cpu_seconds(process.pid)  # an epoch takes several times this much CPU time
+    wait_until(lambda: cpu_seconds(process.pid) - used >= 0.06, process, "epoch 2 was under way")
+    os.kill(process.pid, signal.SIGTERM)
+    status, output = finish(process)
+    assert status == 128 + signal.SIGTERM, output
+    after = torch.load(path, weights_only=True)
+    step = after["partial_epoch"]["step"]
+    assert after["epoch"] == 1 and 0 < step < STEPS, output
+    status, _, output = launch(common + ["--id", "split", "--resume", str(path),
+                                         str(image_root)])
+    assert status == 0, output
+    assert f"resuming run split after epoch 1 + {step} steps of epoch 2" in \
         (tmp_path / "split.log").read_text()
     assert_same_training_state(tmp_path / "full.pth", tmp_path / "split.pth")
 
