@@ -85,3 +85,71 @@ def test_tests_read_nothing_outside_the_repository():
     for path in (REPO / "tests").glob("*.py"):
         text = path.read_text()
         assert not any(fragment in text for fragment in outside), path.name
+
+
+# Product modules (the repository's top-level modules and the models package) whose globals
+# tests must not replace, and private attributes of the spiking network they must not touch:
+# a test injects faults from outside (data, signals, killed processes) and observes the
+# network through its public API.
+PRODUCT_MODULES = {path.stem for path in REPO.glob("*.py")} | {"models"}
+PRIVATE_ATTRIBUTES = {"_plans", "_units"}
+
+
+def reaches_into_the_product(source, product_modules=PRODUCT_MODULES):
+    """``[(line, what), ...]``: every use in ``source`` of a private attribute of
+    PRIVATE_ATTRIBUTES, and every replacement of a product module's attribute: ``setattr``
+    (``monkeypatch.setattr`` included, with an object or a dotted string), ``delattr`` or an
+    assignment whose target starts at a product module's name."""
+    def root(node):
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return node.id if isinstance(node, ast.Name) else None
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+            found.append((node.lineno, f"touches .{node.attr}"))
+        elif isinstance(node, ast.Call) and node.args and (
+                getattr(node.func, "attr", None) in ("setattr", "delattr") or
+                getattr(node.func, "id", None) in ("setattr", "delattr")):
+            target = node.args[0]
+            name = (target.value.split(".")[0] if isinstance(target, ast.Constant) and
+                    isinstance(target.value, str) else root(target))
+            if name in product_modules:
+                found.append((node.lineno, f"replaces an attribute of {name}"))
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and root(target) in product_modules:
+                    found.append((node.lineno, f"assigns to {root(target)}.{target.attr}"))
+    return sorted(found)
+
+
+def test_the_guard_sees_monkeypatching_and_private_attributes():
+    source = ("import engine, checkpoint, torch\n"
+              "def test(monkeypatch, snn):\n"
+              "    monkeypatch.setattr(engine, 'step_seed', None)\n"
+              "    monkeypatch.setattr(checkpoint.os, 'replace', None)\n"
+              "    monkeypatch.setattr('engine.F.cross_entropy', None)\n"
+              "    monkeypatch.delattr(engine, 'fit')\n"
+              "    setattr(engine, 'fit', None)\n"
+              "    engine.F.cross_entropy = None\n"
+              "    snn._plans = {}\n"
+              "    return snn._units\n"
+              "def fine(monkeypatch, snn):\n"
+              "    monkeypatch.setattr(torch.hub, 'download_url_to_file', None)\n"
+              "    monkeypatch.setattr(snn, 'step_budget', 2)\n"
+              "    return snn.ops\n")
+    assert reaches_into_the_product(source, {"engine", "checkpoint"}) == [
+        (3, "replaces an attribute of engine"), (4, "replaces an attribute of checkpoint"),
+        (5, "replaces an attribute of engine"), (6, "replaces an attribute of engine"),
+        (7, "replaces an attribute of engine"), (8, "assigns to engine.cross_entropy"),
+        (9, "touches ._plans"), (10, "touches ._units")]
+
+
+def test_tests_leave_product_modules_and_private_attributes_alone():
+    assert {"engine", "checkpoint", "models", "main_train"} <= PRODUCT_MODULES
+    for path in sorted((REPO / "tests").glob("*.py")):
+        found = reaches_into_the_product(path.read_text())
+        assert not found, f"{path.name}: " + "; ".join(f"line {line} {what}"
+                                                       for line, what in found)
