@@ -59,6 +59,8 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path):
         expected = (macs[0] + level * sum(macs[1:])) / sum(macs)
         assert row["ideal_ratio"] == pytest.approx(expected, rel=1e-12)
     assert uniform16["peak_mem_ann_mb"] > 0 and uniform16["peak_mem_snn_mb"] > 0
+    assert uniform16["peak_mem_snn_over_ann"] == pytest.approx(
+        uniform16["peak_mem_snn_mb"] / uniform16["peak_mem_ann_mb"], rel=1e-12)
 
 
 def test_ideal_ratio_of_vgg16_reference_levels(bench):

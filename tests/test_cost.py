@@ -470,7 +470,10 @@ def test_report_and_baseline_on_trained_digits(digits_run, tmp_path):
     rows = report["rows"]
     assert [r["layer"] for r in rows if r["kind"] == "spiking"] == \
         ["layer1.2", "layer2.2", "layer3.2", "classifier.2", "classifier.5"]
-    assert rows[0]["kind"] == "analog" and rows[0]["macs_per_image"] > 0
+    # the first conv sees the 32x32 image once: 3 -> 16 channels, 3x3 taps with padding 1,
+    # the padding taps not counted: along each axis 30 outputs take 3 taps and the 2 border
+    # outputs 2, 30 * 3 + 2 * 2 = 94 taps
+    assert rows[0]["kind"] == "analog" and rows[0]["macs_per_image"] == 3 * 16 * 94 * 94
     totals = report["totals"]
     assert totals["spikes_per_image"] == pytest.approx(sum(result["spikes_per_image"].values()))
     assert report["energy_pj"] == {"accumulate": 2.0, "mac": 10.0, "neuron_operation": 0.9}
