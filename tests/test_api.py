@@ -44,6 +44,7 @@ def docs_example():
     return re.search(r"## Example.*?```python\n(.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_docs_example_runs_and_refuses_a_finished_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
@@ -174,6 +175,7 @@ def test_error_lines_name_the_flags_and_bugs_keep_their_traceback():
     assert run_main(refused, None, terms) == ExitCode.USAGE
 
 
+@pytest.mark.slow
 def test_a_format1_checkpoint_upgrades_evaluates_and_resumes(tmp_path, capsys):
     raw = torch.load(FORMAT1, weights_only=True)
     assert raw["format_version"] == 1 and "args" in raw and "image_size" not in raw["model_args"]
@@ -217,6 +219,7 @@ def test_a_format1_checkpoint_upgrades_evaluates_and_resumes(tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_fit_under_torchrun_from_python(tmp_path):
     """The docs' call inside a torchrun process: the process group is joined and DDP used."""
     script = tmp_path / "train_mine.py"
@@ -252,6 +255,7 @@ with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as handle:
     assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_levels_chosen_before_the_first_epoch_from_trained_weights(digits_run, tmp_path,
                                                                     capsys):
     """--phase1-epochs 0: the level search runs on the initial weights, before any step."""

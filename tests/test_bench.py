@@ -18,6 +18,7 @@ def bench():
     return module
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_documented_json(bench, tmp_path):
     out = tmp_path / "bench.json"
     args = bench.get_args_parser().parse_args(
@@ -63,6 +64,7 @@ def test_quick_run_writes_the_documented_json(bench, tmp_path):
         uniform16["peak_mem_snn_mb"] / uniform16["peak_mem_ann_mb"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_ideal_ratio_of_vgg16_reference_levels(bench):
     """R for vgg16 with the reference levels, by hand from per-layer MACs and T_in."""
     import torch

@@ -29,6 +29,7 @@ def level_sets(arch):
             "ones": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("levels_name", ["reference", "random", "ones"])
 @pytest.mark.parametrize("variant", ["cifar", "imagenet"])
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
@@ -45,6 +46,7 @@ def test_small_architecture_equivalence():
     assert_snn_exact(model, x)
 
 
+@pytest.mark.slow
 def test_conversion_leaves_the_ann_unchanged():
     model, x = live_model("resnet18", level_sets("resnet18")["random"], images=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -55,6 +57,7 @@ def test_conversion_leaves_the_ann_unchanged():
     assert any(isinstance(m, models.QCFS) for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg16", "resnet18"])
 def test_float32_adds_no_error_beyond_rounding(arch):
     """float32 SNN vs float64 ANN agrees (top-1) as well as the float32 ANN does, -2 pp."""
@@ -130,6 +133,7 @@ def reference_state_dict(arch, generator):
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_reference_checkpoint_loads_and_converts(arch):
     generator = torch.Generator().manual_seed(0)

@@ -441,6 +441,7 @@ def test_first_reaching():
     assert snn_cost.first_reaching(accuracy, 95.0) is None
 
 
+@pytest.mark.slow
 def test_report_and_baseline_on_trained_digits(digits_run, tmp_path):
     folder, run_id = digits_run
     files = {key: tmp_path / name for key, name in (
@@ -505,6 +506,7 @@ def test_report_and_baseline_on_trained_digits(digits_run, tmp_path):
             assert image.format == "PNG" and image.size[0] > 300
 
 
+@pytest.mark.slow
 def test_report_and_baseline_refuse_the_wrong_mode(digits_run, capsys):
     folder, run_id = digits_run
     base = ["-data", "digits", "--id", run_id, "--checkpoint-dir", str(folder), "-j", "0",

@@ -1,4 +1,4 @@
-"""The fast paths of issue 7 against the plain computations they replace.
+"""The fast paths against the plain computations they replace.
 
 - the counts path (``convert_to_snn(ann, sim="counts")``) against the step simulator;
 - the step simulator's closed-form correction phase against the literal step loop;
@@ -16,7 +16,10 @@ from models.spiking import pascal_correct_
 from test_convert import REFERENCE_LEVELS
 from test_models import EXPECTED_LAYERS
 
-CASES = [(arch, "cifar") for arch in list_models()] + [("resnet18", "imagenet")]
+QUICK = ("vgg_small", "resnet20")
+CASES = [pytest.param(arch, variant, marks=() if arch in QUICK else pytest.mark.slow)
+         for arch, variant in [(arch, "cifar") for arch in list_models()] +
+         [("resnet18", "imagenet")]]
 
 
 @pytest.mark.parametrize("arch, variant", CASES)
@@ -98,8 +101,9 @@ def test_closed_form_correction_is_bit_identical_to_the_loop(dtype):
     assert float(v) == 1.0 and float(count) == -1
 
 
-@pytest.mark.parametrize("arch, levels", [("vgg_small", [16, 1, 8, 2, 3]),
-                                          ("resnet18", REFERENCE_LEVELS["resnet18"])])
+@pytest.mark.parametrize("arch, levels", [
+    ("vgg_small", [16, 1, 8, 2, 3]),
+    pytest.param("resnet18", REFERENCE_LEVELS["resnet18"], marks=pytest.mark.slow)])
 def test_batch_chunks_give_the_same_result(arch, levels):
     model, x = live_model(arch, levels, images=4, seed=2)
     whole = convert_to_snn(model, step_budget=10**6)
@@ -130,6 +134,7 @@ def test_chunk_plan_gives_long_trains_small_chunks_and_the_rest_the_batch():
     assert convert_to_snn(model).chunk_plan(x[:1])[0][1] == 1
 
 
+@pytest.mark.slow
 def test_step_simulator_tensors_stay_within_the_anns_at_the_same_batch():
     """Measured, not planned: the largest (inputs + output) of any module call during the
     real forward, against the same for the ANN on the same batch (default budget)."""

@@ -42,6 +42,7 @@ COMMON = ["-a", "vgg_small", "--image-size", "32", "-b", str(BATCH), "--lr", "0.
 CPU = COMMON + ["-dev", "cpu"]  # the gloo runs stay on the CPU on a machine with GPUs too
 LAUNCH_TIMEOUT = 120  # seconds; the acceptance bound for a job with a dead worker
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.slow  # real training jobs, most of them several processes
 
 
 @pytest.fixture(scope="module")

@@ -511,6 +511,7 @@ def test_input_shape_fixes_the_shape_the_network_accepts():
     assert refusal(snn.trains, torch.randn(1, 3, 9, 9, dtype=torch.float64)) == message
 
 
+@pytest.mark.slow
 def test_create_model_checks_the_input_shape():
     model = models.create_model("resnet20", num_classes=10, levels=2, input_shape=(3, 32, 32))
     assert len(models.qcfs_layers(model)) == 19

@@ -76,6 +76,7 @@ def fit_digits(folder, run_id, train_set, epochs=2, **changes):
     return engine.fit(model, train_set, test_set, config, logger=logger), messages
 
 
+@pytest.mark.slow
 def test_second_sigint_stops_at_once_and_keeps_the_checkpoint(tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     train_set = FaultAt(get_dataset("digits", None, "train"), read_in_step(2, 3),
@@ -91,6 +92,7 @@ def test_second_sigint_stops_at_once_and_keeps_the_checkpoint(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler  # the run's handlers are gone
 
 
+@pytest.mark.slow
 def test_sigterm_from_outside_the_process_mid_epoch(uninterrupted, tmp_path):
     """The same as a scheduler does it: SIGTERM to the training process's pid, from another
     process, while it trains; the run stops after a step and resumes to the same weights."""
@@ -147,6 +149,7 @@ save_checkpoint({path!r}, {{"epoch": 2, "weights": torch.ones(1000), "kill": Kil
 """
 
 
+@pytest.mark.slow
 def test_a_process_killed_while_saving_leaves_the_old_checkpoint(tmp_path):
     path = tmp_path / "run.pth"
     checkpoint.save_checkpoint(path, {"epoch": 1, "weights": torch.zeros(1000)})
@@ -163,6 +166,7 @@ def test_a_process_killed_while_saving_leaves_the_old_checkpoint(tmp_path):
     assert loaded["epoch"] == 1 and torch.equal(loaded["weights"], torch.zeros(1000))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train_set = FaultAt(get_dataset("digits", None, "train"), read_in_step(2, 2),
                         nonfinite=True)  # a NaN image in step 2 of epoch 2
@@ -174,6 +178,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert saved["epoch"] == 1 and saved["partial_epoch"] is None
 
 
+@pytest.mark.slow
 def test_a_diverging_script_says_which_flags_help(tmp_path, capsys):
     """A learning rate of 1e9 makes the loss non-finite within the first epoch: status 3,
     nothing saved, and the advice names the script's flags."""
@@ -186,6 +191,7 @@ def test_a_diverging_script_says_which_flags_help(tmp_path, capsys):
     assert not (tmp_path / "lr.pth").exists()
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_counts_skipped_batches(tmp_path):
     train_set = FaultAt(get_dataset("digits", None, "train"), read_in_step(1, 5),
                         nonfinite=True)
@@ -214,6 +220,7 @@ def test_a_skipped_step_leaves_the_network_finite(tmp_path):
     assert [key for key, value in state.items() if not torch.isfinite(value.float()).all()] == []
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights(uninterrupted, tmp_path):
     folder, full = uninterrupted
     assert run_script(main_train, TRAIN + ["--id", "again", "--checkpoint-dir",
@@ -221,12 +228,14 @@ def test_same_seed_gives_bit_identical_weights(uninterrupted, tmp_path):
     assert_same_weights(torch.load(tmp_path / "again.pth", weights_only=True)["state_dict"], full)
 
 
+@pytest.mark.slow
 def test_deterministic_flag_turns_on_deterministic_algorithms(tmp_path):
     done = train_subprocess(tmp_path, "det", "--deterministic", "-epochs", "1")
     assert done.returncode == 0, done.stderr
     assert "deterministic algorithms on" in done.stdout
 
 
+@pytest.mark.slow
 def test_bad_checkpoints(digits_run, tmp_path, capsys):
     folder, run_id = digits_run
     base = ["-data", "digits", "-j", "0", "--no-progress", "--num-images", "8"]

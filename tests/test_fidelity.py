@@ -165,6 +165,7 @@ def imagenet_reference_checkpoint(path, levels):
     torch.save({"state_dict": state, "epoch": 90}, path)
 
 
+@pytest.mark.slow
 def test_reference_imagenet_resnet34_checkpoint_converts_exactly(tmp_path):
     root = tmp_path / "imagenet"
     rng = np.random.default_rng(0)

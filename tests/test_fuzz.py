@@ -1,8 +1,12 @@
 """The differential fuzzer (tests/fuzz_models.py) in CI: 400 random models, each refused at
 conversion in one line or exact on both simulation paths, with the cost report, T_eff and the
 latencies computed and checked."""
-import fuzz_models
+import pytest
 import torch
+
+import fuzz_models
+
+pytestmark = pytest.mark.slow
 
 
 def test_fuzzer_finds_no_wrong_model_and_covers_every_accepted_form():

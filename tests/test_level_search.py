@@ -156,6 +156,7 @@ def relay_case():
     return model, loader, brute, teffs
 
 
+@pytest.mark.slow
 def test_relay_model_is_what_its_docstring_says(relay_case):
     model, loader, brute, _ = relay_case
     baseline = brute[(8,) * 5]
@@ -168,6 +169,7 @@ def test_relay_model_is_what_its_docstring_says(relay_case):
     assert brute[(8, 8, 8, 1, 8)] - baseline < collapsed["loss"] - baseline
 
 
+@pytest.mark.slow
 def test_search_choice_is_the_measured_optimum_of_all_combinations(relay_case):
     model, loader, brute, teffs = relay_case
     low, high = teffs[(1,) * 5], teffs[(8,) * 5]
@@ -205,6 +207,7 @@ def digits_calibration():
     return calibration_loader(get_dataset("digits", "", "train", augment=False), 256)
 
 
+@pytest.mark.slow
 def test_search_at_the_al_rule_teff_measures_no_worse_than_the_al_rule(digits_run,
                                                                         digits_calibration):
     model = digits_model(digits_run)  # vgg_small, levels 4,2,8,4,3
@@ -223,6 +226,7 @@ def test_search_at_the_al_rule_teff_measures_no_worse_than_the_al_rule(digits_ru
     assert by_hand["loss"] == pytest.approx(result.calibration_loss, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_sweep_honours_every_budget_with_one_table(digits_run, digits_calibration):
     model = digits_model(digits_run)
     budgets = default_budgets(model, max_level=8, count=6)
@@ -248,6 +252,7 @@ def test_sweep_honours_every_budget_with_one_table(digits_run, digits_calibratio
         assert result.calibration_loss <= min(fitting)
 
 
+@pytest.mark.slow
 def test_budget_below_the_minimum_is_one_clear_error(digits_run, digits_calibration):
     model = digits_model(digits_run)
     lowest = minimum_teff(model, [2, 4])
@@ -258,6 +263,7 @@ def test_budget_below_the_minimum_is_one_clear_error(digits_run, digits_calibrat
         search_levels(model, digits_calibration, 3.0, candidates=[0, 2])
 
 
+@pytest.mark.slow
 def test_result_record_is_plain_python(digits_run, tmp_path):
     model = digits_model(digits_run)
     images = get_dataset("digits", "", "train", augment=False)
@@ -283,6 +289,7 @@ def stats_args(digits_run, tmp_path, *extra):
             "--calib-images", "128", "--json", str(tmp_path / "stats.json"), *extra]
 
 
+@pytest.mark.slow
 def test_get_stats_budget_prints_the_library_result(digits_run, tmp_path, capsys):
     assert run_script(get_stats, stats_args(digits_run, tmp_path, "--budget-teff", "2.5",
                                             "--top-k", "3")) == 0
@@ -312,6 +319,7 @@ def test_get_stats_budget_prints_the_library_result(digits_run, tmp_path, capsys
     assert stored["test"]["searched"]["top1"] == searched["top1"]
 
 
+@pytest.mark.slow
 def test_get_stats_pareto_writes_points_and_plot(digits_run, tmp_path, capsys):
     prefix = tmp_path / "curve" / "front"
     assert run_script(get_stats, stats_args(digits_run, tmp_path, "--pareto", "--budgets",
@@ -337,6 +345,7 @@ def test_get_stats_pareto_writes_points_and_plot(digits_run, tmp_path, capsys):
     assert f"Pareto points written to {prefix.with_suffix('.json')}" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, fragments", [
     (["--budget-teff", "1.0"], ["below", "the smallest T_eff", "--budget-teff >="]),
     (["--budget-teff", "nan"], ["--budget-teff must be a number >= 1"]),
@@ -384,6 +393,7 @@ def test_loss_table_entries_equal_full_passes():
     assert table.num_evaluations == 1 + sum(2 - (level in (1, 4)) for level in current)
 
 
+@pytest.mark.slow
 def test_adaptive_training_with_a_budget_is_exact_as_an_snn(tmp_path, capsys):
     """main_train.py --adaptive --budget-teff: phase 2 trains with the searched levels, which
     meet the budget, are recorded with the search in the checkpoint, and convert exactly."""

@@ -90,7 +90,8 @@ def test_no_module_level_state():
         {k: v.shape for k, v in again.state_dict().items()}
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", [pytest.param(arch, marks=() if arch == "vgg_small" else
+                                                 pytest.mark.slow) for arch in list_models()])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_mode_every_parameter_gets_a_gradient(arch, variant):
     torch.manual_seed(0)

@@ -46,6 +46,7 @@ def relu_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_relu_training_writes_a_relu_checkpoint(relu_run):
     checkpoint = torch.load(relu_run / "relu.pth", weights_only=True)
     assert checkpoint["model_args"]["activation"] == "relu"
@@ -54,6 +55,7 @@ def test_relu_training_writes_a_relu_checkpoint(relu_run):
     assert "ReLU activations (no levels)" in (relu_run / "relu.log").read_text()
 
 
+@pytest.mark.slow
 def test_relu_checkpoint_is_evaluated_as_an_ann_only(relu_run, tmp_path):
     output = tmp_path / "relu.json"
     assert run_script(main_test, ["-data", "digits", "--id", "relu", "--checkpoint-dir",
@@ -74,6 +76,7 @@ def test_relu_checkpoint_is_evaluated_as_an_ann_only(relu_run, tmp_path):
     assert result["ann_top1"] == pytest.approx(100.0 * correct / 360, abs=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, argv, fragments", [
     (main_test, ["--mode", "snn"], ("ReLU network", "--mode snn")),
     (main_test, ["--report"], ("ReLU network", "--report")),
@@ -101,6 +104,7 @@ def test_relu_training_refuses_level_flags(tmp_path, capsys, argv, fragment):
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_resuming_with_the_other_activation_is_refused(relu_run, capsys):
     status = run_script(main_train, ["-data", "digits", "-arch", "vgg_small", "-epochs", "3",
                                      "--id", "relu", "--resume", "auto", "--checkpoint-dir",
@@ -116,6 +120,7 @@ def parameters_but_thresholds(state_dict, model):
     return {k: v for k, v in state_dict.items() if k in names}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["own", "plain", "under model"])
 def test_qcfs_run_starts_from_a_relu_checkpoint(relu_run, tmp_path, layout):
     """Learning rate 0: the QCFS run's parameters are the ReLU network's, its thresholds the
@@ -161,6 +166,7 @@ def test_relu_checkpoints_of_the_paper_architectures_load(arch):
     assert model_args["levels"] == [4] * len(models.qcfs_layers(model))
 
 
+@pytest.mark.slow
 def test_a_torchvision_state_dict_trains_and_evaluates(tmp_path):
     import torchvision
     torch.manual_seed(0)
@@ -181,6 +187,7 @@ def test_a_torchvision_state_dict_trains_and_evaluates(tmp_path):
     assert set(result["differing_neurons"].values()) == {0} and len(result["differing_neurons"]) == 17
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, fragments", [
     ("drop", ["missing keys classifier.7.bias", "unexpected keys none"]),
     ("extra", ["missing keys none", "unexpected keys extra.weight"]),
@@ -205,6 +212,7 @@ def test_wrong_keys_of_a_relu_state_dict_are_one_line(relu_run, tmp_path, capsys
     assert not (out / "q.pth").exists()
 
 
+@pytest.mark.slow
 def test_conversion_without_training_reports_relu_qcfs_and_snn(relu_run, tmp_path):
     relu_only, converted = tmp_path / "relu.json", tmp_path / "converted.json"
     common = ["-data", "digits", "--id", "relu", "--checkpoint-dir", str(relu_run), "-j", "0",
@@ -229,6 +237,7 @@ def test_conversion_without_training_reports_relu_qcfs_and_snn(relu_run, tmp_pat
     assert result["thresholds"] == pytest.approx({n: t for n, t, _ in expected}, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_init_threshold_needs_a_relu_checkpoint_and_levels(relu_run, capsys):
     assert run_script(main_test, ["-data", "digits", "--id", "relu", "--checkpoint-dir",
                                   str(relu_run), "--init-threshold", "auto"]) == 2
@@ -253,6 +262,7 @@ def test_pretrained_without_the_file_offline_is_one_line(tmp_path, capsys, monke
     assert not (tmp_path / "runs" / "p.pth").exists()
 
 
+@pytest.mark.slow
 def test_pretrained_from_the_cache_replaces_the_classifier(tmp_path, monkeypatch):
     """A state dict placed in torch hub's cache under the expected name is used as it is
     (no download, no hash check): the classifier of 1000 classes becomes one of 10."""

@@ -16,6 +16,7 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_digits_checkpoint_is_self_describing(digits_run):
     folder, run_id = digits_run
     checkpoint = torch.load(folder / f"{run_id}.pth", weights_only=True)
@@ -35,6 +36,7 @@ def test_digits_checkpoint_is_self_describing(digits_run):
     assert len((folder / f"{run_id}_epochs.csv").read_text().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_main_test_float64_ann_equals_snn(digits_run, tmp_path):
     folder, run_id = digits_run
     result = evaluate_digits_run(folder, run_id, tmp_path / "result.json")
@@ -79,6 +81,7 @@ def test_reference_readme_lines_parse_verbatim():
         main_train.get_args_parser().parse_args(["--lev", "4"])
 
 
+@pytest.mark.slow
 def test_reference_checkpoint_needs_and_uses_levels(tmp_path, capsys):
     path = tmp_path / "ref.pth"
     state_dict = reference_state_dict("vgg16", torch.Generator().manual_seed(0))
@@ -95,6 +98,7 @@ def test_reference_checkpoint_needs_and_uses_levels(tmp_path, capsys):
     assert result["levels"] == REFERENCE_LEVELS["vgg16"]
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_and_exit_2(digits_run, tmp_path, capsys):
     folder, run_id = digits_run
     base = ["-data", "digits", "-j", "0", "--no-progress", "--checkpoint-dir", str(folder)]
@@ -116,6 +120,7 @@ def test_bad_inputs_give_one_line_and_exit_2(digits_run, tmp_path, capsys):
         assert_one_line_error(capsys, str(path))
 
 
+@pytest.mark.slow
 def test_training_refuses_bad_input_and_keeps_checkpoints(digits_run, tmp_path, capsys):
     folder, run_id = digits_run
     before = (folder / f"{run_id}.pth").read_bytes()

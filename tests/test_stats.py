@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -15,6 +16,7 @@ from data import get_dataset, make_loader
 from helpers import assert_streamed_histograms
 
 
+@pytest.mark.slow
 def test_streamed_histogram_equals_numpy_on_materialized_outputs(digits_run):
     folder, run_id = digits_run
     path = folder / f"{run_id}.pth"
@@ -24,6 +26,7 @@ def test_streamed_histogram_equals_numpy_on_materialized_outputs(digits_run):
     assert_streamed_histograms(model, batches)
 
 
+@pytest.mark.slow
 def test_get_stats_table_json_and_plot(digits_run, tmp_path, capsys):
     folder, run_id = digits_run
     output, plot = tmp_path / "stats.json", tmp_path / "hist.png"
@@ -48,6 +51,7 @@ def test_get_stats_npy_mode(tmp_path, capsys):
     assert "metric 9.3333" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_adaptive_schedule_end_to_end(tmp_path, capsys):
     common = ["-data", "digits", "-arch", "vgg_small", "-j", "0", "--no-progress",
               "--checkpoint-dir", str(tmp_path), "--id", "ad", "-lr", "0.1",

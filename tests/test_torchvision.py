@@ -6,7 +6,9 @@ import torch
 import models
 from helpers import assert_snn_exact, calibrate_thresholds_, few_long_levels, randomize_
 
-# The acceptance set of issue 13: residual (basic and bottleneck), plain with BatchNorm and max
+pytestmark = pytest.mark.slow
+
+# The acceptance set: residual (basic and bottleneck), plain with BatchNorm and max
 # pools, depthwise with ReLU6 and residual sums fed to convolutions, dense concatenation with
 # pre-activation BatchNorm, inception branches (functional ReLUs, max pools of
 # concatenations), fire modules ending in a spiking layer and a pool (no linear layer).

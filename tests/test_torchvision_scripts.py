@@ -32,6 +32,7 @@ def tv_run(tmp_path_factory):
     return folder, path, model, model_args
 
 
+@pytest.mark.slow
 def test_checkpoint_rebuilds_the_torchvision_model(tv_run):
     _, path, model, model_args = tv_run
     import torchvision
@@ -42,6 +43,7 @@ def test_checkpoint_rebuilds_the_torchvision_model(tv_run):
     assert model_args["levels"] == [2] * 17
 
 
+@pytest.mark.slow
 def test_float64_snn_equals_ann_and_the_report_equals_the_library(tv_run, tmp_path):
     folder, path, model, model_args = tv_run
     output = tmp_path / "all.json"
@@ -83,6 +85,7 @@ def test_float64_snn_equals_ann_and_the_report_equals_the_library(tv_run, tmp_pa
     assert report["timing"]["T_eff_reference"] is None  # no published constants for it
 
 
+@pytest.mark.slow
 def test_get_teff_and_get_stats_print_the_library_values(tv_run, tmp_path, capsys):
     folder, path, model, model_args = tv_run
     out_json = tmp_path / "teff.json"
