@@ -1,4 +1,6 @@
-"""Failure modes through the real scripts: signals, divergence, bad files, reproducibility."""
+"""Failure modes, injected from outside: signals (from another process, or sent while a
+chosen sample is read), non-finite data and a diverging learning rate, a process killed while
+it saves; bad files and data trees; reproducibility."""
 import os
 import re
 import signal
