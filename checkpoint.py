@@ -93,8 +93,8 @@ def list_ids(checkpoint_dir):
 def save_checkpoint(path, state):
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, then rename.
 
-    A crash or kill mid-write leaves the previous ``path`` intact (only the temp file is
-    partial, and it is removed on the next failure-free save).
+    A crash or kill mid-write leaves the previous ``path`` intact; only the temp file, named
+    after the writing process, is partial, and it stays until removed by hand.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -407,8 +407,10 @@ class _Training:
                 try:
                     totals = self.train_epoch(epoch, stop)
                 except Diverged as error:
-                    self.logger.error(f"training stopped: {error}; the last good checkpoint "
-                                      f"({self.latest}) is intact")
+                    self.logger.error(
+                        f"training stopped: {error}; " + (
+                            f"the last good checkpoint ({self.latest}) is intact"
+                            if self.latest.exists() else "no checkpoint was written yet"))
                     return self.result(ExitCode.DIVERGED, epoch)
                 except Interrupted as stopped:
                     totals = _summed_progress(stopped.progress, self.ctx)
@@ -578,6 +580,10 @@ def train_one_epoch(model, loader, run, ctx, epoch, state, stop, config, logger,
         torch.manual_seed(step_seed(config.seed, epoch, step, ctx.rank))
         images = images.to(ctx.device, non_blocking=True)
         targets = targets.to(ctx.device, non_blocking=True)
+        # a skipped step must leave no trace: its forward already updated BatchNorm's
+        # running statistics, which are put back
+        buffers = ([(b, b.clone()) for b in run.model.buffers()] if config.skip_nonfinite
+                   else None)
         with torch.autocast(ctx.device.type, dtype=torch.float16,
                             enabled=run.scaler is not None):
             logits = model(images)
@@ -586,6 +592,9 @@ def train_one_epoch(model, loader, run, ctx, epoch, state, stop, config, logger,
             if not config.skip_nonfinite:
                 raise Diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}"
                                + (" (on some process)" if ctx.distributed else ""))
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
             state.skipped += 1
             logger.warning(f"epoch {epoch + 1} step {step + 1}: non-finite loss, skipped")
         else:
