@@ -90,8 +90,11 @@ def _build_kernel():
     started = time.perf_counter()
     library = cpp_extension.load(
         f"pascal_qcfs_{_cpu_tag()}", [str(_KERNEL_SOURCE)], is_python_module=False,
+        # -fopenmp: at::parallel_for is inline OpenMP code, run on torch's own OpenMP
+        # threads (the library is loaded already, under the same name)
         extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math",
-                      "-fopenmp-simd"],
+                      "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
         verbose=False)
     seconds = time.perf_counter() - started
     if seconds > 2:  # built now rather than loaded from the cache
