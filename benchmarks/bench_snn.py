@@ -591,11 +591,7 @@ def main(args):
             for arch in args.archs.split(","):
                 rows.append(train_variants_row(arch, args, device, old_models))
                 print(f"done {arch}: {json.dumps(rows[-1])}", flush=True)
-        result = {"device": device_description(device), "threads": torch.get_num_threads(),
-                  "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
-                  "against": args.against, "loss_steps": args.loss_steps,
-                  "load_average_before": load_before, "load_average_after": _load_average(),
-                  "rows": rows}
+        result = _result(args, device, load_before, rows, loss_steps=args.loss_steps)
         print_train_table(result)
         _write_json(result, args.json)
         return result
@@ -613,15 +609,19 @@ def main(args):
                       f"overhead {row['overhead']:.3f}"
                       + (f", step new/old {row['snn_new_over_old']:.3f}" if old_models else ""),
                       flush=True)
-    result = {"device": device_description(device), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
-              "step_budget": args.step_budget, "against": args.against,
-              # other processes on the machine distort timings: say how busy it was
-              "load_average_before": load_before, "load_average_after": _load_average(),
-              "rows": rows}
+    result = _result(args, device, load_before, rows, step_budget=args.step_budget)
     print_table(result)
     _write_json(result, args.json)
     return result
+
+
+def _result(args, device, load_before, rows, **fields):
+    return {"device": device_description(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "batch": args.batch, "reps": args.reps,
+            "against": args.against, **fields,
+            # other processes on the machine distort timings: say how busy it was
+            "load_average_before": load_before, "load_average_after": _load_average(),
+            "rows": rows}
 
 
 def _write_json(result, name):

@@ -16,12 +16,7 @@ python3 benchmarks/cifar_from_git.py "$git_dir" "$data"
 python3 main_train.py -data cifar10 --data-root "$data" -arch resnet20 -epochs "$epochs" \
     --levels 4 --id "$id" --checkpoint-dir "$runs" --resume auto --no-progress
 cp "$runs/${id}_epochs.csv" "results/cifar10_${id}_epochs.csv"
-# float64, the counts path on all 10,000 test images, the step path on the first 1,000
-python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-dir "$runs" \
-    --dtype float64 --sim counts --no-progress --output "results/cifar10_${id}_counts.json"
-python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-dir "$runs" \
-    --dtype float64 --sim step --num-images 1000 --no-progress \
-    --output "results/cifar10_${id}_step1000.json"
+bash benchmarks/cifar10_evaluate.sh "$id"  # float64, both simulation paths
 # the conventional QCFS spiking network at T = 1..64 beside PASCAL's T_eff, with the cost report
 # (on the first 2,000 test images: 64 lock-step timesteps of the whole network per image)
 python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-dir "$runs" \

@@ -15,9 +15,7 @@ export OMP_WAIT_POLICY=PASSIVE  # see benchmarks/README.md: a shared 2-core mach
 python3 main_train.py -data cifar10 --data-root "$data" -arch resnet20 -epochs 20 \
     --resume "$runs/resnet20_L8_adaptive_phase1.pth" --levels "$level" --id "$id" \
     --checkpoint-dir "$runs" --no-progress
-cp "$runs/${id}_epochs.csv" "results/cifar10_${id}_epochs.csv"
-python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-dir "$runs" \
-    --dtype float64 --sim counts --no-progress --output "results/cifar10_${id}_counts.json"
-python3 main_test.py -data cifar10 --data-root "$data" --id "$id" --checkpoint-dir "$runs" \
-    --dtype float64 --sim step --num-images 1000 --no-progress \
-    --output "results/cifar10_${id}_step1000.json"
+# epochs 1-10 from the shared phase 1 (the adaptive run's CSV), then this branch's 11-20
+{ head -n 11 results/cifar10_resnet20_L8_adaptive_epochs.csv; tail -n +2 "$runs/${id}_epochs.csv"; } \
+    > "results/cifar10_${id}_epochs.csv"
+bash benchmarks/cifar10_evaluate.sh "$id"  # float64, both simulation paths
