@@ -25,6 +25,7 @@ from level_search import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_TOP_K, calibration
                           default_budgets, default_candidates, evaluate_levels, minimum_teff,
                           sweep_budgets)
 from models.timing import teff
+from plotting import pyplot, save
 from utils import (EVAL_TERMS, DATASETS, ArgumentParser, UsageError, add_device_args, add_output_flags,
                    arch_name, env_data_root, parse_levels, parse_thresholds, resolve_checkpoint,
                    resolve_device, run_main)
@@ -103,9 +104,7 @@ def get_args_parser(add_help=True):
 
 def plot_histograms(rows, path, title=""):
     """One bar chart per layer of the fraction of outputs at each level, with metric and L."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     columns = min(5, len(rows))
     lines = math.ceil(len(rows) / columns)
     figure, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.4 * lines),
@@ -123,8 +122,7 @@ def plot_histograms(rows, path, title=""):
         axis.axis("off")
     figure.suptitle(title or "QCFS output levels per layer (fraction of outputs)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path, dpi=110)
 
 
 def _parse_list(text, flag, kind, example):
@@ -295,9 +293,7 @@ def _report_pareto(results, model, calibration, candidates, al_levels, test, pre
 
 def plot_pareto(points, path, title):
     """Test top-1 against T_eff: the searched levels per budget, the AL rule, uniform levels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     searched = sorted((p for p in points if p["kind"] == "searched"), key=lambda p: p["teff"])
     axis.plot([p["teff"] for p in searched], [p["test_top1"] for p in searched], "o-",
@@ -318,8 +314,7 @@ def plot_pareto(points, path, title):
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path, dpi=110)
 
 
 def main(args):

@@ -15,9 +15,11 @@ from torch.utils.data import Subset
 
 import models
 import snn_cost
+from baseline_report import first_reaching, plot_baseline
 from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
                         qcfs_from_relu, relu_weights, trained_image_size)
 from compiled import compile_for_steps
+from cost_meter import CostMeter
 from data import get_dataset, make_loader
 from level_search import DEFAULT_CALIBRATION_IMAGES, calibration_loader
 from models.baseline import convert_to_if
@@ -158,7 +160,7 @@ def evaluate_both(ann, snn, loader, device, dtype, mode, show_progress=True, cos
     """Run ANN (an :class:`AnnWithLevels`) and/or SNN over ``loader``; returns a results dict
     (counts and agreements).
 
-    ``cost_meter``: a :class:`snn_cost.CostMeter` of ``snn``; it is given each batch's
+    ``cost_meter``: a :class:`cost_meter.CostMeter` of ``snn``; it is given each batch's
     images and ``LayerStats`` (with per-neuron counts).
     """
     run_ann, run_snn = mode in ("ann", "both"), mode in ("snn", "both")
@@ -328,7 +330,7 @@ def main(args):
     loader = make_loader(test_set, args.batch_size, False, args.workers, device=device)
 
     started = time.time()
-    meter = snn_cost.CostMeter(snn) if args.report else None
+    meter = CostMeter(snn) if args.report else None
     ann = AnnWithLevels(model, args.compile, device, logger)
     result = evaluate_both(ann, snn, loader, device, dtype, mode, not args.no_progress,
                            cost_meter=meter)
@@ -432,9 +434,8 @@ def run_baseline(model, loader, device, dtype, timesteps, result, args, path, lo
     baseline = evaluate_baseline(if_net, loader, device, dtype, timesteps,
                                  not args.no_progress)
     ann_top1, timing = result["ann_top1"], result["timing"]
-    reached = snn_cost.first_reaching(dict(zip(baseline["timesteps"], baseline["top1"],
-                                               strict=True)),
-                                      ann_top1, args.baseline_tolerance)
+    reached = first_reaching(dict(zip(baseline["timesteps"], baseline["top1"], strict=True)),
+                             ann_top1, args.baseline_tolerance)
     pascal = {"top1": result["snn_top1"], "T_eff": timing["T_eff"],
               "T_eff_reference": timing["T_eff_reference"],
               "latency_steps": timing["latency_steps"],
@@ -464,7 +465,7 @@ def run_baseline(model, loader, device, dtype, timesteps, result, args, path, lo
                     f"{pascal['latency_pipelined_steps']} pipelined"
                     + (f", {spikes:.4g} spikes/img" if spikes is not None else ""))
     plot = Path(args.baseline_plot or path.with_name(f"{path.stem}_baseline.png"))
-    snn_cost.plot_baseline(baseline, plot, title=(
+    plot_baseline(baseline, plot, title=(
         f"{result['arch']} on {result['dataset']}: conventional QCFS SNN vs PASCAL"))
     logger.info(f"baseline plot written to {plot}")
     baseline["plot"] = str(plot)

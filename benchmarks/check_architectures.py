@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
 import snn_cost  # noqa: E402
+from cost_meter import CostMeter  # noqa: E402
 from helpers import (ann_levels, calibrate_thresholds_, few_long_levels,  # noqa: E402
                      randomize_)
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps,  # noqa: E402
@@ -83,7 +84,7 @@ def cost_report(model, snn, x, stats, levels):
                   "latency_pipelined_steps": pipelined_latency_steps(model),
                   "T_eff_reference": None,
                   "mean_level": sum(layer_levels) / len(layer_levels)}
-        meter = snn_cost.CostMeter(snn)
+        meter = CostMeter(snn)
         meter.add(x, stats)
         report = snn_cost.build_report(meter, timing)
     except Exception as error:  # recorded, not raised: the table says which architecture

@@ -6,7 +6,13 @@
 """
 import argparse
 import csv
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from plotting import pyplot, save  # noqa: E402  (needs the repository root on sys.path)
 
 
 def read_epochs(path):
@@ -17,9 +23,7 @@ def read_epochs(path):
 def plot_curves(runs, path, title):
     """``runs``: [(label, rows)]; writes a PNG of test top-1 (solid) and training top-1
     (dotted, augmented images) against the epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, rows in runs:
         epochs = [int(row["epoch"]) for row in rows]
@@ -35,9 +39,7 @@ def plot_curves(runs, path, title):
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main():

@@ -35,6 +35,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import models  # noqa: E402
 import snn_cost  # noqa: E402
+from cost_meter import CostMeter  # noqa: E402
 from helpers import ann_levels, calibrate_thresholds_, randomize_  # noqa: E402
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps,  # noqa: E402
                            teff)
@@ -418,7 +419,7 @@ def check(seed):
             at_boundary += differing
             if differing == 0:  # else the logits differ by those spikes, as counted
                 torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
-            meter = snn_cost.CostMeter(snn)
+            meter = CostMeter(snn)
             meter.add(x, stats)
             report = snn_cost.build_report(meter, timing)
             spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]

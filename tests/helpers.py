@@ -212,6 +212,7 @@ def assert_cost_report_counts(model, snn, x, levels, stats=None):
     and counts, per spiking layer, the spikes the ANN's levels say. ``stats``: those of
     ``snn.forward_with_stats(x)`` if already computed."""
     import snn_cost
+    from cost_meter import CostMeter
     from models.timing import latency_steps, layer_fan_ins, pipelined_latency_steps, teff
     layer_levels = models.get_levels(model)
     timing = {"T_eff": teff(layer_levels, layer_fan_ins(model))[0],
@@ -220,7 +221,7 @@ def assert_cost_report_counts(model, snn, x, levels, stats=None):
               "T_eff_reference": None, "mean_level": sum(layer_levels) / len(layer_levels)}
     if stats is None:
         _, stats = snn.forward_with_stats(x, keep_counts=True)
-    meter = snn_cost.CostMeter(snn)
+    meter = CostMeter(snn)
     meter.add(x, stats)
     report = snn_cost.build_report(meter, timing)
     spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]

@@ -1,5 +1,6 @@
-"""Cost accounting (snn_cost.py), the conventional QCFS baseline (models/baseline.py) and the
---report / --baseline options of main_test.py."""
+"""Cost accounting (models/reach.py, cost_meter.py, snn_cost.py), the conventional QCFS
+baseline (models/baseline.py, baseline_report.py) and the --report / --baseline options of
+main_test.py."""
 import csv
 import json
 
@@ -12,13 +13,16 @@ from torch import nn
 import main_test
 import models
 import snn_cost
+from baseline_report import first_reaching
 from conftest import run_script
+from cost_meter import CostMeter
 from models.timing import latency_steps, layer_fan_ins, teff
 from helpers import ann_levels, live_model, multi_segment_snn
 from models import QCFS, convert_to_snn
 from models.baseline import IFNeuron, convert_to_if, if_step_
 from models.resnet import ResidualAdd
-from snn_cost import CostMeter, energy_pj, spike_reach
+from models.reach import dense_macs, spike_reach
+from snn_cost import energy_pj
 
 
 def measure(ann, x, sim="step", chunked=False):
@@ -437,8 +441,14 @@ def test_if_network_residual_block_by_hand():
 
 def test_first_reaching():
     accuracy = {1: 50.0, 2: 80.0, 4: 89.95, 8: 90.2}
-    assert snn_cost.first_reaching(accuracy, 90.0) == 4
-    assert snn_cost.first_reaching(accuracy, 95.0) is None
+    assert first_reaching(accuracy, 90.0) == 4
+    assert first_reaching(accuracy, 95.0) is None
+
+
+def test_snn_cost_still_exports_the_meter_and_the_reach():
+    assert snn_cost.CostMeter is CostMeter
+    assert snn_cost.spike_reach is spike_reach
+    assert snn_cost.dense_macs is dense_macs
 
 
 @pytest.mark.slow

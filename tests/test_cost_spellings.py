@@ -8,6 +8,7 @@ from torch import nn
 
 import models
 import snn_cost
+from cost_meter import CostMeter
 from helpers import ann_levels
 from models import QCFS, UnsupportedModelError, convert_to_snn
 from models.timing import latency_steps, pipelined_latency_steps
@@ -19,7 +20,7 @@ TIMING = {"T_eff": 0.0, "T_eff_reference": None, "latency_steps": 0,
 def report_of(ann, x, sim="step"):
     ann = ann.double().eval()
     snn = convert_to_snn(ann, **({"sim": sim} if sim != "step" else {}))
-    meter = snn_cost.CostMeter(snn)
+    meter = CostMeter(snn)
     _, stats = snn.forward_with_stats(x.double(), keep_counts=True)
     meter.add(x.double(), stats)
     return meter, snn_cost.build_report(meter, TIMING)

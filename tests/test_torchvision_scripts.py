@@ -14,6 +14,7 @@ import snn_cost
 from al_metric import DEFAULT_THRESHOLDS, collect_level_counts, layer_metrics
 from checkpoint import load_checkpoint_file, model_from_checkpoint
 from conftest import run_script
+from cost_meter import CostMeter
 from data import get_dataset, make_loader
 from helpers import assert_one_line_error
 from models.timing import latency_steps, layer_fan_ins, pipelined_latency_steps, teff
@@ -67,7 +68,7 @@ def test_float64_snn_equals_ann_and_the_report_equals_the_library(tv_run, tmp_pa
     report = json.loads(report_json.read_text())
     double = model.double().eval()
     snn = models.convert_to_snn(double)
-    meter = snn_cost.CostMeter(snn)
+    meter = CostMeter(snn)
     test_set = Subset(get_dataset("digits", None, "test"), range(96))
     for images, _ in make_loader(test_set, 48, False):
         images = images.double()
