@@ -105,8 +105,8 @@ def data_thresholds_(model, loader, percentile=DEFAULT_PERCENTILE, show_progress
 
             value, seen = exact_percentile(passes, percentile)
             threshold = MIN_THRESHOLD if value is None else max(value, MIN_THRESHOLD)
-            if getattr(layer, "relu6", False):
-                threshold = min(threshold, RELU6_CAP)
+            if getattr(layer, "cap", None) is not None:  # a ReLU6's 6, a clamp's bound
+                threshold = min(threshold, float(layer.cap))
             layer.threshold.fill_(threshold)
             chosen.append((name, float(layer.threshold), seen))
     finally:

@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
 from models.chunking import Segment  # noqa: E402
+from models.snn_layers import WeightedLayer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,7 +198,9 @@ def ideal_ratio(snn, x):
     kernel, or in_features).
     """
     values = snn.probe(x[:1])
-    weighted = [(op, snn.layers[op.target].layer) for op in snn.ops if op.role == "weighted"]
+    weighted = [(op, snn.layers[op.target].layer) for op in snn.ops
+                if isinstance(op.target, str) and
+                isinstance(getattr(snn.layers, op.target, None), WeightedLayer)]
     macs = {op.index: values[op.index][0].numel() * layer.weight[0].numel()
             for op, layer in weighted}
     steps = {op.index: snn.ops[op.inputs[0]].num_steps for op, _ in weighted}

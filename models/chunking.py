@@ -33,6 +33,8 @@ so the limit, not the largest possible chunk, is the right target.
 import math
 from dataclasses import dataclass
 
+import torch
+
 __all__ = ["Segment", "UnitProfile", "find_cuts", "plan_segments", "run_segments"]
 
 # Boundary buffers may hold at most this share of the limit, on top of a segment's work.
@@ -165,16 +167,32 @@ def run_segments(x, segments, run_segment, k=None):
     if len(chunks) == 1:
         value = x if k == 0 else run_segments(x, segments, run_segment, k - 1)
         return run_segment(k, value, x.shape[0])
-    out, start = None, 0
+    out, start, parts = None, 0, []
     for chunk in chunks:
         value = chunk if k == 0 else run_segments(chunk, segments, run_segment, k - 1)
         batch = chunk.shape[0]
         h = run_segment(k, value, batch)
         del value
+        if not torch.is_tensor(h):  # the network's outputs (a dict, tuple or list of them)
+            parts.append(h)
+            continue
         h = h.reshape(out_steps, batch, *h.shape[1:])
         if out is None:  # filled chunk by chunk: never a list of parts plus their join
             out = h.new_empty((out_steps, x.shape[0], *h.shape[2:]))
         out[:, start:start + batch] = h
         start += batch
         del h
+    if parts:
+        return _join(parts)
     return out.reshape(out_steps * x.shape[0], *out.shape[2:])
+
+
+def _join(parts):
+    """The chunks' outputs (each a dict, tuple or list of tensors) joined along the batch."""
+    first = parts[0]
+    if torch.is_tensor(first):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return type(first)((key, _join([p[key] for p in parts])) for key in first)
+    joined = [_join(list(items)) for items in zip(*parts, strict=True)]
+    return type(first)(*joined) if hasattr(first, "_fields") else type(first)(joined)

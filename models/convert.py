@@ -49,7 +49,6 @@ carries every train as its window sum (one step) and each neuron takes its count
 closed form (:func:`models.spiking.pascal_counts`). The same operations run on both; only
 the neuron differs.
 """
-import copy
 import math
 from collections import ChainMap
 
@@ -60,9 +59,10 @@ from errors import ModelError
 
 from .chunking import MODULE_CALL_COST, Segment, UnitProfile, find_cuts, plan_segments, \
     run_segments
-from .graph import get_attr, model_graph
+from .graph import model_graph
 from .qcfs import qcfs_layers
-from .spiking import SIM_MODES, LayerStats, PascalNeuron
+from .roles import HANDLERS, leaves, segment_boundary, weightless_cones
+from .spiking import SIM_MODES, LayerStats
 
 __all__ = ["Op", "SpikingNetwork", "check_eval_mode", "check_finite", "check_thresholds",
            "convert_to_snn"]
@@ -89,57 +89,57 @@ class Op:
         index: position in forward order.
         name: the ANN call-site name (``layer1.0``, ``layer1.0.relu_1``, ``conv1.relu``).
         op: the ANN operation (``Conv2d``, ``torch.cat``, ``Tensor.view``).
-        role: see :mod:`models.graph`; a BatchNorm folded into its weighted layer is
+        role: a :class:`models.roles.Role`; a BatchNorm folded into its weighted layer is
             ``folded``.
-        kind: analog, burst, train, const or meta (:mod:`models.graph`).
+        kind: a :class:`models.roles.Kind`.
         inputs: indices of the ops whose values it reads.
         num_steps: length of its output train in the step simulator (None for non-tensors).
         fate: what the conversion made of it, in words.
+        call: how it is called: ``"module"`` (``target`` names the layer), ``"method"``
+            (``target`` is the method's name), ``"function"`` (``function`` is the callable)
+            or ``"constant"`` (``target`` names the buffer); None for the input and output.
+        args, kwargs, bound: the call's arguments, as written and by parameter name, with
+            other ops' values as placeholders.
     """
 
     __slots__ = ("index", "name", "op", "role", "kind", "inputs", "num_steps", "fate", "call",
-                 "target", "args", "kwargs", "bound", "tuple_valued", "sign")
+                 "target", "function", "args", "kwargs", "bound", "tuple_valued", "sign", "key")
 
-    def __init__(self, **fields):
-        for key in self.__slots__:
-            setattr(self, key, fields.get(key))
+    def __init__(self, *, index, name, op, role, kind, inputs, num_steps, call, target,
+                 function, args, kwargs, bound, tuple_valued, key):
+        self.index, self.name, self.op, self.role, self.kind = index, name, op, role, kind
+        self.inputs, self.num_steps, self.call, self.target = inputs, num_steps, call, target
+        self.function, self.args, self.kwargs, self.bound = function, args, kwargs, bound
+        self.tuple_valued, self.key = tuple_valued, key
+        self.fate, self.sign = "", 1
+
+    @property
+    def handler(self):
+        """The handler of its role (:data:`models.roles.HANDLERS`)."""
+        return HANDLERS[self.role]
 
     def __repr__(self):
         return f"Op({self.index}, {self.name!r}, {self.op}, {self.role}, steps={self.num_steps})"
 
 
-class WeightedLayer(nn.Module):
-    """A conv/linear layer applied to every step of a folded train ``(T*B, ...)``, its bias
-    (with a folded BatchNorm's shift) added once per window, at the first step."""
+class _Run:
+    """What one pass over the ops needs besides the values: the env key of the images, the
+    batch, each value's number of steps, what to record and the step path's window values."""
 
-    def __init__(self, layer, bias):
-        super().__init__()
-        self.layer = layer
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+    __slots__ = ("image", "batch", "sim", "steps", "record", "keep_counts", "windows")
 
-    def forward(self, x, batch):  # (T*B, ...) -> (T*B, ...)
-        y = self.layer(x)
-        if self.bias is not None:
-            bias = self.bias if isinstance(self.layer, nn.Linear) else \
-                self.bias.view(-1, *([1] * (y.dim() - 2)))
-            y[:batch] += bias
-        return y
+    def __init__(self, batch, sim, steps, record, keep_counts, windows):
+        self.image, self.batch, self.sim, self.steps = _IMAGE, batch, sim, steps
+        self.record, self.keep_counts, self.windows = record, keep_counts, windows
 
 
-class ChannelAffine(nn.Module):
-    """An eval-mode BatchNorm not folded into a layer: ``scale`` on every step (channel dim 1),
-    ``shift`` once per window, at the first step."""
+class _Build:
+    """The layers and constants a conversion collects, and the ANN they come from."""
 
-    def __init__(self, scale, shift):
-        super().__init__()
-        self.register_buffer("scale", scale.detach().clone())
-        self.register_buffer("shift", shift.detach().clone())
+    __slots__ = ("root", "layers", "constants")
 
-    def forward(self, x, batch):  # (T*B, C, ...) -> (T*B, C, ...)
-        view = (-1, *([1] * (x.dim() - 2)))
-        y = x * self.scale.view(view)
-        y[:batch] += self.shift.view(view)
-        return y
+    def __init__(self, root):
+        self.root, self.layers, self.constants = root, {}, {}
 
 
 class SpikingNetwork(nn.Module):
@@ -178,8 +178,7 @@ class SpikingNetwork(nn.Module):
         self.step_budget = step_budget
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self.output_index = len(ops) - 1
-        self._const_keys = {op.index: op.target for op in ops if op.role == "const" and
-                            op.call == "constant"}
+        self._const_keys = {op.index: op.target for op in ops if op.call == "constant"}
         self._steps = {"step": [op.num_steps for op in ops],
                        "counts": [None if op.num_steps is None else 1 for op in ops]}
         last_use = {}
@@ -190,8 +189,8 @@ class SpikingNetwork(nn.Module):
         self._free_after = [[] for _ in ops]
         for j, i in last_use.items():
             self._free_after[i].append(j)
-        self.max_level = max((op.num_steps for op in ops if op.role == "neuron"), default=1)
-        self._window_ops, self._window_sources, self._exact_neurons = _weightless_cones(ops)
+        self.max_level = max((op.num_steps for op in ops if op.handler.spiking), default=1)
+        self._window_ops, self._window_sources, self.exact_neurons = weightless_cones(ops)
         self._units = self._find_units()
         self._plans = {}  # (batch, image shape, dtype, device, budget) -> segments
 
@@ -202,7 +201,7 @@ class SpikingNetwork(nn.Module):
 
     def neurons(self):
         """``[(name, PascalNeuron), ...]`` in forward order, named as the ANN's QCFS layers."""
-        return [(op.name, self.layers[op.target]) for op in self.ops if op.role == "neuron"]
+        return [(op.name, self.layers[op.target]) for op in self.ops if op.handler.spiking]
 
     def fates(self):
         """``[(name, operation, fate), ...]``: what the conversion did with every ANN node."""
@@ -279,50 +278,24 @@ class SpikingNetwork(nn.Module):
         receiving every ``index -> value`` (kept alive: for one-image probes and inspection)."""
         steps = self._steps[sim]
         # step path: the window value (as the counts path computes it) of every value feeding a
-        # spiking layer through weightless operations only (see _weightless_cones)
+        # spiking layer through weightless operations only (see models.roles.weightless_cones)
         windows = {} if sim == "step" and self._window_ops else None
+        run = _Run(batch, sim, steps, record, keep_counts, windows)
         if windows is not None:
             for index in list(env):
-                if index in self._window_ops and (self.ops[index].role == "neuron" or
+                op = self.ops[index] if index != _IMAGE else None
+                if index in self._window_ops and (op.handler.spiking or
                                                   index in self._window_sources):
-                    windows[index] = self._window(self.ops[index], env[index], env, windows,
-                                                  batch)
+                    windows[index] = op.handler.window(self, op, env[index],
+                                                       ChainMap(windows, env), batch)
         for op in self.ops[start:stop]:
             if op.index in self._const_keys:
                 continue
-            role = op.role
-            if role == "input":
-                value = env.pop(_IMAGE)
-            else:
-                if role == "neuron":
-                    total = None
-                    if windows is not None and op.index in self._exact_neurons:
-                        total = self._resolve(op.bound["input"], ChainMap(windows, env))
-                    value = self._neuron(op, self._input(op, env), batch, sim, steps, record,
-                                         keep_counts, total)
-                elif role in ("weighted", "batchnorm"):
-                    value = self.layers[op.target](self._input(op, env), batch)
-                elif role == "folded" or (role == "identity" and op.call != "method"):
-                    value = self._input(op, env)  # dropout, nn.Identity (methods are called)
-                elif role == "add":
-                    value = self._add(op, env, batch, steps)
-                elif role == "cat":
-                    value = self._cat(op, env, batch, steps)
-                elif role == "output":
-                    x = self._resolve(op.args, env)[0]
-                    value = x.reshape(steps[op.inputs[0]], batch, *x.shape[1:]).sum(0)
-                else:
-                    value = self._call(op, self._resolve(op.args, env),
-                                       self._resolve(op.kwargs, env))
-                    if role == "route" and not op.tuple_valued and value.shape[0] != \
-                            steps[op.index] * batch:
-                        raise ModelError(
-                            f"node {op.name!r} ({op.op}) changed the batch dimension to "
-                            f"{value.shape[0]} (expected {steps[op.index] * batch}: time is "
-                            "folded into it); keep the batch dimension first and whole")
+            value = op.handler.run(self, op, env, run)
             env[op.index] = value
             if windows is not None and op.index in self._window_ops:
-                windows[op.index] = self._window(op, value, env, windows, batch)
+                windows[op.index] = op.handler.window(self, op, value, ChainMap(windows, env),
+                                                      batch)
             if probe is not None:
                 probe[op.index] = value
             for j in self._free_after[op.index]:
@@ -331,108 +304,62 @@ class SpikingNetwork(nn.Module):
                     windows.pop(j, None)
         return env
 
-    def _window(self, op, value, env, windows, batch):
-        """The window value of ``op`` (its train summed as the ANN computes it): the image
-        itself, a spiking layer's count times its amplitude, a weighted layer's train summed
-        over its steps, or a weightless operation evaluated on its operands' window values,
-        exactly as the counts path does."""
-        if op.role == "input":
-            return value
-        if op.role == "neuron":
-            neuron = self.layers[op.target]
-            spikes = value.reshape(neuron.level, batch, *value.shape[1:])
-            window = (spikes != 0).sum(0).to(value.dtype) * neuron.amplitude.to(value.dtype)
-            return torch.where(spikes[0].isnan(), spikes[0], window)  # NaN stays NaN
-        if op.index in self._window_sources:
-            return value.reshape(self._steps["step"][op.index], batch, *value.shape[1:]).sum(0)
-        values = ChainMap(windows, env)
-        steps = self._steps["counts"]
-        if op.role == "add":
-            return self._add(op, values, batch, steps)
-        if op.role == "cat":
-            return self._cat(op, values, batch, steps)
-        return self.apply(op, values)
+    @property
+    def step_counts(self):
+        """Each op's number of steps on the step path (None for non-tensors)."""
+        return self._steps["step"]
 
-    def _input(self, op, env):
+    @property
+    def window_steps(self):
+        """Each op's number of steps on the counts path: 1 (None for non-tensors)."""
+        return self._steps["counts"]
+
+    def is_ref(self, template):
+        """Whether an argument template is a placeholder for another op's value."""
+        return isinstance(template, _Ref)
+
+    def resolve(self, template, env):
+        """An argument template with every placeholder replaced by its value in ``env``."""
+        return self._resolve(template, env)
+
+    def input_value(self, op, env):
         """The value of ``op``'s tensor operand (its ``input`` parameter, however written)."""
         return self._resolve(op.bound["input"], env)
 
-    def _call(self, op, args, kwargs):
+    def call(self, op, env):
+        """``op``'s call as the ANN makes it, on the values in ``env``."""
+        args, kwargs = self._resolve(op.args, env), self._resolve(op.kwargs, env)
         if op.call == "module":
             return self.layers[op.target](*args, **kwargs)
         if op.call == "method":
             return getattr(args[0], op.target)(*args[1:], **kwargs)
-        return op.target(*args, **kwargs)
+        return op.function(*args, **kwargs)
 
-    def _neuron(self, op, x, batch, sim, steps, record, keep_counts, total=None):
+    def neuron(self, op, x, run, total=None):
+        """Run the PASCAL neuron of ``op`` on its input ``x`` (``run``: see :class:`_Run`)."""
         neuron = self.layers[op.target]
-        keep = record is not None
-        if sim == "step":
-            num_steps_in = steps[op.inputs[0]]
+        keep = run.record is not None
+        batch = run.batch
+        if run.sim == "step":
+            num_steps_in = run.steps[op.inputs[0]]
             spikes, stats = neuron.simulate(x.reshape(num_steps_in, batch, *x.shape[1:]),
-                                            record=keep, keep_counts=keep_counts, total=total)
+                                            record=keep, keep_counts=run.keep_counts,
+                                            total=total)
             value = spikes.reshape(neuron.level * batch, *x.shape[1:])
         else:  # the step simulator's input length, for the statistics
             num_steps_in = self._steps["step"][op.inputs[0]]
             value, stats = neuron.window_counts(x, num_steps_in, record=keep,
-                                                keep_counts=keep_counts)
+                                                keep_counts=run.keep_counts)
         if keep:
-            record.append(stats)
+            run.record.append(stats)
         return value
-
-    def _add(self, op, env, batch, steps):
-        """``input + other`` or ``input - other`` (``op.sign`` -1) of trains and constants,
-        window sums kept: the result has the first train's length (see the module
-        docstring)."""
-        operands = []  # (value, steps or None for a constant, sign)
-        for name, sign in (("input", 1), ("other", op.sign)):
-            template = op.bound[name]
-            num_steps = steps[template.index] if isinstance(template, _Ref) else None
-            operands.append((self._resolve(template, env), num_steps, sign))
-        trains = [o for o in operands if o[1] is not None]
-        (first, first_steps, first_sign), others = trains[0], trains[1:]
-        if others and others[0][1] == first_steps:  # equal lengths: step by step
-            y = first + others[0][0] if others[0][2] > 0 else first - others[0][0]
-            others = []
-        else:
-            y = -first if first_sign < 0 else first.clone()
-        # operands that broadcast the result to more elements (a (1, C, 1, 1) constant added
-        # to a one-channel train): every step of it broadcast, as the ANN broadcasts the value
-        shape = torch.broadcast_shapes(y.shape, *(
-            (y.shape[0], *value.shape[1:]) if num_steps is not None else value.shape
-            for value, num_steps, _ in operands if torch.is_tensor(value)))
-        if shape != y.shape:
-            y = y.expand(shape).clone()
-        for value, num_steps, sign in others:  # summed over its window into the first step
-            head = value.reshape(num_steps, batch, *value.shape[1:]).sum(0)
-            y[:batch] += head if sign > 0 else -head
-        for value, num_steps, sign in operands:  # constants: once per window
-            if num_steps is None:
-                y[:batch] += value if sign > 0 else -value
-        return y
-
-    def _cat(self, op, env, batch, steps):
-        """Concatenation; trains shorter than the result get zero steps appended."""
-        templates = op.bound["tensors"]
-        tensors = list(self._resolve(templates, env))
-        if isinstance(templates, _Ref):  # a tuple value passed whole: its parts' length
-            templates = [templates] * len(tensors)
-        out_steps = steps[op.index]
-        for i, (template, value) in enumerate(zip(templates, tensors, strict=True)):
-            num_steps = steps[template.index]
-            if num_steps < out_steps:
-                padding = value.new_zeros(((out_steps - num_steps) * batch, *value.shape[1:]))
-                tensors[i] = torch.cat([value, padding])
-        return torch.cat(tensors, op.bound["dim"])
 
     def apply(self, op, env):
         """Evaluate ``op``'s stateless operation as the ANN does (a route, pool, max pool,
         concatenation without padding, identity or size computation) on the values in
         ``env`` (op index -> value; constants are found without it). For analyses of the
         graph such as the cost meter's."""
-        if op.role == "folded" or (op.role == "identity" and op.call != "method"):
-            return self._input(op, env)
-        return self._call(op, self._resolve(op.args, env), self._resolve(op.kwargs, env))
+        return op.handler.apply(self, op, env)
 
     # --- planning ----------------------------------------------------------------------------
 
@@ -450,19 +377,14 @@ class SpikingNetwork(nn.Module):
         skip = set(self._const_keys)
         cuts = find_cuts([op.inputs for op in self.ops], skip)
         valid = {position: alive for position, alive in cuts.items()
-                 if self.ops[alive].role not in ("meta", "const", "output")
-                 and not self.ops[alive].tuple_valued
-                 # a window value the next segment could not recover from the train
-                 and not (alive in self._window_ops and alive not in self._window_sources
-                          and self.ops[alive].role not in ("neuron", "input"))}
+                 if segment_boundary(self.ops[alive], self._window_ops, self._window_sources)}
         bounds = [0] + sorted(valid) + [len(self.ops)]
         return [(start, stop, valid.get(start)) for start, stop in zip(bounds, bounds[1:])]
 
     def chunk_plan(self, x):
         """``[(op names, images per chunk), ...]``: the segments the step simulator runs the
         batch ``x`` in, in forward order, with increasing chunk sizes."""
-        hidden = ("input", "const", "meta", "output")
-        return [([op.name for op in self.ops[s.start:s.stop] if op.role not in hidden], s.size)
+        return [([op.name for op in self.ops[s.start:s.stop] if op.handler.visible], s.size)
                 for s in self._segments(x)]
 
     def _segments(self, x):
@@ -493,9 +415,7 @@ class SpikingNetwork(nn.Module):
             value = values.get(index)
             if torch.is_tensor(value):
                 return value.numel()
-            if isinstance(value, (tuple, list)):
-                return sum(v.numel() for v in value if torch.is_tensor(v))
-            return 0
+            return sum(v.numel() for v in leaves(value) if torch.is_tensor(v))
 
         sizes = {op.index: numel(op.index) for op in self.ops}
         steps = {op.index: op.num_steps or 0 for op in self.ops}
@@ -514,8 +434,7 @@ class SpikingNetwork(nn.Module):
             following = self._units_output(stop)
             weights = sum(t.numel() for op in ops if op.target in self.layers
                           for t in self.layers[op.target].state_dict().values())
-            calls = sum(1 for op in ops if op.role not in ("input", "const", "meta", "folded",
-                                                            "identity"))
+            calls = sum(1 for op in ops if op.handler.module_call)
             profiles.append(UnitProfile(
                 work=max(max(work[start:stop]), 1),
                 output=max(steps[following] * sizes[following], 1),
@@ -527,49 +446,6 @@ class SpikingNetwork(nn.Module):
             if start == stop:
                 return source
         return self.output_index
-
-
-_WEIGHTLESS = ("pool", "maxpool", "add", "scale", "cat", "route", "identity")
-_WINDOW_SOURCES = ("weighted", "batchnorm")
-
-
-def _weightless_cones(ops):
-    """``(values, sources, neurons)``: the spiking layers whose input is computed through
-    weightless operations only (pools, means, additions, concatenations, max pools, routes,
-    scaling by constants) from spiking layers or the image -- and possibly also from
-    weighted layers -- or straight from another spiking layer; every value those inputs are
-    computed from; and, among them, the weighted layers (a layer fed by the image alone reads
-    it exactly: one step).
-
-    On the step path such a neuron's per-step currents may sum to a value an ulp away from
-    the ANN's pre-activation (``3 x (1/6)`` is not ``0.5``), which decides a count at a level
-    boundary; the same operations on the sources' window values (counts times amplitudes)
-    give the ANN's value exactly, so the step simulator evaluates them alongside. A weighted
-    layer in the cone enters with its train summed over its steps: the parts of the input
-    that come from spiking layers and the image are then exact, the weighted part as close
-    to the ANN as its own per-step sums."""
-    values, sources, neurons = set(), set(), set()
-    for op in ops:
-        if op.role != "neuron":
-            continue
-        cone, stack, weightless_only = set(), [op.inputs[0]], True
-        while stack and weightless_only:
-            index = stack.pop()
-            if index in cone:
-                continue
-            cone.add(index)
-            role = ops[index].role
-            if role in _WEIGHTLESS + ("meta", "folded"):  # sizes: a window has B rows, not T*B
-                stack.extend(ops[index].inputs)
-            elif role not in ("neuron", "input", "const") + _WINDOW_SOURCES:
-                weightless_only = False
-        roles = {ops[i].role for i in cone}
-        exact_sources = "neuron" in roles or "input" in roles
-        if weightless_only and ("neuron" in roles or (exact_sources and roles & set(_WEIGHTLESS))):
-            neurons.add(op.index)
-            values |= {i for i in cone if ops[i].role != "const"}
-            sources |= {i for i in cone if ops[i].role in _WINDOW_SOURCES}
-    return values, sources, neurons
 
 
 def check_thresholds(ann):
@@ -650,17 +526,15 @@ def convert_to_snn(ann: nn.Module, sim: str = "step", step_budget=None, *,
     check_finite(ann)
     graph = model_graph(ann, input_shape=input_shape)
     steps = graph.num_steps()
-    ops, layers, constants = [], {}, {}
+    build = _Build(graph.root)
     with torch.no_grad():
-        for g in graph.nodes:
-            ops.append(_convert_node(g, graph.root, steps, layers, constants))
-    return SpikingNetwork(ops, layers, constants, sim=sim, step_budget=step_budget,
+        ops = [_convert_node(g, steps, build) for g in graph.nodes]
+    return SpikingNetwork(ops, build.layers, build.constants, sim=sim, step_budget=step_budget,
                           input_shape=input_shape)
 
 
-def _convert_node(g, root, steps, layers, constants):
+def _convert_node(g, steps, build):
     node = g.node
-    key = node.name  # unique within the graph, a valid attribute name
     index_of = {i.node: i.index for i in g.inputs}
     args = fx.node.map_arg(node.args, lambda n: _Ref(index_of[n]))
     kwargs = fx.node.map_arg(node.kwargs, lambda n: _Ref(index_of[n]))
@@ -668,76 +542,10 @@ def _convert_node(g, root, steps, layers, constants):
         dict(g.binding.arguments), lambda n: _Ref(index_of[n]))
     op = Op(index=g.index, name=g.name, op=g.op, role=g.role, kind=g.kind,
             inputs=tuple(i.index for i in g.inputs), num_steps=steps[g.index], args=args,
-            kwargs=kwargs, bound=bound, tuple_valued=g.tuple_valued, sign=1,
-            fate="applied to every step",
+            kwargs=kwargs, bound=bound, tuple_valued=g.tuple_valued,
             call={"call_module": "module", "call_method": "method",
-                  "call_function": "function"}.get(node.op), target=node.target)
-    role = g.role
-    if role == "input":
-        op.fate = "the analog image, one step"
-    elif role == "const":
-        if node.op == "get_attr":
-            constants[key] = get_attr(root, node.target).detach().clone()
-            op.call, op.target, op.fate = "constant", key, "constant"
-        else:
-            op.fate = "constant, computed as in the ANN"
-            if op.call == "module":
-                layers[key] = copy.deepcopy(g.module)
-                op.target = key
-    elif role == "meta":
-        op.fate = "size arithmetic, as in the ANN"
-    elif role == "neuron":
-        layers[key] = PascalNeuron(g.module.level, g.module.threshold, name=g.name)
-        op.target = key
-        op.fate = f"PASCAL neuron, L={g.module.level}"
-    elif role == "weighted":
-        layer = copy.deepcopy(g.module)
-        bias = layer.bias
-        layer.bias = None
-        folded = [u for u in g.users if u.folded_into is g]
-        if folded:
-            scale, shift = _bn_affine(folded[0].module)
-            layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
-            bias = shift if bias is None else bias * scale + shift
-        layers[key] = WeightedLayer(layer, bias)
-        op.target = key
-        op.fate = ("every step, bias once per window" +
-                   (f", with {folded[0].name!r} folded in" if folded else ""))
-    elif role == "batchnorm":
-        if g.folded_into is not None:
-            op.role = "folded"
-            op.fate = f"folded into {g.folded_into.name!r}"
-        else:
-            layers[key] = ChannelAffine(*_bn_affine(g.module))
-            op.target = key
-            op.fate = "scale every step, shift once per window"
-    elif role == "add":
-        function, method = node.target, node.target if node.op == "call_method" else None
-        subtract = method == "sub" or getattr(function, "__name__", "") in (
-            "sub", "isub")
-        op.sign = -1 if subtract else 1
-        op.fate = "window sums added (first operand's length), constants once per window"
-    elif role == "cat":
-        op.fate = "concatenated, shorter trains zero-padded at the end"
-    elif role == "identity":
-        op.fate = "removed (identity at inference)"
-    elif role == "maxpool":
-        op.fate = ("max of front-loaded bursts, every step" if g.kind == "burst" else
-                   "max of the one-step analog input")
-    elif role == "output":
-        op.fate = "summed over its steps: the logits"
-    if op.call == "module" and role in ("pool", "maxpool", "route"):
-        layers[key] = copy.deepcopy(g.module)
-        op.target = key
+                  "call_function": "function"}.get(node.op),
+            target=node.target, function=g.function,
+            key=node.name)  # unique within the graph, a valid attribute name
+    g.handler.convert(g, op, build)
     return op
-
-
-def _bn_affine(bn):
-    """Eval-mode BN as ``y = scale * x + shift`` per channel."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift

@@ -3,33 +3,8 @@ in the PASCAL spiking network (its *role*), and the refusal of whatever has no e
 counterpart. qcfsify, the converter, T_eff/latency and the cost meter all read this one
 classification, so they agree on what a model is.
 
-Roles (the fate of each node in the spiking network):
-
-- ``input``: the image; it enters once, as an analog current (one step).
-- ``const``: a parameter or buffer read by the graph (``get_attr``).
-- ``meta``: Python values about tensors (``x.size()``, ``x.shape[0]``, ``c // g``).
-- ``neuron``: a QCFS activation, which becomes a PASCAL neuron.
-- ``weighted``: a convolution or linear layer (groups, stride, dilation, padding as they are);
-  its bias is injected once per window.
-- ``batchnorm``: an eval-mode BatchNorm; folded into the weighted layer before it when that
-  layer's output feeds only the BatchNorm, otherwise a per-step scale plus a once-per-window
-  shift.
-- ``add``: addition or subtraction of trains and constants (window sums add).
-- ``scale``: multiplication or division by a constant.
-- ``cat``: concatenation along a non-batch dimension; shorter trains are zero-padded at the end.
-- ``pool``: average and adaptive-average pooling, mean over non-batch dimensions.
-- ``maxpool``: max pooling, only of front-loaded spike bursts or of the one-step analog input.
-- ``route``: element rearrangements that keep time folded into the batch dimension:
-  flatten, view/reshape, transpose/permute, chunk/split and indexing of their parts, channel
-  shuffles built from them.
-- ``identity``: dropout (identity at inference), ``nn.Identity``, ``contiguous``, ``clone``.
-- ``output``: the network's output; the spiking network sums it over its steps.
-
-Value kinds, known statically, decide where max pooling is exact: ``analog`` (computed from the
-image alone: one step whose value is the ANN's), ``burst`` (a spiking layer's front-loaded
-burst of one amplitude per channel, possibly through channel concatenation, channel chunks,
-other max pools, dropout or identity), ``train`` (any other spike-derived value), ``const``
-and ``meta``.
+The roles and value kinds, and what each means to the converter and every analysis, are in
+:mod:`models.roles`, the one module that branches on a role.
 
 Before a node is classified, its arguments are bound to its signature
 (:mod:`models.signatures`), so every spelling of a call reads the same; every tensor value's
@@ -40,7 +15,6 @@ batch size, whose only accepted use is a view's batch dimension.
 import builtins
 import inspect
 import operator
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -49,17 +23,21 @@ from torch import fx, nn
 from errors import ModelError
 
 from .qcfs import QCFS
-from .signatures import BindError, Binding, bind
+from .roles import (HANDLERS, TENSOR_KINDS, Kind, Role, fold_batchnorms, get_attr,
+                    input_rank, leaves, resolve_dim, sizes_rank, view_length_mismatch)
+from .signatures import BindError, bind
 
 __all__ = ["GraphNode", "ModelGraph", "UnsupportedModelError", "call_site_names",
-           "check_inplace_aliasing", "model_graph", "trace"]
+           "check_inplace_aliasing", "get_attr", "model_graph", "trace"]
 
 
 class UnsupportedModelError(ModelError):
     """A model, or one of its nodes, has no exact spiking counterpart (one-line message)."""
 
 
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_WEIGHTED = _CONVS + _TRANSPOSED_CONVS + (nn.Linear,)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
@@ -68,9 +46,20 @@ _MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                      nn.AlphaDropout, nn.FeatureAlphaDropout)
 _ROUTE_MODULES = (nn.Flatten, nn.Unflatten)
+_PAD_MODULES = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+                nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
+                nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+_SHUFFLE_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle)
+_UPSAMPLE_MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 RELU_MODULES = (nn.ReLU, nn.ReLU6)
 RELU_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_, F.relu6)
 RELU_METHODS = ("relu", "relu_")
+# clamps that are a ReLU when the lower bound is 0 and the upper bound (if any) positive
+CLAMP_FUNCTIONS = (torch.clamp, torch.clip, torch.clamp_min, F.hardtanh)
+CLAMP_METHODS = ("clamp", "clip", "clamp_min")
+_CLAMP_INPLACE = (torch.clamp_, torch.clip_, torch.clamp_min_, F.hardtanh_)
+_CLAMP_INPLACE_METHODS = ("clamp_", "clip_", "clamp_min_")
 
 _POOL_FUNCTIONS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
                    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
@@ -80,7 +69,13 @@ _ADD_FUNCTIONS = (operator.add, operator.sub, operator.iadd, operator.isub, torc
 _SUB_FUNCTIONS = (operator.sub, operator.isub, torch.sub)
 _SCALE_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv,
                     torch.div, operator.neg, torch.neg)
-_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
+_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
+_WEIGHTED_FUNCTIONS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d,
+                       F.conv_transpose1d: nn.ConvTranspose1d,
+                       F.conv_transpose2d: nn.ConvTranspose2d,
+                       F.conv_transpose3d: nn.ConvTranspose3d, F.linear: nn.Linear}
+_NEAREST = ("nearest", "nearest-exact")
+_INTERPOLATION = ("linear", "bilinear", "bicubic", "trilinear", "area")
 _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                       F.feature_alpha_dropout)
 # functions and methods that rearrange elements, with where their dim argument sits
@@ -97,10 +92,12 @@ _META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul,
                    torch._assert, builtins.getattr, builtins.len)
 _META_METHODS = ("size", "dim")
 
-_TENSOR_KINDS = ("analog", "burst", "train")
-SUPPORTED = ("QCFS activations, conv/linear layers, BatchNorm, average and adaptive-average "
-             "pooling, max pooling of spike bursts, addition, concatenation, multiplication by "
-             "constants, flatten/view/transpose/chunk/split and dropout")
+_TENSOR_KINDS = TENSOR_KINDS
+SUPPORTED = ("QCFS activations, conv/transposed-conv/linear layers (modules or F.conv*/F.linear "
+             "with parameter weights), BatchNorm, average and adaptive-average pooling, sums and "
+             "means, max pooling of spike bursts, addition, concatenation and stacking, "
+             "multiplication by constants, upsampling (F.interpolate, nn.Upsample), padding, "
+             "pixel (un)shuffle, flatten/view/transpose/chunk/split and dropout")
 
 
 class _Proxy(fx.Proxy):
@@ -207,27 +204,44 @@ def call_site_names(root, graph):
     return names
 
 
-@dataclass(eq=False)
 class GraphNode:
-    """One node of the traced model and what it becomes in the spiking network."""
+    """One node of the traced model and what it becomes in the spiking network.
 
-    index: int
-    node: fx.Node
-    name: str            # call-site name (module path for module calls)
-    op: str              # e.g. "Conv2d", "torch.cat", "Tensor.view"
-    role: str            # see the module docstring
-    kind: str            # analog, burst, train, const or meta
-    inputs: list = field(default_factory=list)   # GraphNodes read, in order of appearance
-    users: list = field(default_factory=list)
-    module: nn.Module | None = None
-    tuple_valued: bool = False
-    folded_into: "GraphNode | None" = None  # for a BatchNorm folded into its weighted layer
-    binding: "Binding | None" = None  # the call's arguments by parameter name (signatures)
-    rank: int | None = None  # number of dims of a tensor value, where known statically
-    # meta values: "size" (the batch size), "derived" (computed from it), "sizes" (a size
-    # tuple, the batch size first) or None
-    batch: str | None = None
-    batch_of: "GraphNode | None" = None  # the tensor whose batch size a meta value holds
+    Attributes:
+        index: position in forward order.
+        node: the fx node.
+        name: call-site name (module path for module calls).
+        op: e.g. ``Conv2d``, ``torch.cat``, ``Tensor.view``.
+        role: a :class:`models.roles.Role`; kind: a :class:`models.roles.Kind`.
+        inputs, users: the GraphNodes read (in order of appearance) and reading it.
+        module: the module called (for ``F.conv2d``/``F.linear`` with parameter weights, an
+            equivalent module holding them), or None.
+        function: the callable of a function call, or None.
+        tuple_valued: the value is a tuple (chunk/split).
+        folded_into: for a BatchNorm folded into its weighted layer, that layer.
+        binding: the call's arguments by parameter name (:mod:`models.signatures`).
+        rank: number of dims of a tensor value, where known statically.
+        batch: for meta values, what they hold of the batch size: "size" (the batch size),
+            "derived" (computed from it), "sizes" (a size tuple, the batch size first) or
+            None; batch_of: the tensor whose batch size it holds.
+    """
+
+    __slots__ = ("index", "node", "name", "op", "role", "kind", "inputs", "users", "module",
+                 "function", "tuple_valued", "folded_into", "binding", "rank", "batch",
+                 "batch_of")
+
+    def __init__(self, index, node, name, op, inputs, module=None):
+        self.index, self.node, self.name, self.op = index, node, name, op
+        self.role, self.kind = Role.REFUSED, Kind.NONE
+        self.inputs, self.users, self.module = inputs, [], module
+        self.function = node.target if node.op == "call_function" else None
+        self.tuple_valued, self.folded_into, self.binding = False, None, None
+        self.rank, self.batch, self.batch_of = None, None, None
+
+    @property
+    def handler(self):
+        """The handler of its role (:data:`models.roles.HANDLERS`)."""
+        return HANDLERS[self.role]
 
     def __repr__(self):
         return f"GraphNode({self.name!r}, {self.op}, role={self.role}, kind={self.kind})"
@@ -241,8 +255,8 @@ class ModelGraph:
         self.output = nodes[-1]
 
     def neurons(self):
-        """The ``neuron`` nodes in forward order."""
-        return [n for n in self.nodes if n.role == "neuron"]
+        """The spiking (QCFS) nodes in forward order."""
+        return [n for n in self.nodes if n.handler.spiking]
 
     def num_steps(self):
         """``{index: steps}``: length of each tensor value's train in the step simulator.
@@ -253,24 +267,8 @@ class ModelGraph:
         values have None.
         """
         steps = {}
-        by_fx = {n.node: n for n in self.nodes}
         for n in self.nodes:
-            tensor_inputs = [steps[i.index] for i in n.inputs if steps.get(i.index) is not None]
-            if n.role == "input":
-                steps[n.index] = 1
-            elif n.role in ("const", "meta"):
-                steps[n.index] = None
-            elif n.role == "neuron":
-                steps[n.index] = n.module.level
-            elif n.role == "cat":
-                steps[n.index] = max(tensor_inputs)
-            elif n.role == "add":  # the first tensor operand's, however the call is written
-                operands = [n.binding.get(name) for name in ("input", "other")]
-                steps[n.index] = next(steps[by_fx[a].index] for a in operands
-                                      if isinstance(a, fx.Node) and
-                                      steps.get(by_fx[a].index) is not None)
-            else:
-                steps[n.index] = tensor_inputs[0] if tensor_inputs else None
+            steps[n.index] = n.handler.num_steps(n, steps)
         return steps
 
 
@@ -296,17 +294,17 @@ def model_graph(model, *, context="", input_shape=None):
     prefix = f"{context}: " if context else ""
     for fx_node in graph.nodes:
         inputs = [by_fx[n] for n in fx_node.all_input_nodes]
-        gnode = GraphNode(index=len(nodes), node=fx_node, name=names.get(fx_node, fx_node.name),
-                          op=_describe(fx_node, root), role="", kind="", inputs=inputs)
-        if fx_node.op == "call_module":
-            gnode.module = root.get_submodule(fx_node.target)
+        gnode = GraphNode(len(nodes), fx_node, names.get(fx_node, fx_node.name),
+                          _describe(fx_node, root), inputs,
+                          root.get_submodule(fx_node.target)
+                          if fx_node.op == "call_module" else None)
         reason = _classify(gnode, root) or _check_batch_uses(gnode)
-        if reason is None and gnode.role not in ("meta", "refused"):
-            gnode.rank = _rank(gnode, root, input_shape)
-            reason = _check_rank(gnode)
+        if reason is None:
+            gnode.rank = gnode.handler.rank(gnode, root, input_shape)
+            reason = gnode.handler.check_rank(gnode)
         if reason is not None:
             raise UnsupportedModelError(f"{prefix}node {gnode.name!r} ({gnode.op}) {reason}")
-        if gnode.role == "neuron":
+        if isinstance(gnode.module, QCFS):
             if fx_node.target in qcfs_calls:
                 raise UnsupportedModelError(
                     f"{prefix}node {gnode.name!r} (QCFS) calls the QCFS module "
@@ -319,7 +317,7 @@ def model_graph(model, *, context="", input_shape=None):
         nodes.append(gnode)
         by_fx[fx_node] = gnode
     check_inplace_aliasing(root, graph, names, context=context, checked=lambda node, operand:
-                           by_fx[operand].kind in ("analog", "burst", "train", "const"))
+                           by_fx[operand].kind in TENSOR_KINDS | {Kind.CONST})
     unused = [name for name, module in root.named_modules()
               if isinstance(module, QCFS) and name not in qcfs_calls]
     if unused:
@@ -327,26 +325,13 @@ def model_graph(model, *, context="", input_shape=None):
             f"{prefix}the QCFS module {unused[0]!r} is never called by forward; remove it "
             "(levels are given per QCFS module, so it would take one, and every analysis "
             "would miss it)")
-    _fold_batchnorms(nodes)
+    fold_batchnorms(nodes)
     model = ModelGraph(root, graph, nodes)
-    mismatch = _check_view_lengths(model)
+    mismatch = view_length_mismatch(model, model.num_steps())
     if mismatch is not None:
         node, reason = mismatch
         raise UnsupportedModelError(f"{prefix}node {node.name!r} ({node.op}) {reason}")
     return model
-
-
-def _fold_batchnorms(nodes):
-    """Mark each BatchNorm whose input is a weighted layer feeding only it as folded: a
-    convolution, whose output channels are the BatchNorm's dim 1, or a Linear layer whose
-    output is 2-D (B, features); a Linear applied to (B, C, F) has its features last, not
-    where the BatchNorm normalises."""
-    for n in nodes:
-        if n.role == "batchnorm" and len(n.inputs) == 1:
-            source = n.inputs[0]
-            channels_first = not isinstance(source.module, nn.Linear) or source.rank == 2
-            if source.role == "weighted" and source.users == [n] and channels_first:
-                n.folded_into = source
 
 
 # --- in-place aliasing ------------------------------------------------------------------------
@@ -482,81 +467,115 @@ def _classify(g, root):
     node = g.node
     kinds = [i.kind for i in g.inputs]
     tensor_kinds = [k for k in kinds if k in _TENSOR_KINDS]
-    spike_kind = "train" if any(k in ("burst", "train") for k in tensor_kinds) else "analog"
+    spike_kind = Kind.TRAIN if any(k in (Kind.BURST, Kind.TRAIN) for k in tensor_kinds) \
+        else Kind.ANALOG
 
     if node.op == "placeholder":
-        g.role, g.kind = "input", "analog"
+        g.role, g.kind = Role.INPUT, Kind.ANALOG
         if any(n.op == "placeholder" for n in node.graph.nodes if n is not node):
             return ("is one of several inputs; the spiking network takes one image batch "
                     "(give the other inputs defaults or fix them in a wrapper)")
         return None
     if node.op == "get_attr":
-        g.role, g.kind = "const", "const"
+        g.role, g.kind = Role.CONST, Kind.CONST
         return None
     if node.op == "output":
-        g.role, g.kind = "output", spike_kind
-        if not _is_node(node.args[0]) or not tensor_kinds:
-            return "returns a tuple or a non-tensor; the spiking network needs one output tensor"
+        g.role, g.kind = Role.OUTPUT, spike_kind
+        outputs = leaves(node.args[0])
+        if not outputs or not all(_is_node(o) and _node_kind(o, g) in _TENSOR_KINDS
+                                  for o in outputs):
+            return ("returns something other than tensors computed from the image (or a dict, "
+                    "tuple or list of them); each output of the spiking network is a tensor "
+                    "summed over its steps")
         return None
     if not tensor_kinds:
         # computed from constants or Python values only: evaluated as the ANN does
         if _is_meta_op(node) and "const" not in kinds:
-            g.role, g.kind = "meta", "meta"
+            g.role, g.kind = Role.META, Kind.META
             g.batch, g.batch_of = _meta_batch(g), _batch_source(g)
             return None
         if "const" in kinds and "meta" not in kinds:
-            g.role, g.kind = "const", "const"  # e.g. a parameter reshaped or scaled
+            g.role, g.kind = Role.CONST, Kind.CONST  # e.g. a parameter reshaped or scaled
             return None
-        g.role = "refused"
+        g.role = Role.REFUSED
         return ("builds a tensor from constants and sizes at run time (e.g. a class token "
                 "expanded to the batch), which has no spiking counterpart")
 
     target = node.target
     if node.op == "call_function" and target in RELU_FUNCTIONS or (
             node.op == "call_method" and target in RELU_METHODS):
-        g.role = "refused"
+        g.role = Role.REFUSED
         return ("is a ReLU call; convert a QCFS network (models.qcfsify turns every ReLU call "
                 "into a QCFS layer)")
+    if (node.op == "call_function" and target in CLAMP_FUNCTIONS + _CLAMP_INPLACE) or (
+            node.op == "call_method" and target in CLAMP_METHODS + _CLAMP_INPLACE_METHODS):
+        g.role = Role.REFUSED
+        if target in _CLAMP_INPLACE + _CLAMP_INPLACE_METHODS:
+            return ("clamps in place; write it out of place (x.clamp(min=0) becomes a QCFS "
+                    "layer in models.qcfsify)")
+        if clamp_is_relu(node, root):
+            return ("clamps at 0 (a ReLU, its upper bound dropped as for ReLU6); convert a "
+                    "QCFS network (models.qcfsify turns it into a QCFS layer)")
+        return ("clamps to other bounds than [0, max > 0], which is not a ReLU and has no exact "
+                "spiking counterpart")
     if (node.op == "call_method" and target in _META_METHODS) or (
             node.op == "call_function" and target is builtins.getattr):
-        g.role, g.kind = "meta", "meta"
+        g.role, g.kind = Role.META, Kind.META
         if target is builtins.getattr and node.args[1] not in ("shape", "ndim"):
             return f"reads the tensor attribute {node.args[1]!r}, which is not supported"
         g.batch, g.batch_of = _meta_batch(g), _batch_source(g)
         return None
     if node.op == "call_method" and target in ("add_", "sub_", "mul_", "div_"):
-        g.role = "refused"
+        g.role = Role.REFUSED
         return ("modifies a tensor in place, which the other users of that tensor would see in "
                 "the ANN; write it out of place")
     try:
         g.binding = b = bind(node, root)
     except BindError as error:
         if error.argument is None and error.reason.startswith("has no known signature"):
-            g.role = "refused"  # a function of the model's own: not one of the supported
+            g.role = Role.REFUSED  # a function of the model's own: not one of the supported
             return f"has no exact spiking counterpart (converted are {SUPPORTED})"
-        g.role = "refused"
+        g.role = Role.REFUSED
         named = f" (argument {error.argument!r})" if error.argument else ""
         return f"cannot be bound to its signature{named}: {error.reason}"
     if "out" in b.given:
-        g.role = "refused"
+        g.role = Role.REFUSED
         return "writes its result into out=, which the spiking network does not reproduce"
 
     if node.op == "call_module":
         return _classify_module(g, g.module, tensor_kinds, spike_kind)
     if node.op == "call_function" and target is operator.getitem and g.inputs[0].tuple_valued:
-        g.role = "route"
+        g.role = Role.ROUTE
         g.kind = g.inputs[0].kind
         return None
     function = target if node.op == "call_function" else None
     method = target if node.op == "call_method" else None
 
+    if function in _WEIGHTED_FUNCTIONS:
+        return _classify_weighted_function(g, root, spike_kind)
+    if function is F.interpolate:
+        return _classify_interpolation(g, b["mode"], tensor_kinds)
+    if function is F.pad:
+        return _classify_pad(g, b["pad"], b.get("mode"), b.get("value"), tensor_kinds)
+    if function in (F.pixel_shuffle, F.pixel_unshuffle):
+        g.role, g.kind = Role.COPY, _copy_kind(g, tensor_kinds, keeps_channels=False)
+        return None
+    if function in (torch.sum,) or method == "sum":
+        dims = b.get("dim")
+        reason = _batch_dim_reason("sums over", dims, input_rank(g))
+        if reason:
+            return reason + "; sum over the other dimensions only"
+        if b.get("dtype") is not None:
+            return "sums with a dtype conversion; convert before or after it"
+        g.role, g.kind = Role.POOL, spike_kind
+        return None
     if function in _ADD_FUNCTIONS or method in ("add", "sub"):
         if b.get("alpha", 1) != 1:
             return "uses alpha; write the scaling as a separate multiplication"
-        g.role, g.kind = "add", spike_kind
+        g.role, g.kind = Role.ADD, spike_kind
         return _constant_broadcast_reason(g, root)
     if function in _SCALE_FUNCTIONS or method in ("mul", "div", "neg"):
-        g.role, g.kind = "scale", spike_kind
+        g.role, g.kind = Role.SCALE, spike_kind
         operands = [b.get("input"), b.get("other")]
         tensors = [a for a in operands if _is_node(a) and _node_kind(a, g) in _TENSOR_KINDS]
         is_division = function in (operator.truediv, operator.itruediv, torch.div) or \
@@ -572,24 +591,27 @@ def _classify(g, root):
         return None
     if function in _CAT_FUNCTIONS:
         dim = b.get("dim", 0)
-        reason = _batch_dim_reason("concatenates along", dim, _input_rank(g))
+        stack = function is torch.stack
+        rank = input_rank(g)
+        rank = rank + 1 if stack and rank is not None else rank
+        reason = _batch_dim_reason("stacks along" if stack else "concatenates along", dim, rank)
         if reason:
             return reason
-        dim = _resolve(dim, _input_rank(g))
+        dim = resolve_dim(dim, rank)
         constants = [i for i in g.inputs if i.kind == "const"]
         if constants:
             return (f"concatenates the constant {constants[0].name!r}, whose batch dimension "
                     "is fixed, with spike trains (time is folded into the batch dimension)")
-        g.role = "cat"
+        g.role = Role.CAT
         if all(k == "analog" for k in tensor_kinds):
-            g.kind = "analog"
-        elif dim == 1 and all(k == "burst" for k in tensor_kinds):
-            g.kind = "burst"
+            g.kind = Kind.ANALOG
+        elif dim == 1 and not stack and all(k == Kind.BURST for k in tensor_kinds):
+            g.kind = Kind.BURST
         else:
-            g.kind = "train"
+            g.kind = Kind.TRAIN
         return None
     if function in _POOL_FUNCTIONS:
-        g.role, g.kind = "pool", spike_kind
+        g.role, g.kind = Role.POOL, spike_kind
         return None
     if function in _MAXPOOL_FUNCTIONS:
         if b.get("return_indices", False):
@@ -597,23 +619,23 @@ def _classify(g, root):
         return _classify_maxpool(g, tensor_kinds)
     if function in (torch.mean,) or method == "mean":
         dims = b.get("dim")
-        reason = _batch_dim_reason("averages over", dims, _input_rank(g))
+        reason = _batch_dim_reason("averages over", dims, input_rank(g))
         if reason:
             return reason + "; average over the other dimensions only"
-        g.role, g.kind = "pool", spike_kind
+        g.role, g.kind = Role.POOL, spike_kind
         return None
     if function in _DROPOUT_FUNCTIONS:
         if b.get("training", True) is not False:
             return ("was traced with training=True, so it would drop in evaluation too; use an "
                     "nn.Dropout module")
-        g.role, g.kind = "identity", tensor_kinds[0]
+        g.role, g.kind = Role.IDENTITY, tensor_kinds[0]
         return None
     if method in ("contiguous", "clone") or function is torch.clone:
-        g.role, g.kind = "identity", tensor_kinds[0]
+        g.role, g.kind = Role.IDENTITY, tensor_kinds[0]
         return None
     if function in _ROUTE_FUNCTIONS or method in _ROUTE_METHODS:
         return _classify_route(g, function or method, tensor_kinds)
-    g.role = "refused"
+    g.role = Role.REFUSED
     return f"has no exact spiking counterpart (converted are {SUPPORTED})"
 
 
@@ -635,32 +657,13 @@ def _is_meta_op(node):
 # use of the batch size (``x.size(0)``, which counts steps x images in the spiking network)
 # other than as the batch dimension of a view is refused.
 
-def _input_rank(g):
-    """Rank of ``g``'s first tensor operand (its ``input``), or None."""
-    operand = g.binding.get("input") if g.binding is not None else None
-    operand = operand if isinstance(operand, fx.Node) else None
-    for i in g.inputs:
-        if (operand is None or i.node is operand) and i.kind in _TENSOR_KINDS + ("const",):
-            return i.rank
-    return None
-
-
-def _resolve(dim, rank):
-    """``dim`` as a non-negative int, or None (not an int, or negative of unknown rank)."""
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        return None
-    if dim >= 0:
-        return dim
-    return None if rank is None else dim + rank
-
-
 def _batch_dim_reason(what, dims, rank):
     """None if no dim in ``dims`` (an int or a sequence) is the batch dimension; otherwise
     why ``what`` (e.g. "averages over") is refused."""
     if dims is None:
         return f"{what} every dimension, the batch dimension included (time is folded into it)"
     for dim in dims if isinstance(dims, (list, tuple)) else (dims,):
-        resolved = _resolve(dim, rank)
+        resolved = resolve_dim(dim, rank)
         if resolved is None and isinstance(dim, int):
             return (f"{what} dim {dim} of a value whose rank is not known statically; give the "
                     "dim as a non-negative number (or the input shape, input_shape=...)")
@@ -680,7 +683,7 @@ def _meta_batch(g):
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         if dim is None:
             return "sizes"
-        resolved = _resolve(dim, sources[0].rank)
+        resolved = resolve_dim(dim, sources[0].rank)
         return "size" if resolved in (0, None) else None
     if node.op == "call_function" and node.target is builtins.getattr:
         return "sizes" if node.args[1] == "shape" else None
@@ -688,7 +691,7 @@ def _meta_batch(g):
             g.inputs and g.inputs[0].batch == "sizes":
         index = node.args[1]
         if isinstance(index, int):
-            return "size" if _resolve(index, _sizes_rank(g.inputs[0])) in (0, None) else None
+            return "size" if resolve_dim(index, sizes_rank(g.inputs[0])) in (0, None) else None
         if isinstance(index, slice):
             return "derived" if index.start in (None, 0) else None
         return "derived"
@@ -719,183 +722,202 @@ def _batch_source(g):
     return None
 
 
-def _check_view_lengths(graph):
-    """A view whose batch dimension comes from another value's size needs that value's train
-    to be as long as its own input's (both hold steps x images in dim 0)."""
-    steps = graph.num_steps()
-    for n in graph.nodes:
-        if n.role != "route" or n.binding is None or "shape" not in n.binding.arguments:
-            continue
-        for i in n.inputs:
-            source = i.batch_of if i.kind == "meta" and i.batch else None
-            operand = next((j for j in n.inputs if j.kind in _TENSOR_KINDS), None)
-            if source is not None and operand is not None and \
-                    steps[source.index] != steps[operand.index]:
-                return n, (f"takes its batch dimension from the size of {source.name!r}, a "
-                           f"{steps[source.index]}-step train, for {operand.name!r}, a "
-                           f"{steps[operand.index]}-step train (time is folded into the batch "
-                           "dimension); take it from the tensor being reshaped, or use -1")
-    return None
-
-
 def _check_batch_uses(g):
     """Refuse a use of the batch size other than as the batch dimension of a view/reshape."""
-    if g.role in ("meta", "refused", "output"):
+    uses = [i for i in g.inputs if i.kind == Kind.META and i.batch]
+    if not uses or g.op == "torch._assert":
         return None
-    uses = [i for i in g.inputs if i.kind == "meta" and i.batch]
-    if not uses:
-        return None
-    if g.role == "route" and g.binding is not None and "shape" in g.binding.arguments:
-        shape = tuple(g.binding["shape"])
-        rest = [i for i in uses if any(a is i.node for a in shape[1:])]
-        first = shape[0] if shape else None
-        whole = len(shape) == 1 and any(i.node is first and i.batch == "sizes" for i in uses)
-        if not rest and (whole or not any(i.node is first and i.batch != "size" for i in uses)):
-            return None
-    if g.op == "torch._assert":
-        return None
-    return (f"uses the batch size (node {uses[0].name!r}); in the spiking network the batch "
-            "dimension holds steps x images, so only a view's batch dimension may be taken "
-            "from it")
-
-
-_CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-_POOL_DIMS = {**{m: int(m.__name__[-2]) for m in _POOL_MODULES + _MAXPOOL_MODULES},
-              **{f: int(f.__name__[-2]) for f in _POOL_FUNCTIONS + _MAXPOOL_FUNCTIONS}}
-
-
-def _rank(g, root, input_shape):
-    """The rank of ``g``'s value, where it follows statically from its operands' ranks."""
-    node, b, r = g.node, g.binding, _input_rank(g)
-    if g.role == "input":
-        if input_shape is not None:
-            return len(tuple(input_shape)) + 1
-        for user in node.users:  # the layer that reads the image fixes its rank
-            if user.op == "call_module":
-                module = root.get_submodule(user.target)
-                spatial = _CONV_DIMS.get(type(module)) or _POOL_DIMS.get(type(module))
-                if spatial:
-                    return spatial + 2
-        return None
-    if g.role == "const":
-        value = get_attr(root, node.target) if node.op == "get_attr" else None
-        return value.dim() if torch.is_tensor(value) else None
-    if g.role == "weighted" and type(g.module) in _CONV_DIMS:
-        return _CONV_DIMS[type(g.module)] + 2
-    if g.role in ("add", "scale"):
-        ranks = [i.rank for i in g.inputs if i.kind in _TENSOR_KINDS + ("const",)]
-        return None if None in ranks else max(ranks)
-    if g.role == "pool" and b is not None and "dim" in b.arguments:  # a mean
-        dims = b["dim"] if isinstance(b["dim"], (list, tuple)) else (b["dim"],)
-        return None if r is None else r if b.get("keepdim") else r - len(dims)
-    if g.role == "route":
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        if isinstance(g.module, nn.Flatten):
-            start, end = _resolve(g.module.start_dim, r), _resolve(g.module.end_dim, r)
-            return None if r is None or None in (start, end) else r - (end - start)
-        if isinstance(g.module, nn.Unflatten):
-            return None if r is None else r + len(g.module.unflattened_size) - 1
-        if name == "flatten":
-            start, end = _resolve(b.get("start_dim", 0), r), _resolve(b.get("end_dim", -1), r)
-            return None if r is None or None in (start, end) else r - (end - start)
-        if name in ("view", "reshape"):
-            shape = tuple(b["shape"])
-            if len(shape) == 1 and isinstance(shape[0], fx.Node):
-                sizes = next((i for i in g.inputs if i.node is shape[0]), None)
-                return None if sizes is None else _sizes_rank(sizes)
-            return len(shape)
-        if name == "permute":
-            return len(tuple(b["dims"]))
-        if name == "unsqueeze":
-            return None if r is None else r + 1
-        if name == "unflatten":
-            return None if r is None else r + len(tuple(b["sizes"])) - 1
-        if name == "squeeze":
-            return None
-        if name == "getitem" and not g.inputs[0].tuple_valued:
-            index = b["index"] if isinstance(b["index"], tuple) else (b["index"],)
-            if r is None or any(i is Ellipsis for i in index):
-                return None
-            return r - sum(isinstance(i, int) for i in index) + sum(i is None for i in index)
-    return r
-
-
-def _sizes_rank(sizes):
-    """The rank of the tensor whose size tuple the meta node ``sizes`` is (or None)."""
-    if sizes.batch != "sizes" or sizes.node.target not in ("size", builtins.getattr):
-        return None
-    return next((i.rank for i in sizes.inputs if i.kind in _TENSOR_KINDS), None)
-
-
-def get_attr(root, target):
-    """The tensor (or module) a ``get_attr`` node reads: ``root``'s attribute at the dotted
-    path ``target``."""
-    value = root
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _check_rank(g):
-    """Pools and convolutions read batched inputs (their unbatched forms would pool over, or
-    convolve across, the folded batch); a Linear needs a batch dimension besides its
-    features."""
-    r = _input_rank(g)
-    spatial = None
-    if g.role in ("pool", "maxpool"):
-        spatial = _POOL_DIMS.get(type(g.module) if g.module is not None else g.node.target)
-    elif g.role == "weighted" and type(g.module) in _CONV_DIMS:
-        spatial = _CONV_DIMS[type(g.module)]
-    if spatial is not None and r is not None and r != spatial + 2:
-        unbatched = " (the unbatched form, which would take the batch dimension, into which " \
-            "time is folded, for channels)" if r == spatial + 1 else ""
-        return (f"reads a {r}-D value{unbatched}; it needs a batched {spatial + 2}-D input "
-                f"(B, C and {spatial} spatial dims)")
-    if g.role == "weighted" and isinstance(g.module, nn.Linear) and r == 1:
-        return "reads a 1-D value, which has no batch dimension"
-    return None
+    return g.handler.check_batch_uses(g, uses)
 
 
 def _classify_module(g, module, tensor_kinds, spike_kind):
     if isinstance(module, QCFS):
-        g.role, g.kind = "neuron", "burst"
+        g.role, g.kind = Role.NEURON, Kind.BURST
         return None
     if isinstance(module, _WEIGHTED):
-        g.role, g.kind = "weighted", spike_kind
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.padding_mode != "zeros":
-            return (f"pads with mode {module.padding_mode!r}; only zero padding is linear and "
-                    "free of constants")
+        g.role, g.kind = Role.WEIGHTED, spike_kind
+        if isinstance(module, _TRANSPOSED_CONVS) and g.binding.get("output_size") is not None:
+            return ("is given output_size at run time; give the module output_padding instead")
+        return None
+    if isinstance(module, _UPSAMPLE_MODULES):
+        return _classify_interpolation(g, module.mode, tensor_kinds)
+    if isinstance(module, _PAD_MODULES):
+        mode = "constant" if isinstance(module, nn.ConstantPad1d | nn.ConstantPad2d |
+                                        nn.ConstantPad3d | nn.ZeroPad1d | nn.ZeroPad2d |
+                                        nn.ZeroPad3d) else "copy"
+        return _classify_pad(g, module.padding, mode, getattr(module, "value", None),
+                             tensor_kinds)
+    if isinstance(module, _SHUFFLE_MODULES):
+        g.role, g.kind = Role.COPY, _copy_kind(g, tensor_kinds, keeps_channels=False)
         return None
     if isinstance(module, _BATCHNORM):
-        g.role, g.kind = "batchnorm", spike_kind
+        g.role, g.kind = Role.BATCHNORM, spike_kind
         if module.running_mean is None or module.running_var is None:
             return ("has no running statistics, so in evaluation it is not a fixed affine map "
                     "(build it with track_running_stats=True)")
         return None
     if isinstance(module, _POOL_MODULES):
-        g.role, g.kind = "pool", spike_kind
+        g.role, g.kind = Role.POOL, spike_kind
         return None
     if isinstance(module, _MAXPOOL_MODULES):
         if module.return_indices:
             return "returns indices, which have no spiking counterpart"
         return _classify_maxpool(g, tensor_kinds)
     if isinstance(module, _IDENTITY_MODULES):
-        g.role, g.kind = "identity", tensor_kinds[0]
+        g.role, g.kind = Role.IDENTITY, tensor_kinds[0]
         return None
     if isinstance(module, _ROUTE_MODULES):
-        g.role, g.kind = "route", spike_kind
+        g.role, g.kind = Role.ROUTE, spike_kind
         dim = module.start_dim if isinstance(module, nn.Flatten) else module.dim
-        return _batch_dim_reason("reshapes", dim, _input_rank(g))
-    g.role = "refused"
-    if isinstance(module, RELU_MODULES):
+        return _batch_dim_reason("reshapes", dim, input_rank(g))
+    g.role = Role.REFUSED
+    if isinstance(module, RELU_MODULES) or hardtanh_is_relu(module):
         return ("is a ReLU; convert a QCFS network (models.qcfsify turns every ReLU into a QCFS "
                 "layer)")
     return f"has no exact spiking counterpart (converted are {SUPPORTED})"
 
 
+def clamp_is_relu(node, root):
+    """Whether a clamp call (``clamp``, ``clip``, ``clamp_min``, ``F.hardtanh``) is a ReLU
+    with an optional positive upper bound: lower bound 0, upper bound None or > 0."""
+    try:
+        b = bind(node, root)
+    except BindError:
+        return False
+    low, high = (b.get("min_val"), b.get("max_val")) if "min_val" in b.arguments else (
+        b.get("min"), b.get("max"))
+    numbers = (int, float)
+    return (isinstance(low, numbers) and not isinstance(low, bool) and low == 0 and
+            (high is None or (isinstance(high, numbers) and high > 0)))
+
+
+def hardtanh_is_relu(module):
+    """Whether ``module`` is an ``nn.Hardtanh`` clamping to ``[0, max > 0]`` (a ReLU6-like
+    ReLU)."""
+    return isinstance(module, nn.Hardtanh) and not isinstance(module, nn.ReLU6) and \
+        module.min_val == 0 and module.max_val > 0
+
+
+def _classify_weighted_function(g, root, spike_kind):
+    """``F.conv*``/``F.conv_transpose*``/``F.linear`` with parameter weights: a weighted
+    layer, given an equivalent module holding the weights."""
+    b = g.binding
+    by_fx = {i.node: i for i in g.inputs}
+    values = {}
+    for name in ("weight", "bias"):
+        operand = b.get(name)
+        if _is_node(operand):
+            if by_fx[operand].kind != Kind.CONST:
+                return (f"takes its {name} from a value computed from the image (e.g. dynamic "
+                        "filters): a product of spike trains has no exact spiking counterpart")
+            values[name] = const_value(by_fx[operand], root)
+        elif operand is not None:
+            return f"takes a {name} that is not a tensor"
+    if "weight" not in values:
+        return "has no weight tensor"
+    g.role, g.kind = Role.WEIGHTED, spike_kind
+    g.module = _module_for(g.function, values["weight"], values.get("bias"), b)
+    return None
+
+
+def _module_for(function, weight, bias, b):
+    """The module computing ``function(input, weight, bias, **options)``."""
+    cls = _WEIGHTED_FUNCTIONS[function]
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    if cls is nn.Linear:
+        module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, **factory)
+    elif cls in _TRANSPOSED_CONVS:
+        groups = b.get("groups", 1)
+        module = cls(weight.shape[0], weight.shape[1] * groups, tuple(weight.shape[2:]),
+                     stride=b.get("stride", 1), padding=b.get("padding", 0),
+                     output_padding=b.get("output_padding", 0), groups=groups,
+                     dilation=b.get("dilation", 1), bias=bias is not None, **factory)
+    else:
+        groups = b.get("groups", 1)
+        module = cls(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                     stride=b.get("stride", 1), padding=b.get("padding", 0),
+                     dilation=b.get("dilation", 1), groups=groups, bias=bias is not None,
+                     **factory)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+    return module
+
+
+def const_value(g, root):
+    """The tensor a ``const`` node holds: a parameter or buffer, or a value computed from
+    them alone, evaluated as the ANN does."""
+    node = g.node
+    if node.op == "get_attr":
+        return get_attr(root, node.target).detach()
+    by_fx = {i.node: i for i in g.inputs}
+    args = fx.node.map_arg(node.args, lambda n: const_value(by_fx[n], root))
+    kwargs = fx.node.map_arg(node.kwargs, lambda n: const_value(by_fx[n], root))
+    with torch.no_grad():
+        if node.op == "call_module":
+            return g.module(*args, **kwargs).detach()
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs).detach()
+        return node.target(*args, **kwargs).detach()
+
+
+def _classify_interpolation(g, mode, tensor_kinds):
+    """Upsampling or resizing: nearest copies elements (bursts stay bursts); the linear modes
+    are fixed linear maps (a general train)."""
+    if mode in _NEAREST:
+        g.role, g.kind = Role.COPY, _copy_kind(g, tensor_kinds)
+        return None
+    if mode in _INTERPOLATION:
+        g.role = Role.RESAMPLE
+        g.kind = Kind.ANALOG if tensor_kinds[0] == Kind.ANALOG else Kind.TRAIN
+        return None
+    return f"interpolates with mode {mode!r}, which is not one of {_NEAREST + _INTERPOLATION}"
+
+
+def _classify_pad(g, pad, mode, value, tensor_kinds):
+    """Padding: with zeros, or with copies of values (reflect, replicate, circular)."""
+    pad = tuple(pad) if isinstance(pad, (list, tuple)) else (pad,) * (2 * _spatial(g))
+    if mode == "constant" and value not in (None, 0, 0.0):
+        return (f"pads with the constant {value!r}, which every step would add; pad with zeros "
+                "and add the constant after it")
+    rank = input_rank(g)
+    if rank is not None and len(pad) // 2 >= rank:
+        return (f"pads {len(pad) // 2} dims of a {rank}-D value, the batch dimension included "
+                "(time is folded into it)")
+    g.role, g.kind = Role.COPY, _copy_kind(g, tensor_kinds)
+    return None
+
+
+def _spatial(g):
+    """Number of spatial dims of a padding module's input (from its class name)."""
+    return int(type(g.module).__name__[-2])
+
+
+def _copy_kind(g, tensor_kinds, keeps_channels=True):
+    """Kind of a copy's value: an analog value stays analog; a burst stays a burst if every
+    channel still holds one layer's copies (true for maps that keep channels, and for pixel
+    (un)shuffle, which merges channels, of a burst from one spiking layer only)."""
+    kind = tensor_kinds[0]
+    if kind == Kind.BURST and (keeps_channels or len(_burst_layers(g.inputs[0])) == 1):
+        return Kind.BURST
+    return Kind.ANALOG if kind == Kind.ANALOG else Kind.TRAIN
+
+
+def _burst_layers(g):
+    """The spiking layers whose spikes a burst value carries."""
+    if isinstance(g.module, QCFS):
+        return {g.index}
+    found = set()
+    for i in g.inputs:
+        if i.kind == Kind.BURST:
+            found |= _burst_layers(i)
+    return found
+
+
 def _classify_maxpool(g, tensor_kinds):
     kind = tensor_kinds[0]
-    g.role, g.kind = "maxpool", kind
+    g.role, g.kind = Role.MAXPOOL, kind
     if kind in ("burst", "analog"):
         return None
     source = g.inputs[0]
@@ -907,7 +929,8 @@ def _classify_maxpool(g, tensor_kinds):
 
 def _classify_route(g, what, tensor_kinds):
     b = g.binding
-    g.role, g.kind = "route", tensor_kinds[0] if tensor_kinds[0] == "analog" else "train"
+    g.role = Role.ROUTE
+    g.kind = Kind.ANALOG if tensor_kinds[0] == Kind.ANALOG else Kind.TRAIN
     name = what if isinstance(what, str) else what.__name__
     if name == "getitem":
         index = b["index"]
@@ -916,15 +939,15 @@ def _classify_route(g, what, tensor_kinds):
             return (f"indexes with {index!r}; indexing must keep the whole batch dimension "
                     "(time is folded into it): start the index with ':'")
         return None
-    rank = _input_rank(g)
+    rank = input_rank(g)
     if name in _TUPLE_VALUED:
         g.tuple_valued = True
         dim = b.get("dim", 0)
         reason = _batch_dim_reason("splits along", dim, rank)
         if reason:
             return reason + "; split along a non-batch dimension"
-        if _resolve(dim, rank) == 1 and tensor_kinds[0] == "burst":
-            g.kind = "burst"  # whole channels of a burst remain bursts
+        if resolve_dim(dim, rank) == 1 and tensor_kinds[0] == "burst":
+            g.kind = Kind.BURST  # whole channels of a burst remain bursts
         return None
     if name == "flatten":
         return _batch_dim_reason("flattens from", b.get("start_dim", 0), rank)
@@ -933,7 +956,7 @@ def _classify_route(g, what, tensor_kinds):
     if name == "permute":
         dims = tuple(b.get("dims") or ())
         reason = _batch_dim_reason("permutes", dims[1:], rank)
-        if not dims or _resolve(dims[0], rank) != 0 or reason:
+        if not dims or resolve_dim(dims[0], rank) != 0 or reason:
             return f"permutes dims {dims!r}, moving the batch dimension (or of unknown rank)"
         return None
     if name == "squeeze":

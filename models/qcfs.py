@@ -196,7 +196,14 @@ class QCFS(nn.Module):
     converted spiking layer.
     """
 
-    relu6 = False  # set by qcfsify where the layer replaced a ReLU6 (caps data thresholds)
+    # set by qcfsify where the layer replaced a bounded ReLU (ReLU6: 6; clamp(0, m) or
+    # hardtanh(0, m): m): the bound caps thresholds chosen from data
+    cap = None
+
+    @property
+    def relu6(self):
+        """Whether the layer replaced a ReLU6 (its cap is 6)."""
+        return self.cap == 6
 
     def __init__(self, level: int = 4, init_threshold: float = 4.0):
         super().__init__()

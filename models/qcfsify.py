@@ -4,25 +4,42 @@ import copy
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .graph import (RELU_FUNCTIONS, RELU_METHODS, RELU_MODULES, call_site_names,
-                    check_inplace_aliasing, model_graph, trace)
+from .graph import (CLAMP_FUNCTIONS, CLAMP_METHODS, RELU_FUNCTIONS, RELU_METHODS,
+                    RELU_MODULES, call_site_names, check_inplace_aliasing, clamp_is_relu,
+                    hardtanh_is_relu, model_graph, trace)
+from .signatures import bind
 from .qcfs import QCFS, set_levels
 
 __all__ = ["qcfsify", "qcfsify_"]
 
 
 def _is_relu(node, root):
+    """Whether ``node`` is a ReLU: ``nn.ReLU``/``nn.ReLU6``, ``nn.Hardtanh(0, m > 0)``, the
+    ReLU functions and methods, or a clamp at 0 with an optional positive upper bound."""
     if node.op == "call_module":
-        return isinstance(root.get_submodule(node.target), RELU_MODULES)
+        module = root.get_submodule(node.target)
+        return isinstance(module, RELU_MODULES) or hardtanh_is_relu(module)
     if node.op == "call_function":
-        return node.target in RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in RELU_METHODS
+        return node.target in RELU_FUNCTIONS or (node.target in CLAMP_FUNCTIONS and
+                                                 clamp_is_relu(node, root))
+    return node.op == "call_method" and (node.target in RELU_METHODS or (
+        node.target in CLAMP_METHODS and clamp_is_relu(node, root)))
 
 
-def _is_relu6(node, root):
+def _upper_bound(node, root):
+    """The upper bound a ReLU node clamps at (6 for ReLU6), or None."""
     if node.op == "call_module":
-        return isinstance(root.get_submodule(node.target), nn.ReLU6)
-    return node.op == "call_function" and node.target is F.relu6
+        module = root.get_submodule(node.target)
+        return 6.0 if isinstance(module, nn.ReLU6) else \
+            float(module.max_val) if isinstance(module, nn.Hardtanh) else None
+    if node.op == "call_function" and node.target is F.relu6:
+        return 6.0
+    if node.op == "call_method" and node.target in RELU_METHODS or \
+            node.op == "call_function" and node.target in RELU_FUNCTIONS:
+        return None
+    b = bind(node, root)
+    high = b.get("max_val") if "max_val" in b.arguments else b.get("max")
+    return None if high is None else float(high)
 
 
 def qcfsify(model, levels, init_threshold=4.0, *, context="", input_shape=None):
@@ -34,7 +51,10 @@ def qcfsify(model, levels, init_threshold=4.0, *, context="", input_shape=None):
     call (``layer1.0.relu``) and later calls get ``_1``, ``_2`` (``layer1.0.relu_1``); a
     function call is named by the module it is called in (``F.relu`` inside module
     ``conv1``: ``conv1.relu``). ReLU6's clipping at 6 is dropped: QCFS clips at its own
-    threshold.
+    threshold. So are the ReLUs spelled as clamps: ``x.clamp(min=0)``, ``torch.clamp(x, 0,
+    m)``, ``x.clip(0)``, ``x.clamp_min(0)``, ``F.hardtanh(x, 0, m)`` and ``nn.Hardtanh(0, m)``
+    with ``m > 0`` become QCFS layers, the upper bound ``m`` dropped (it caps a threshold
+    chosen from data, as ReLU6's 6 does); clamps to other bounds are refused.
 
     Args:
         model: an ``nn.Module`` traceable by torch.fx (no data-dependent control flow). It
@@ -76,10 +96,10 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context="", input_shape=None)
     for node in relus:
         name = names[node]
         qcfs_module = QCFS(level=1, init_threshold=float(init_threshold))
-        # a ReLU6's bound caps a threshold chosen from data (threshold_init.py)
-        qcfs_module.relu6 = _is_relu6(node, network)
+        # a ReLU6's (or a clamp's) bound caps a threshold chosen from data (threshold_init.py)
+        qcfs_module.cap = _upper_bound(node, network)
         network.add_submodule(name, qcfs_module)
-        source = node.args[0] if node.args else node.kwargs["input"]
+        source = bind(node, network)["input"]
         with network.graph.inserting_after(node):
             qcfs = network.graph.call_module(name, (source,))
         qcfs.meta = dict(node.meta)

@@ -10,7 +10,8 @@ from torch import nn
 
 __all__ = ["spike_reach", "dense_macs"]
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d) + _TRANSPOSED
 _WEIGHTED = _CONV + (nn.Linear,)
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
           nn.AdaptiveAvgPool3d)
@@ -92,8 +93,10 @@ def _surrogate(conv, num_spatial):
     """A one-channel copy of ``conv`` with all-ones weights and no bias."""
     if conv.weight.dim() - 2 != num_spatial:
         raise ValueError(f"{type(conv).__name__} fed by a map with {num_spatial} spatial dims")
+    options = {"output_padding": conv.output_padding} if isinstance(conv, _TRANSPOSED) else {}
     probe = type(conv)(1, 1, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                       dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode)
+                       dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode,
+                       **options)
     probe = probe.to(torch.float64)
     with torch.no_grad():
         probe.weight.fill_(1.0)

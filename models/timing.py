@@ -15,10 +15,6 @@ __all__ = ["layer_fan_ins", "layer_num_steps_in", "teff", "teff_term", "latency_
            "pipelined_latency_steps", "neuron_operations", "reference_constants",
            "reference_rows", "teff_reference"]
 
-# Weight-free operations a neuron's input may pass through from a weighted layer.
-_TRANSPARENT = ("batchnorm", "add", "scale", "cat", "pool", "maxpool", "route", "identity")
-
-
 def layer_fan_ins(model):
     """``[(qcfs_name, fan_in), ...]`` in the order of :func:`models.qcfs_layers`.
 
@@ -39,12 +35,7 @@ def layer_fan_ins(model):
 
     def fan_in(node):  # largest fan-in reaching ``node``'s value, 0 if none
         if node.index not in memo:
-            if node.role == "weighted":
-                memo[node.index] = int(node.module.weight[0].numel())
-            elif node.role in _TRANSPARENT:
-                memo[node.index] = max((fan_in(i) for i in node.inputs), default=0)
-            else:  # a spiking layer, the image, constants
-                memo[node.index] = 0
+            memo[node.index] = node.handler.fan_in(node, [fan_in(i) for i in node.inputs])
         return memo[node.index]
 
     found = {n.name: max((fan_in(i) for i in n.inputs), default=0) or 1
@@ -141,24 +132,27 @@ def _latencies(model):
     """
     graph = model_graph(model)
     steps = graph.num_steps()
-    done, finish, emitting, per_layer = {}, {}, {}, {}
+    clock = _Clock()
     for node in graph.nodes:
         inputs = [i.index for i in node.inputs]
-        done[node.index] = max((done[i] for i in inputs), default=0)
-        finish[node.index] = max((finish[i] for i in inputs), default=0)
-        emitting[node.index] = max((emitting[i] for i in inputs), default=0)
-        if node.role == "add":  # a train of another length is folded into the first step
-            emitting[node.index] = max([emitting[node.index]] + [
-                finish[i] for i in inputs
-                if steps[i] is not None and steps[i] != steps[node.index]])
-        if node.role == "neuron":
-            t_in, level = steps[node.inputs[0].index], node.module.level
-            per_layer[node.name] = (t_in, t_in + max(t_in, level) - 1 + level)
-            done[node.index] += per_layer[node.name][1]
-            finish[node.index] = emitting[node.index] + per_layer[node.name][1]
-            emitting[node.index] = finish[node.index] - level
+        clock.done[node.index] = max((clock.done[i] for i in inputs), default=0)
+        clock.finish[node.index] = max((clock.finish[i] for i in inputs), default=0)
+        clock.emitting[node.index] = max((clock.emitting[i] for i in inputs), default=0)
+        node.handler.time(node, steps, clock)
     out = graph.output.index
-    return done[out], [per_layer[name] for name, _ in qcfs_layers(model)], finish[out]
+    return (clock.done[out], [clock.per_layer[name] for name, _ in qcfs_layers(model)],
+            clock.finish[out])
+
+
+class _Clock:
+    """Per node: when its value is complete, sequentially (``done``) and pipelined
+    (``finish``), and from when its last steps arrive pipelined (``emitting``); per spiking
+    layer, ``per_layer[name] = (T_in, steps)``."""
+
+    __slots__ = ("done", "finish", "emitting", "per_layer")
+
+    def __init__(self):
+        self.done, self.finish, self.emitting, self.per_layer = {}, {}, {}, {}
 
 
 # The published T_eff script's constant lists, as exact fractions.

@@ -153,3 +153,56 @@ def test_tests_leave_product_modules_and_private_attributes_alone():
         found = reaches_into_the_product(path.read_text())
         assert not found, f"{path.name}: " + "; ".join(f"line {line} {what}"
                                                        for line, what in found)
+
+
+# --- one handler per role ------------------------------------------------------------------------
+
+HANDLER_MODULE = REPO / "models" / "roles.py"
+
+
+def _is_role(node):
+    """``x.role``, ``role`` or ``Role.X``."""
+    if isinstance(node, ast.Attribute) and node.attr == "role":
+        return True
+    if isinstance(node, ast.Name) and node.id == "role":
+        return True
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+            node.value.id == "Role":
+        return True
+    return False
+
+
+def role_branches(source):
+    """``[(line, text), ...]``: every comparison (``==``, ``!=``, ``in``, ``not in``, ``is``)
+    with a role on either side, and every ``match`` on a role."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            elements = [e for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set))
+                        for e in o.elts]
+            if any(_is_role(o) for o in operands + elements):
+                found.append((node.lineno, ast.unparse(node)))
+        elif isinstance(node, ast.Match) and _is_role(node.subject):
+            found.append((node.lineno, ast.unparse(node.subject)))
+    return found
+
+
+def test_the_role_guard_sees_every_spelling():
+    spellings = ['op.role == "neuron"', 'op.role != Role.ADD', 'g.role in ("pool", "maxpool")',
+                 'role not in _WEIGHTLESS', 'n.role is Role.NEURON',
+                 'kind in (Role.CAT, Role.ADD)']
+    for spelling in spellings:
+        assert role_branches(f"x = {spelling}\n"), spelling
+    assert role_branches("match op.role:\n    case 'add':\n        pass\n")
+    # assignments and the table lookup are not branches
+    assert not role_branches('g.role = Role.ADD\nh = HANDLERS[op.role]\nk = g.kind == "burst"\n')
+
+
+@pytest.mark.parametrize("path", [p for p in product_files() if p != HANDLER_MODULE],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_only_the_handler_module_branches_on_a_role(path):
+    found = role_branches(path.read_text())
+    assert not found, (f"{path.name} branches on a role at line(s) "
+                       f"{[line for line, _ in found]} ({found[0][1]}); give the role's handler "
+                       "in models/roles.py the behaviour instead")
