@@ -9,6 +9,14 @@ one-line reason (the node and the operation).
 
     python3 benchmarks/check_architectures.py --json benchmarks/results/architectures.json
     python3 benchmarks/check_architectures.py --archs alexnet,vgg16
+
+Segmentation networks (``--archs`` names ``seg:fcn_resnet50``, ``seg:deeplabv3_resnet50``,
+with ``+aux`` for the auxiliary head, and ``unet``, the small U-Net of tests/helpers.py) are
+made QCFS networks with ``models.qcfsify`` at 64x64 with levels 2-4, so every layer can show
+two or more nonzero levels; their rows also give T_eff and the latencies:
+
+    python3 benchmarks/check_architectures.py --archs "$(python3 benchmarks/check_architectures.py --list-segmentation)" \
+        --json benchmarks/results/segmentation.json
 """
 import argparse
 import json
@@ -18,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,8 +35,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import models  # noqa: E402  (needs the repository root on sys.path)
 import snn_cost  # noqa: E402
 from cost_meter import CostMeter  # noqa: E402
-from helpers import (ann_levels, calibrate_thresholds_, few_long_levels,  # noqa: E402
+from helpers import (UNet, ann_levels, calibrate_thresholds_, few_long_levels,  # noqa: E402
                      randomize_)
+from models.roles import leaves  # noqa: E402
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps,  # noqa: E402
                            teff)
 
@@ -35,18 +45,39 @@ DEFAULT = ("resnet18,resnet50,vgg11_bn,mobilenet_v2,densenet121,googlenet,squeez
            "alexnet,vgg16,shufflenet_v2_x1_0,regnet_x_400mf,mnasnet0_5,resnext50_32x4d,"
            "inception_v3,efficientnet_b0,vit_b_16,regnet_y_400mf,mobilenet_v3_small,"
            "convnext_tiny,swin_t")
+SEGMENTATION = ("seg:fcn_resnet50,seg:fcn_resnet50+aux,seg:deeplabv3_resnet50,"
+                "seg:deeplabv3_resnet50+aux,unet")
+
+
+def build(name):
+    """``(arch label, QCFS model, input size, levels)`` for a name of ``--archs``."""
+    if name == "unet":
+        model = models.qcfsify(UNet(), 1)
+        layers = len(models.qcfs_layers(model))
+        return "unet", model, 64, [2 + i % 3 for i in range(layers)]
+    if name.startswith("seg:"):
+        base, _, aux = name[4:].partition("+")
+        net = getattr(torchvision.models.segmentation, base)(
+            weights=None, weights_backbone=None, num_classes=21, aux_loss=aux == "aux")
+        model = models.qcfsify(net, 1, input_shape=(3, 64, 64))
+        layers = len(models.qcfs_layers(model))
+        return name, model, 64, [2 + i % 3 for i in range(layers)]
+    arch = f"tv:{name}"
+    model = models.create_model(arch, num_classes=10, levels=1)
+    layers = len(models.qcfs_layers(model))
+    size = max(64, models.min_input_size(model) or 64)
+    return arch, model, size, None
 
 
 def check(name, seed=0, images=2):
-    arch = f"tv:{name}"
     started = time.perf_counter()
     try:
-        model = models.create_model(arch, num_classes=10, levels=1)
+        arch, model, size, chosen = build(name)
     except ValueError as error:
-        return {"arch": arch, "result": "refused", "reason": str(error)}
+        return {"arch": name if name.startswith(("seg:", "unet")) else f"tv:{name}",
+                "result": "refused", "reason": str(error)}
     layers = len(models.qcfs_layers(model))
-    size = max(64, models.min_input_size(model) or 64)
-    models.set_levels(model, few_long_levels(layers, seed))
+    models.set_levels(model, chosen or few_long_levels(layers, seed))
     generator = torch.Generator().manual_seed(seed)
     model = randomize_(model, generator).double()
     x = torch.randn(images, 3, size, size, generator=generator, dtype=torch.float64)
@@ -56,7 +87,14 @@ def check(name, seed=0, images=2):
     row = {"arch": arch, "result": "exact", "qcfs_layers": layers, "input_size": size,
            "images": images, "levels": models.get_levels(model),
            "active_min": min(active), "active_max": max(active)}
-    scale = float(logits.abs().max())
+    if chosen is not None:  # the segmentation rows: two or more nonzero levels per layer
+        row["min_nonzero_levels"] = min(len(set(level.unique().tolist()) - {0})
+                                        for level in levels.values())
+        layer_levels = models.get_levels(model)
+        row["T_eff"] = teff(layer_levels, layer_fan_ins(model))[0]
+        row["latency_steps"] = latency_steps(model)[0]
+        row["latency_pipelined_steps"] = pipelined_latency_steps(model)
+    scale = max(float(t.abs().max()) for t in leaves(logits))
     for sim in ("step", "counts"):
         snn = models.convert_to_snn(model, sim=sim)
         tick = time.perf_counter()
@@ -64,7 +102,8 @@ def check(name, seed=0, images=2):
         row[f"{sim}_seconds"] = time.perf_counter() - tick
         difference = max(int((s.counts.to(torch.int64) - levels[s.name]).abs().max())
                          for s in stats)
-        error = float((out - logits).abs().max()) / scale
+        error = max(float((a - b).abs().max()) for a, b in
+                    zip(leaves(out), leaves(logits), strict=True)) / scale
         row[f"{sim}_max_count_difference"] = difference
         row[f"{sim}_max_logit_error_over_max_logit"] = error
         if difference != 0 or error > 1e-9:
@@ -122,8 +161,14 @@ def get_args_parser():
                         help="torch CPU threads (default: torch's default)")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the rows as JSON (default: no file)")
+    parser.add_argument("--list-segmentation", action="store_true",
+                        help="print the segmentation names for --archs and exit")
     return parser
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    arguments = get_args_parser().parse_args()
+    if arguments.list_segmentation:
+        print(SEGMENTATION)
+    else:
+        main(arguments)

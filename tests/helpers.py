@@ -308,3 +308,33 @@ def recording_logger(name):
     logger.setLevel(logging.INFO)
     logger.propagate = False
     return logger, messages
+
+
+class UNet(nn.Module):
+    """A two-level U-Net: double convolutions, max pooling down, transposed convolutions up,
+    skip concatenations, a 1x1 head."""
+
+    def __init__(self, classes=3, width=4):
+        super().__init__()
+
+        def double(c_in, c_out):
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                                 nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                                 nn.BatchNorm2d(c_out), nn.ReLU())
+
+        w = width
+        self.enc1, self.enc2, self.mid = double(3, w), double(w, 2 * w), double(2 * w, 4 * w)
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = double(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = double(2 * w, w)
+        self.head = nn.Conv2d(w, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.mid(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        return self.head(d1)
