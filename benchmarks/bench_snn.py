@@ -33,7 +33,7 @@ and reports the relative difference of the last losses (ReLU likewise).
 
 ``--against COMMIT`` extracts that commit's ``models`` package (``git archive``) into a
 temporary folder, imports it under another name and times its converter's step simulation
-next to this one's, interleaved, on the same weights.
+and counts path next to this one's, interleaved, on the same weights.
 """
 import argparse
 import importlib
@@ -105,8 +105,9 @@ def get_args_parser(add_help=True):
                         help="input height and width (default: 32 for the built-in "
                              "architectures, 64 for tv:NAME)")
     parser.add_argument("--against", default=None, metavar="COMMIT",
-                        help="also time the step simulation of the models package of this git "
-                             "commit, interleaved with this one's (default: off)")
+                        help="also time the step simulation and the counts path of the models "
+                             "package of this git commit, interleaved with this one's "
+                             "(default: off)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
@@ -447,9 +448,12 @@ def bench_row(arch, config, levels, args, device, measure_memory, old_models=Non
         old_ann.load_state_dict(model.state_dict())
         old_snn = old_models.convert_to_snn(old_ann.to(device).eval(),
                                             step_budget=args.step_budget)
+        old_counts = old_models.convert_to_snn(old_ann.to(device).eval(), sim="counts")
         functions["old_snn"] = lambda: old_snn(x)
+        functions["old_counts"] = lambda: old_counts(x)
         with torch.inference_mode():
-            agree = torch.equal(old_snn(x).argmax(1), step_snn(x).argmax(1))
+            agree = torch.equal(old_snn(x).argmax(1), step_snn(x).argmax(1)) and \
+                torch.equal(old_counts(x).argmax(1), counts_snn(x).argmax(1))
     times = time_interleaved(functions, args.reps, device)
     median = {name: statistics.median(t) for name, t in times.items()}
     overheads = [s / (a * ratio) for s, a in zip(times["snn"], times["ann"], strict=True)]
@@ -481,6 +485,12 @@ def bench_row(arch, config, levels, args, device, measure_memory, old_models=Non
         row["snn_new_over_old_spread"] = spread(old_ratios)
         # on a loaded machine the fastest repetition of each is the least disturbed one
         row["snn_new_over_old_of_minima"] = min(times["snn"]) / min(times["old_snn"])
+        old_counts_ratios = [n / o for n, o in
+                             zip(times["counts"], times["old_counts"], strict=True)]
+        row["old_counts_img_s"] = args.batch / median["old_counts"]
+        row["counts_new_over_old"] = median["counts"] / median["old_counts"]
+        row["counts_new_over_old_spread"] = spread(old_counts_ratios)
+        row["counts_new_over_old_of_minima"] = min(times["counts"]) / min(times["old_counts"])
         row["old_same_predictions"] = agree
     if args.compare_whole_chunks:
         row["whole_chunks_images"] = whole_chunk
