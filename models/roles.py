@@ -199,6 +199,7 @@ class Handler:
     window_source = False    # enters a window cone with its train summed over its steps
     visible = True           # listed in chunk plans
     module_call = True       # counted as a call when the chunk planner prices a segment
+    batch_size_free = False  # may use the batch size as it likes (size arithmetic, outputs)
     fate = "applied to every step"
 
     # graph: steps, ranks, checks
@@ -219,6 +220,8 @@ class Handler:
 
     def check_batch_uses(self, g, uses):
         """Why ``g``'s use of the batch size (the meta nodes ``uses``) is refused, or None."""
+        if self.batch_size_free:
+            return None
         return (f"uses the batch size (node {uses[0].name!r}); in the spiking network the batch "
                 "dimension holds steps x images, so only a view's batch dimension may be taken "
                 "from it")
@@ -301,9 +304,6 @@ class _InputHandler(Handler):
     def window(self, net, op, value, values, batch):
         return value
 
-    def spikes(self, net, op, meter):
-        return None
-
 
 class _ConstHandler(Handler):
     role = Role.CONST
@@ -336,15 +336,13 @@ class _MetaHandler(Handler):
     tensor = False
     visible = False
     module_call = False
+    batch_size_free = True
     fate = "size arithmetic, as in the ANN"
 
     def num_steps(self, g, steps):
         return None
 
     def rank(self, g, root, input_shape):
-        return None
-
-    def check_batch_uses(self, g, uses):
         return None
 
 
@@ -483,6 +481,31 @@ class _FoldedHandler(Handler):
 
     def burst_counts(self, net, op, meter):
         return meter.burst_counts(op.inputs[0])
+
+
+class _IdentityHandler(_FoldedHandler):
+    """Dropout and ``nn.Identity`` pass their input on; ``contiguous`` and ``clone`` copy
+    it."""
+
+    role = Role.IDENTITY
+    weightless = True
+    fate = "removed (identity at inference)"
+
+    def convert(self, g, op, build):
+        op.fate = self.fate
+
+    def run(self, net, op, env, run):
+        if op.call == "method":  # contiguous, clone
+            return net.call(op, env)
+        return super().run(net, op, env, run)
+
+    def apply(self, net, op, env):
+        return self.run(net, op, env, None)
+
+    def spikes(self, net, op, meter):
+        if op.call == "method":  # contiguous, clone: a copy, laid out anew
+            return meter.rearranged_spikes(op)
+        return super().spikes(net, op, meter)
 
 
 class _AddHandler(Handler):
@@ -741,40 +764,11 @@ class _ResampleHandler(Handler):
     fate = "interpolated, every step"
 
 
-class _IdentityHandler(Handler):
-    role = Role.IDENTITY
-    transparent = True
-    weightless = True
-    fate = "removed (identity at inference)"
-
-    def convert(self, g, op, build):
-        op.fate = self.fate
-
-    def run(self, net, op, env, run):
-        if op.call == "method":  # contiguous, clone
-            return net.call(op, env)
-        return net.input_value(op, env)  # dropout, nn.Identity
-
-    def apply(self, net, op, env):
-        return self.run(net, op, env, None)
-
-    def spikes(self, net, op, meter):
-        if op.call == "method":  # contiguous, clone: a copy, laid out anew
-            return meter.rearranged_spikes(op)
-        return meter.first_tensor_spikes(op)
-
-    def burst_counts(self, net, op, meter):
-        return meter.burst_counts(op.inputs[0])
-
-
 class _OutputHandler(Handler):
     role = Role.OUTPUT
     visible = False
-    module_call = True
+    batch_size_free = True
     fate = "summed over its steps: the logits"
-
-    def check_batch_uses(self, g, uses):
-        return None
 
     def convert(self, g, op, build):
         op.fate = self.fate if len(g.inputs) == 1 else \
