@@ -725,7 +725,7 @@ def _batch_source(g):
 def _check_batch_uses(g):
     """Refuse a use of the batch size other than as the batch dimension of a view/reshape."""
     uses = [i for i in g.inputs if i.kind == Kind.META and i.batch]
-    if not uses or g.op == "torch._assert":
+    if not uses or g.function is torch._assert:
         return None
     return g.handler.check_batch_uses(g, uses)
 

@@ -40,6 +40,7 @@ import builtins
 import copy
 import enum
 import math
+import operator
 from collections import ChainMap
 
 import torch
@@ -100,6 +101,7 @@ TENSOR_KINDS = frozenset({Kind.ANALOG, Kind.BURST, Kind.TRAIN})
 
 _CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1,
               nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
+_SUBTRACTIONS = (operator.sub, operator.isub, torch.sub)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
@@ -526,7 +528,8 @@ class _AddHandler(Handler):
 
     def convert(self, g, op, build):
         super().convert(g, op, build)
-        subtract = function_name(g) in ("sub", "isub", "__sub__")
+        subtract = g.function in _SUBTRACTIONS or (g.node.op == "call_method" and
+                                                   g.node.target == "sub")
         op.sign = -1 if subtract else 1
 
     def run(self, net, op, env, run):
@@ -599,11 +602,11 @@ class _CatHandler(Handler):
 
     def rank(self, g, root, input_shape):
         r = input_rank(g)
-        return None if r is None else r + (function_name(g) == "stack")
+        return None if r is None else r + (g.function is torch.stack)
 
     def convert(self, g, op, build):
         super().convert(g, op, build)
-        op.fate = ("stacked" if function_name(g) == "stack" else "concatenated") + \
+        op.fate = ("stacked" if g.function is torch.stack else "concatenated") + \
             ", shorter trains zero-padded at the end"
 
     def run(self, net, op, env, run):
