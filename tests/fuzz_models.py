@@ -3,14 +3,19 @@
 Each model is a ``class Model(nn.Module)`` drawn from a grammar of the operations the
 converter takes (and some it must refuse), in their module and functional spellings, with
 positional and keyword arguments, positive and negative dimensions, broadcast constants and
-buffers; it is made a QCFS network by ``models.qcfsify`` with random levels 1-8 (3, 5 and 6
+buffers: convolutions (also transposed, also ``F.conv2d``/``F.conv_transpose2d``/``F.linear``
+with registered ``nn.Parameter`` weights, also with reflect/circular padding modes),
+upsampling (nearest: copies that keep bursts; bilinear: resampling), padding, pixel
+(un)shuffle, stacking, sums, ReLUs spelled as clamps and hardtanh, and dict or tuple outputs.
+It is made a QCFS network by ``models.qcfsify`` with random levels 1-8 (3, 5 and 6
 included), given random weights, thresholds calibrated to keep it alive and, in half of the
 models, one shared round threshold for every layer (ties: values on rounding boundaries).
 
 The property (:func:`check`): the model is refused at conversion with a one-line
 ``ValueError`` that names what it refuses, or, on both simulation paths, every neuron's spike
-count equals its ANN level, the logits agree with the ANN's, and the cost report, T_eff and
-the latencies compute, with the meter's spike counts equal to the ANN's levels.
+count equals its ANN level, the outputs agree with the ANN's (a dict or tuple output: the
+same keys or length, each tensor), and the cost report, T_eff and the latencies compute, with
+the meter's spike counts equal to the ANN's levels.
 
 A failing model prints as the Python source that builds it. Run many from the command line:
 
@@ -42,8 +47,11 @@ from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps
 
 LEVELS = (1, 2, 3, 4, 5, 6, 7, 8)
 # Every spelling the grammar writes that the converter takes (the test asserts each occurs in
-# accepted models); the grammar also writes "refuse:*" forms and F.dropout with
-# training=self.training, which must be refused.
+# accepted models); the grammar also writes "refuse:*" forms (a product of trains, uses of the
+# batch dimension, clamps to other bounds than [0, m], a pad with a nonzero constant, a sum of
+# every dim, a max pool after bilinear upsampling) and F.dropout with training=self.training,
+# which must be refused (or, where they happen to be exact, as a max pool of the analog image
+# resampled, be exact).
 ACCEPTED_FORMS = (
     "conv:module", "conv:module(input=)", "batchnorm", "linear",
     "relu:F.relu", "relu:torch.relu", "relu:method", "relu:module", "relu:F.relu(input=)",
@@ -61,6 +69,23 @@ ACCEPTED_FORMS = (
     "cat:list", "cat:tuple dim=", "cat:negative dim", "cat:tensors=",
     "flatten:torch.flatten", "flatten:method", "flatten:module", "flatten:view size(0)",
     "flatten:reshape -1",
+    # convolutions and linear layers in their other spellings
+    "conv:F.conv2d", "conv:F.conv2d(padding=same, groups=)", "conv:padding_mode=reflect",
+    "conv:padding_mode=circular", "convT:module", "convT:F.conv_transpose2d",
+    "linear:F.linear",
+    # ReLUs spelled as clamps
+    "relu:clamp(min=0)", "relu:torch.clamp(x, 0, 6)", "relu:torch.clip(x, 0)",
+    "relu:clamp_min(0)", "relu:F.hardtanh(x, 0, 6)", "relu:nn.Hardtanh(0, 6)",
+    # copies (bursts stay bursts) and resampling
+    "upsample:nearest F.interpolate", "upsample:nearest size=", "upsample:nearest module",
+    "upsample:bilinear F.interpolate", "upsample:bilinear size=", "upsample:bilinear module",
+    "pad:F.pad zeros", "pad:F.pad reflect", "pad:F.pad replicate", "pad:F.pad circular",
+    "pad:ZeroPad2d", "pad:ReflectionPad2d",
+    "pixel:F.pixel_shuffle", "pixel:PixelShuffle", "pixel:F.pixel_unshuffle",
+    "pixel:PixelUnshuffle", "maxpool:after copy",
+    # stacking, sums, several outputs
+    "stack:sum", "stack:view", "sum:torch.sum(dim=)", "head:sum", "output:dict",
+    "output:tuple",
 )
 SHARED_THRESHOLDS = (1.0, 2.0, 4.0)
 
@@ -118,15 +143,76 @@ def conv(b, v):
     k = b.rng.choice((1, 3, 3))
     stride = b.rng.choice((1, 1, 2)) if min(h, w) >= 4 else 1
     padding = k // 2
-    layer = b.module("conv", f"nn.Conv2d({c}, {out}, {k}, stride={stride}, padding={padding})")
     shape = (out, (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1)
-    form, call = b.pick([("conv:module", lambda: f"{layer}({v.name})"),
-                         ("conv:module(input=)", lambda: f"{layer}(input={v.name})")])
-    value = b.emit(form, call, shape)
+
+    def layer(mode=None):
+        return _conv_module(b, c, out, k, stride, padding, mode)
+
+    options = [
+        ("conv:module", lambda: f"{layer()}({v.name})"),
+        ("conv:module(input=)", lambda: f"{layer()}(input={v.name})"),
+        ("conv:F.conv2d", lambda: f"F.conv2d({v.name}, self.{_param(b, (out, c, k, k))}, "
+                                  f"self.{_param(b, (out,), 0.1)}, {stride}, {padding})"),
+        ("conv:padding_mode=circular", lambda: f"{layer('circular')}({v.name})"),
+    ]
+    if padding and min(h, w) > padding:  # reflection needs more pixels than it pads
+        options.append(("conv:padding_mode=reflect",
+                        lambda: f"{layer('reflect')}({v.name})"))
+    if c % 2 == 0 and out % 2 == 0:
+        options.append(("conv:F.conv2d(padding=same, groups=)",
+                        lambda: f"F.conv2d({v.name}, self.{_param(b, (out, c // 2, 3, 3))}, "
+                                f"padding='same', groups=2)"))
+    options += [("convT", None)] * 2
+    form, make = b.rng.choice(options)
+    if form == "convT":
+        value = conv_transpose(b, v, out)
+    else:
+        if form == "conv:F.conv2d(padding=same, groups=)":
+            shape = (out, h, w)
+        value = b.emit(form, make(), shape)
     if b.rng.random() < 0.5:
         norm = b.module("bn", f"nn.BatchNorm2d({out})")
-        value = b.emit("batchnorm", f"{norm}({value.name})", shape)
+        value = b.emit("batchnorm", f"{norm}({value.name})", value.shape)
     return value
+
+
+def _conv_module(b, c, out, k, stride, padding, mode=None):
+    mode = f", padding_mode={mode!r}" if mode else ""
+    return b.module("conv", f"nn.Conv2d({c}, {out}, {k}, stride={stride}, padding={padding}"
+                            f"{mode})")
+
+
+def conv_transpose(b, v, out):
+    """A transposed convolution: stride 2 (doubling the size) on small values, else stride 1;
+    a module or ``F.conv_transpose2d`` with a parameter weight."""
+    c, h, w = v.shape
+    k, stride, padding, output_padding, dilation = b.rng.choice(
+        [(3, 2, 1, 1, 1), (2, 2, 0, 0, 1), (3, 2, 2, 1, 2)] if max(h, w) <= 4 else
+        [(3, 1, 1, 0, 1), (1, 1, 0, 0, 1)])
+    groups = 2 if c % 2 == 0 and out % 2 == 0 and b.rng.random() < 0.3 else 1
+    shape = (out, *((n - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1
+                    for n in (h, w)))
+    options = f"stride={stride}, padding={padding}, output_padding={output_padding}, " \
+              f"groups={groups}, dilation={dilation}"
+    module = f"nn.ConvTranspose2d({c}, {out}, {k}, {options})"
+    form, call = b.pick([
+        ("convT:module", lambda: f"{b.module('convt', module)}({v.name})"),
+        ("convT:F.conv_transpose2d",
+         lambda: f"F.conv_transpose2d({v.name}, self.{_param(b, (c, out // groups, k, k))}, "
+                 f"self.{_param(b, (out,), 0.1)}, {options})"),
+    ])
+    return b.emit(form, call, shape)
+
+
+def _param(b, shape, scale=None):
+    """A registered ``nn.Parameter`` of ``shape`` (He-scaled over all but dim 0, unless
+    ``scale``), drawn from a seed written into the source (which stays self-contained)."""
+    name = b.new("w")
+    scale = scale or round((2.0 / max(1, torch.Size(shape[1:]).numel())) ** 0.5, 4)
+    seed = b.rng.randrange(10 ** 6)
+    b.init.append(f"self.{name} = nn.Parameter(torch.randn({shape}, generator=torch.Generator()"
+                  f".manual_seed({seed})) * {scale})")
+    return name
 
 
 def relu(b, v):
@@ -138,6 +224,12 @@ def relu(b, v):
         ("relu:module", lambda: f"{b.module('act', 'nn.ReLU()')}({v.name})"),
         ("relu:F.relu(input=)", lambda: f"F.relu(input={v.name})"),
         ("relu6:module", lambda: f"{b.module('act', 'nn.ReLU6()')}({v.name})"),
+        ("relu:clamp(min=0)", lambda: f"{v.name}.clamp(min=0)"),
+        ("relu:torch.clamp(x, 0, 6)", lambda: f"torch.clamp({v.name}, 0, 6)"),
+        ("relu:torch.clip(x, 0)", lambda: f"torch.clip({v.name}, 0)"),
+        ("relu:clamp_min(0)", lambda: f"{v.name}.clamp_min(0)"),
+        ("relu:F.hardtanh(x, 0, 6)", lambda: f"F.hardtanh({v.name}, 0, 6)"),
+        ("relu:nn.Hardtanh(0, 6)", lambda: f"{b.module('act', 'nn.Hardtanh(0, 6)')}({v.name})"),
     ])
     return b.emit(form, call, v.shape, spikes=True)
 
@@ -158,6 +250,8 @@ def avg_pool(b, v):
         ("mean:negative dims", lambda: f"{v.name}.mean((-1, -2), keepdim=True)", (c, 1, 1)),
         ("mean:torch.mean(dim=)",
          lambda: f"torch.mean({v.name}, dim=(2, 3), keepdim=True)", (c, 1, 1)),
+        ("sum:torch.sum(dim=)", lambda: f"torch.sum({v.name}, dim=(2, 3), keepdim=True)",
+         (c, 1, 1)),
     ])
     return b.emit(form, call, shape, spikes=False)
 
@@ -242,6 +336,109 @@ def shuffle(b, v):
     return b.emit(form, call, v.shape, spikes=v.spikes)
 
 
+def upsample(b, v, earlier=()):
+    """Nearest upsampling copies elements (a burst stays a burst: a max pool may follow);
+    bilinear resamples (a general train). By 2, or to the size of an earlier value."""
+    if len(v.shape) != 3 or max(v.shape[1:]) > 6:
+        return None
+    c, h, w = v.shape
+    sized = [e for e in earlier if len(e.shape) == 3 and e.shape[1:] != (h, w) and
+             max(e.shape[1:]) <= 12]
+    target = b.rng.choice(sized) if sized else None
+    nearest = b.rng.random() < 0.55
+    if nearest:
+        mode, kw = "nearest", "mode='nearest'"
+    else:
+        mode, kw = "bilinear", "mode='bilinear', align_corners=False"
+    options = [
+        (f"upsample:{mode} F.interpolate",
+         lambda: f"F.interpolate({v.name}, scale_factor=2, {kw})", (c, 2 * h, 2 * w)),
+        (f"upsample:{mode} module",
+         lambda: f"{b.module('up', f'nn.Upsample(scale_factor=2, {kw})')}({v.name})",
+         (c, 2 * h, 2 * w)),
+    ]
+    if target is not None:  # to an earlier value's size (larger, or smaller)
+        options += [(f"upsample:{mode} size=",
+                     lambda: f"F.interpolate({v.name}, size={target.name}.shape[-2:], {kw})",
+                     (c, *target.shape[1:]))] * 2
+    form, call, shape = b.pick(options)
+    value = b.emit(form, call, shape, spikes=v.spikes and nearest)
+    return _maybe_max_pool(b, value)
+
+
+def _maybe_max_pool(b, v):
+    """Sometimes a max pool after a copy of a burst (exact: the copy is a burst too)."""
+    if v.spikes and min(v.shape[1:]) >= 2 and b.rng.random() < 0.35:
+        return b.emit("maxpool:after copy", f"F.max_pool2d({v.name}, 2)",
+                      (v.shape[0], v.shape[1] // 2, v.shape[2] // 2), spikes=True)
+    return v
+
+
+def pad(b, v):
+    """Padding with zeros or copies of edge values (reflect, replicate, circular)."""
+    if len(v.shape) != 3 or max(v.shape[1:]) > 8:
+        return None
+    c, h, w = v.shape
+    left, right, top, bottom = b.rng.choice(((1, 1, 1, 1), (0, 1, 1, 0), (1, 0, 0, 1)))
+    pads = f"({left}, {right}, {top}, {bottom})"
+    options = [
+        ("pad:F.pad zeros", lambda: f"F.pad({v.name}, {pads})"),
+        ("pad:F.pad replicate", lambda: f"F.pad({v.name}, {pads}, mode='replicate')"),
+        ("pad:F.pad circular", lambda: f"F.pad({v.name}, {pads}, 'circular')"),
+        ("pad:ZeroPad2d", lambda: f"{b.module('pad', f'nn.ZeroPad2d({pads})')}({v.name})"),
+    ]
+    if min(h, w) >= 2:  # reflection needs more pixels than it pads
+        options += [
+            ("pad:F.pad reflect", lambda: f"F.pad({v.name}, pad={pads}, mode='reflect')"),
+            ("pad:ReflectionPad2d",
+             lambda: f"{b.module('pad', f'nn.ReflectionPad2d({pads})')}({v.name})"),
+        ]
+    form, call = b.pick(options)
+    value = b.emit(form, call, (c, h + top + bottom, w + left + right), spikes=v.spikes)
+    return _maybe_max_pool(b, value)
+
+
+def pixel(b, v):
+    """Pixel unshuffle (even sizes), often shuffled back, or pixel shuffle (channels divisible
+    by 4), by 2."""
+    if len(v.shape) != 3:
+        return None
+    c, h, w = v.shape
+    shuffle = [("pixel:F.pixel_shuffle", "F.pixel_shuffle({}, 2)"),
+               ("pixel:PixelShuffle", "{module}({})")]
+    if h % 2 == 0 and w % 2 == 0 and c <= 6:
+        form, text = b.rng.choice([("pixel:F.pixel_unshuffle", "F.pixel_unshuffle({}, 2)"),
+                                   ("pixel:PixelUnshuffle", "{module}({})")])
+        module = b.module("shuf", "nn.PixelUnshuffle(2)") if "{module}" in text else None
+        v = b.emit(form, text.format(v.name, module=module), (4 * c, h // 2, w // 2),
+                   spikes=v.spikes)
+        if b.rng.random() < 0.4:
+            return _maybe_max_pool(b, v)
+    elif c % 4 != 0 or max(h, w) > 4:
+        return None
+    c, h, w = v.shape
+    form, text = b.rng.choice(shuffle)
+    module = b.module("shuf", "nn.PixelShuffle(2)") if "{module}" in text else None
+    v = b.emit(form, text.format(v.name, module=module), (c // 4, 2 * h, 2 * w),
+               spikes=v.spikes)
+    return _maybe_max_pool(b, v)
+
+
+def stack(b, v, other):
+    """``torch.stack`` along a non-batch dim (trains of different lengths are padded with
+    zero steps), then summed over that dim or viewed as a concatenation."""
+    options = [("stack:sum", lambda: f"torch.stack([{v.name}, {other.name}], 1).sum(1)"),
+               ("stack:sum", lambda: f"torch.stack(({v.name}, {other.name}), dim=2)"
+                                     f".sum(dim=2)")]
+    if len(v.shape) == 3:
+        c, h, w = v.shape
+        options += [("stack:view", lambda: f"torch.stack([{v.name}, {other.name}], dim=1)"
+                                           f".view(-1, {2 * c}, {h}, {w})")] * 2
+    form, call = b.pick(options)
+    shape = v.shape if form == "stack:sum" else (2 * v.shape[0], *v.shape[1:])
+    return b.emit(form, call, shape)
+
+
 def add(b, v, other):
     form, call = b.pick([
         ("add:+", lambda: f"{v.name} + {other.name}"),
@@ -273,21 +470,41 @@ def adversarial(b, v, other):
         options += [("refuse:batch mean", lambda: f"{v.name}.mean(-4, keepdim=True)")]
     if len(v.shape) == 3 and min(v.shape) >= 2:
         options += [("refuse:max_pool3d on 4-D", lambda: f"F.max_pool3d({v.name}, 2)")]
+    # the new operations' refusals
+    options += [("refuse:clamp(min=-1)", lambda: f"{v.name}.clamp(min=-1)"),
+                ("refuse:sum of all dims", lambda: f"{v.name} + torch.sum({v.name})"),
+                ("refuse:stack dim=0",
+                 lambda: f"torch.stack([{v.name}, {other.name}]).sum(0)")]
+    if len(v.shape) == 3:
+        options += [("refuse:pad value=1.0",
+                     lambda: f"F.pad({v.name}, (1, 1, 1, 1), value=1.0)"),
+                    ("refuse:max pool after bilinear",
+                     lambda: f"F.max_pool2d(F.interpolate({v.name}, scale_factor=2, "
+                             f"mode='bilinear'), 2)")]
     form, call = b.pick(options)
     shape = v.shape
     if form == "refuse:max_pool3d on 4-D":
         shape = (v.shape[0] // 2, v.shape[1] // 2, v.shape[2] // 2)
+    elif form == "refuse:pad value=1.0":
+        shape = (v.shape[0], v.shape[1] + 2, v.shape[2] + 2)
     return b.emit(form, call, shape)
 
 
-UNARY = [(conv, 4), (relu, 5), (avg_pool, 5), (max_pool, 2), (scale, 2), (constant, 2),
-         (dropout, 1), (chunk, 3), (shuffle, 2)]
+UNARY = [(conv, 3), (relu, 3), (avg_pool, 5), (max_pool, 2), (scale, 3), (constant, 2),
+         (dropout, 1), (chunk, 3), (shuffle, 2), (upsample, 4), (pad, 4), (pixel, 2)]
 
 
 def head(b, v):
-    """Flatten (in one of several spellings) and a Linear classifier."""
-    if len(v.shape) == 3 and b.rng.random() < 0.3:
-        v = b.emit("head:mean", f"{v.name}.mean((2, 3))", (v.shape[0],))
+    """Flatten (in one of several spellings) and a linear classifier (``nn.Linear`` or
+    ``F.linear`` with parameter weights), sometimes after a spatial mean or sum."""
+    if len(v.shape) == 3:
+        roll = b.rng.random()
+        if roll < 0.3:
+            v = b.emit("head:mean", f"{v.name}.mean((2, 3))", (v.shape[0],))
+        elif roll < 0.45:
+            v = b.emit("head:sum", b.rng.choice((f"{v.name}.sum((2, 3))",
+                                                 f"torch.sum({v.name}, dim=(3, 2))")),
+                       (v.shape[0],))
     features = int(torch.Size(v.shape).numel())
     if len(v.shape) > 1:
         form, call = b.pick([
@@ -299,6 +516,10 @@ def head(b, v):
         ])
         v = b.emit(form, call, (features,))
     classes = b.rng.randint(3, 5)
+    if b.rng.random() < 0.25:
+        weight, bias = _param(b, (classes, features)), _param(b, (classes,), 0.1)
+        return b.emit("linear:F.linear", f"F.linear({v.name}, self.{weight}, self.{bias})",
+                      (classes,))
     fc = b.module("fc", f"nn.Linear({features}, {classes})")
     return b.emit("linear", f"{fc}({v.name})", (classes,))
 
@@ -325,8 +546,12 @@ def generate(seed):
                              and p.shape[1:] == v.shape[1:] and p.shape != v.shape]
             if partners:
                 other = rng.choice(partners)
-                if other.shape == v.shape and rng.random() < 0.6:
+                same = other.shape == v.shape
+                pick = rng.random()
+                if same and pick < 0.5:
                     new = add(b, v, other)
+                elif same and pick < 0.7:
+                    new = stack(b, v, other)
                 elif rng.random() < 0.9:
                     new = cat(b, v, other)
                 else:
@@ -335,16 +560,28 @@ def generate(seed):
             new = adversarial(b, v, v)
         if new is None:
             rules, weights = zip(*UNARY, strict=True)
-            new = rng.choices(rules, weights)[0](b, v)
+            rule = rng.choices(rules, weights)[0]
+            new = rule(b, v, values[:-1]) if rule is upsample else rule(b, v)
         if new is not None:
             values.append(new)
             if not new.spikes and rng.random() < 0.5:
                 values.append(relu(b, new))
-    head(b, values[-1])
+    logits = head(b, values[-1])
+    result = logits.name
+    others = [v for v in values if v.name != "x"]
+    roll = rng.random()
+    if roll < 0.2 and others:  # several outputs: each is summed over its steps
+        other = rng.choice(others)
+        if roll < 0.1:
+            b.forms.append("output:dict")
+            result = f'{{"out": {logits.name}, "aux": {other.name}}}'
+        else:
+            b.forms.append("output:tuple")
+            result = f"({logits.name}, {other.name})"
     lines = ["class Model(nn.Module):", "    def __init__(self):", "        super().__init__()"]
     lines += [f"        {line}" for line in b.init]
     lines += ["", "    def forward(self, x):"] + [f"        {line}" for line in b.body]
-    lines += [f"        return {b.body[-1].split(' = ')[0]}"]
+    lines += [f"        return {result}"]
     return "\n".join(lines) + "\n", (channels, size, size), b.forms, b.relus
 
 
@@ -366,13 +603,48 @@ def build(seed):
     # reads it through weightless operations only; thresholds are calibrated (and the output
     # bias centred) on four images, of which the first 1-3 are the batch checked
     calibration = torch.randint(-8, 9, (4, *shape), generator=generator).double() / 4
-    calibrate_thresholds_(ann, calibration)
+    calibrate_thresholds_(_FirstOutput(ann), calibration)
     x = calibration[:batch].clone()
     if rng.random() < 0.5:
         shared = rng.choice(SHARED_THRESHOLDS)
         for _, layer in models.qcfs_layers(ann):
             layer.threshold.data.fill_(shared)
     return source, ann, x, forms, levels
+
+
+class _FirstOutput(nn.Module):
+    """``model`` returning only its first output (the logits of a dict or tuple output), for
+    the calibration, which centres the classifier's bias on it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return _outputs(self.model(x))[0]
+
+
+def _outputs(value):
+    """The tensors of an output: itself, or a dict's values or a tuple's items, in order."""
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _assert_outputs_close(out, expected):
+    """The spiking network's output has the ANN's structure (a tensor, or a dict with the same
+    keys in the same order, or a tuple/list), each tensor close to the ANN's: rtol 1e-9 +
+    atol 1e-9 x max|ANN output| (see :func:`check`)."""
+    if isinstance(expected, dict):
+        assert isinstance(out, dict) and list(out) == list(expected), (type(out), list(out))
+    elif isinstance(expected, (tuple, list)):
+        assert isinstance(out, (tuple, list)) and len(out) == len(expected), type(out)
+    else:
+        assert torch.is_tensor(out), type(out)
+    for actual, wanted in zip(_outputs(out), _outputs(expected), strict=True):
+        # the scale is floored at 1e-3: see check
+        scale = max(float(wanted.abs().max()), 1e-3)
+        torch.testing.assert_close(actual, wanted, rtol=1e-9, atol=1e-9 * scale)
 
 
 def check(seed):
@@ -392,12 +664,11 @@ def check(seed):
             assert re.search(r"'[^']+'", message), f"a refusal that names nothing: {message}"
             return "refused", _reason(message)
         logits, expected = ann_levels(ann, x)
-        # rtol 1e-9 + atol 1e-9 x max|ANN logit|: float64 rounding of the per-step sums is
-        # ~1e-16 relative to the terms summed. The scale is floored at 1e-3: where the logits
-        # nearly vanish (an output centred by the calibration) terms of order 1 cancel and
-        # leave ~1e-15 absolute; one spike more or less would move a logit by its amplitude
-        # times a weight, far above 1e-12 (and every count is compared exactly anyway).
-        scale = max(float(logits.abs().max()), 1e-3)
+        # each output: rtol 1e-9 + atol 1e-9 x max|ANN output|: float64 rounding of the
+        # per-step sums is ~1e-16 relative to the terms summed. The scale is floored at 1e-3:
+        # where the logits nearly vanish (an output centred by the calibration) terms of order
+        # 1 cancel and leave ~1e-15 absolute; one spike more or less would move a logit by its
+        # amplitude times a weight, far above 1e-12 (and every count is compared exactly).
         timing = {"T_eff": teff(levels, layer_fan_ins(ann))[0],
                   "latency_steps": latency_steps(ann)[0],
                   "latency_pipelined_steps": pipelined_latency_steps(ann),
@@ -418,7 +689,7 @@ def check(seed):
                 differing += int(differ.sum())
             at_boundary += differing
             if differing == 0:  # else the logits differ by those spikes, as counted
-                torch.testing.assert_close(out, logits, rtol=1e-9, atol=1e-9 * scale)
+                _assert_outputs_close(out, logits)
             meter = CostMeter(snn)
             meter.add(x, stats)
             report = snn_cost.build_report(meter, timing)
@@ -447,9 +718,15 @@ def boundary_neurons(ann, x):
             {i.name} if i.role == "neuron" else set()) for i in node.inputs))
     upstream = {node.name: depends[node.index] for node in graph.nodes if node.role == "neuron"}
     # which elements of each layer's input depend on a weighted layer: a NaN added to every
-    # weighted layer's output marks them
-    weighted = [node.module for node in graph.nodes
-                if node.role in ("weighted", "batchnorm") and node.module is not None]
+    # weighted layer's output marks them (an interpreter of the graph, as the F.conv2d and
+    # F.linear calls with parameter weights are no modules to hook)
+    weighted = {node.node for node in graph.nodes if node.role in ("weighted", "batchnorm")}
+
+    class Marked(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            return out + float("nan") if node in weighted else out
+
     inputs, handles = {}, []
     for name, module in models.qcfs_layers(ann):
         def keep(mod, args, name=name):
@@ -458,9 +735,7 @@ def boundary_neurons(ann, x):
     try:
         with torch.no_grad():
             ann(x)
-            handles += [m.register_forward_hook(lambda m, a, out: out + float("nan"))
-                        for m in weighted]
-            ann(x)
+            Marked(ann).run(x)
     finally:
         for handle in handles:
             handle.remove()
