@@ -93,11 +93,12 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context="", input_shape=None)
     # an in-place ReLU becomes an out-of-place QCFS layer: refuse it where that is visible
     check_inplace_aliasing(network, network.graph, names, context=context,
                            checked=lambda node, operand: node in relus)
+    caps = {node: _upper_bound(node, network) for node in relus}  # before any module moves
     for node in relus:
         name = names[node]
         qcfs_module = QCFS(level=1, init_threshold=float(init_threshold))
         # a ReLU6's (or a clamp's) bound caps a threshold chosen from data (threshold_init.py)
-        qcfs_module.cap = _upper_bound(node, network)
+        qcfs_module.cap = caps[node]
         network.add_submodule(name, qcfs_module)
         source = bind(node, network)["input"]
         with network.graph.inserting_after(node):
@@ -108,7 +109,7 @@ def qcfsify_(model, levels, init_threshold=4.0, *, context="", input_shape=None)
     network.graph.lint()
     network.delete_all_unused_submodules()
     network.recompile()
-    # refuse now what conversion would refuse later
-    model_graph(network, context=context, input_shape=input_shape)
     set_levels(network, levels)
+    # refuse now what conversion would refuse later (with these levels: lengths of trains)
+    model_graph(network, context=context, input_shape=input_shape)
     return network
