@@ -24,7 +24,6 @@ from models import qcfs_layers
 from utils import DEFAULT_PERCENTILE, progress
 
 MIN_THRESHOLD = 1e-3  # the floor models.clamp_thresholds_ keeps during training
-RELU6_CAP = 6.0
 
 _SHIFT = 44  # float64 bits: 1 sign (0 for positives) + 11 exponent + 8 mantissa per bucket
 _BUCKETS = 1 << (63 - _SHIFT)

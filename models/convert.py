@@ -13,14 +13,14 @@ What each node becomes (its fate, :meth:`SpikingNetwork.fates`):
 - the image enters once: one step;
 - QCFS: a :class:`~models.spiking.PascalNeuron` (T_in steps in, ``level`` steps out);
 - conv/linear: applied to every step; its bias is added once per window, at the first step
-  (spec 3.4: ``sum_t (W s_t) + b = W sum_t s_t + b``, so no division by T is needed);
+  (``sum_t (W s_t) + b = W sum_t s_t + b``, so no division by T is needed);
 - BatchNorm: folded into the conv/linear before it when that layer's output feeds only the
   BatchNorm; otherwise its scale applies to every step and its shift once per window;
 - addition/subtraction: additive constants are added once per window (first step). Trains
   of equal length add step by step. Otherwise the result has the length of the *first*
   tensor operand and every other train is summed over its steps into the result's first
   step. The next PASCAL neuron depends only on the window sum, so any alignment that keeps
-  it is exact (spec 3.5); the first operand's length reproduces the reference code's
+  it is exact; the first operand's length reproduces the reference code's
   residual block (``branch + shortcut``: the branch's length), so the paper models keep
   their step counts, latency and neuron-update counts;
 - concatenation: the result is as long as the longest input; shorter trains get zero steps

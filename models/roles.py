@@ -53,7 +53,7 @@ from errors import ModelError
 from .snn_layers import ChannelAffine, WeightedLayer, bn_affine
 from .spiking import PascalNeuron
 
-__all__ = ["HANDLERS", "Kind", "Role", "TENSOR_KINDS", "fold_batchnorms", "handler",
+__all__ = ["HANDLERS", "Kind", "Role", "TENSOR_KINDS", "fold_batchnorms",
            "map_leaves", "view_length_mismatch", "weightless_cones"]
 
 
@@ -802,11 +802,6 @@ HANDLERS = {h.role: h for h in (
     _PoolHandler(), _MaxPoolHandler(), _RouteHandler(), _CopyHandler(), _ResampleHandler(),
     _IdentityHandler(), _OutputHandler(), _RefusedHandler())}
 assert set(HANDLERS) == set(Role), "every role has a handler"
-
-
-def handler(role):
-    """The handler of ``role``."""
-    return HANDLERS[role]
 
 
 def _spatial_rank_reason(r, spatial):

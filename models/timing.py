@@ -96,7 +96,7 @@ def latency_steps(model):
     to the output through the spiking layers' step counts. In a chain (VGG) that is the sum
     over all layers; in a ResNet block the branch waits for its spiking layer and the
     shortcut does not, so it is the sum again (the activation after the addition takes the
-    branch's length: the shortcut's train is folded into the branch's steps, spec 3.5).
+    branch's length: the shortcut's train is folded into the branch's steps).
     Windows are summed without overlap (a layer's emit phase is not counted as the next
     layer's accumulate phase); :func:`pipelined_latency_steps` counts that overlap.
 
