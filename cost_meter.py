@@ -1,13 +1,14 @@
 """Operation counts of a converted network: :class:`CostMeter`, from the network's graph and
 the emitted spike counts (the counting rules are in :mod:`snn_cost`, which builds the report;
-the reach of one spike is :func:`models.reach.spike_reach`).
+the reach of one spike is :func:`models.reach.spike_reach`, the nonzero-weight connections of
+one input element :func:`models.reach.connections`).
 """
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.reach import spike_reach
+from models.reach import connections, spike_reach
 from models.roles import Kind, Spikes
 
 __all__ = ["CostMeter"]
@@ -19,9 +20,28 @@ class _Weighted:
     source: str | None  # the (first) spike source feeding it, None when fed densely
     analog: bool = True  # fed densely by the image (not by a sum or another layer's output)
     num_steps_in: int = 1  # steps of its input train
+    weights: int = 0     # weight elements of the layer
+    nonzero_weights: int = 0
+    input_elements: int = 0  # elements of one input step, one image
     operations: int = 0  # ACs (spike-fed) or MACs (dense), whole run
     ann_macs: int = 0    # the ANN layer's MACs on the same images
+    zero_skip_macs: int = 0  # the ANN's MACs whose input element is nonzero
+    effective_acs: int = 0   # NeuroBench: binary inputs, nonzero weights, every step
+    effective_macs: int = 0  # NeuroBench: non-binary inputs, nonzero weights, every step
+    dense: int = 0           # NeuroBench: every connection, every step
     images: int = 0
+
+
+@dataclass
+class _Caused:
+    """What one spike source's output costs in one layer (or addition) it feeds, whole run."""
+
+    events: int = 0        # spiking network: spikes x outputs reached (ACs or additions)
+    ann: float = 0.0       # the ANN's operations there (MACs or additions), this source's share
+    zero_skip: int = 0     # the ANN's operations whose input element is nonzero
+    elements: int = 0      # input elements of the layer this source makes up
+    active: int = 0        # of which nonzero
+    weights: float = 0.0   # the layer's weight elements, this source's share
 
 
 @dataclass
@@ -32,6 +52,7 @@ class _Neurons:
     neurons: int
     images: int = 0
     emitted_spikes: int = 0
+    active: int = 0  # neurons that emitted at least one spike
     neuron_updates: int = 0
     neuron_operations: int = 0
 
@@ -41,6 +62,7 @@ class _Pooled:
     """A max pool of spike bursts: a spike source of its own (its output spikes)."""
 
     name: str
+    level: int = 0  # length of its bursts: the level of the layers it pools
     images: int = 0
     spikes: int = 0
 
@@ -74,7 +96,7 @@ class CostMeter:
         self.pooled = {}     # name -> _Pooled (max pools of bursts), in forward order
         self.additions = {}  # spike source -> shortcut additions its spikes caused
         self.feeds = {}      # spike source -> names of the weighted layers it feeds
-        self.caused = {}     # spike source -> {weighted name: [operations, ann macs share]}
+        self.caused = {}     # spike source -> {weighted name or "+": _Caused}
         self._plans = {}     # per-image input shape -> _Plan
         self._reach_cache = {}
 
@@ -97,6 +119,8 @@ class CostMeter:
             raise ValueError("CostMeter.add needs the per-neuron spike counts: run "
                              "snn.forward_with_stats(x, keep_counts=True)")
         self.add_layer_stats(stats)
+        for s in stats:
+            self.neurons[s.name].active += int((s.counts > 0).sum())
         batch = _Batch(self, self._plan(x), x.shape[0], {s.name: s.counts for s in stats})
         for op in self.snn.ops:
             op.handler.meter(self.snn, op, batch)
@@ -113,6 +137,13 @@ class CostMeter:
         key = (id(layer), tuple(_chain_key(m) for m in chain), shape)
         if key not in self._reach_cache:
             self._reach_cache[key] = spike_reach(layer, chain, shape)
+        return self._reach_cache[key]
+
+    def connections(self, layer, shape):
+        """:func:`connections` (nonzero weights only), cached."""
+        key = ("nonzero", id(layer), shape)
+        if key not in self._reach_cache:
+            self._reach_cache[key] = connections(layer, shape)
         return self._reach_cache[key]
 
 
@@ -216,65 +247,120 @@ class _Batch:
                     and self.snn.ops[i].num_steps is not None})
         return self.snn.apply(op, env)
 
-    def _operations(self, layer, spikes, shares=None):
-        total, batch = 0, self.batch
+    def _operations(self, layer, spikes):
+        """Per spike source of ``spikes`` reaching ``layer`` (None: an addition), over the
+        batch: a :class:`_Caused` (no ``ann`` or ``weights`` share yet) and NeuroBench's
+        effective operations, ``(ACs, MACs)``.
+
+        A spike is one event, its height folded into the weights it reaches. Where average
+        pools lie between the spikes and the layer, the layer's input is no longer binary: a
+        zero-skipping ANN skips a pooled element that is zero, and NeuroBench counts MACs, one
+        per nonzero pooled element per step, the bursts being front-loaded (a neuron with
+        count q spikes at steps 0..q-1 of its window)."""
+        out, batch = {}, self.batch
+        chain = spikes.pools + ((nn.Flatten(),) if spikes.flattened else ())
         for source, ids in spikes.parts.items():
             source_counts = self.burst_counts(source).flatten(1)
             flat = ids.flatten().to(torch.int64)
             routed = source_counts[:, (flat - 1).clamp(min=0)] * (flat > 0)
             routed = routed.reshape(batch, *ids.shape[1:])
-            chain = spikes.pools + ((nn.Flatten(),) if spikes.flattened else ())
-            reach = self.meter.reach(layer, chain, tuple(ids.shape[1:]))
-            value = int((routed.to(torch.int64) * reach.to(routed.device)).sum())
-            total += value
-            if shares is not None:
-                shares[self.snn.ops[source].name] = value
-        return total
+            reach = self.meter.reach(layer, chain, tuple(ids.shape[1:])).to(routed.device)
+            caused = _Caused(events=int((routed.to(torch.int64) * reach).sum()),
+                             elements=batch * int((ids > 0).sum()),
+                             active=int((routed > 0).sum()))
+            if layer is None:  # the ANN adds every element of the (pooled) operand
+                caused.ann = float(batch * int((_through(chain, (ids > 0).to(torch.float64))
+                                                > 0).sum()))
+            acs = macs = 0
+            if not chain:
+                caused.zero_skip = int(((routed > 0) * reach).sum())
+                if layer is not None:
+                    acs = int((routed.to(torch.int64) * self.meter.connections(
+                        layer, tuple(ids.shape[1:])).to(routed.device)).sum())
+            else:
+                pooled = _through(chain, (routed > 0).to(torch.float64)) > 0
+                shape = tuple(pooled.shape[1:])
+                caused.zero_skip = int((pooled * self.meter.reach(layer, (), shape)).sum())
+                if layer is not None:
+                    nonzero = self.meter.connections(layer, shape).to(routed.device)
+                    for step in range(int(routed.max()) if routed.numel() else 0):
+                        macs += int(((_through(chain, (routed > step).to(torch.float64)) > 0)
+                                     * nonzero).sum())
+            out[source] = (caused, acs, macs)
+        return out
 
     def count_pooled(self, op):
         """A max pool of bursts: its output spikes, a source of their own."""
-        entry = self.meter.pooled.setdefault(op.name, _Pooled(op.name))
+        entry = self.meter.pooled.setdefault(op.name, _Pooled(op.name, op.num_steps))
         entry.images += self.batch
         entry.spikes += int(self.burst_counts(op.index).sum())
 
     def count_shortcut_additions(self, op):
-        """A spike carried into an addition costs one addition per element it reaches."""
+        """A spike carried into an addition costs one addition per element it reaches (the
+        ANN: one per element, or per nonzero element when it skips zeros)."""
         for index in op.inputs:
             spikes = self.plan.spikes_of(index)
             if isinstance(spikes, Spikes):
-                shares = {}
-                self._operations(None, spikes, shares)
-                for source, value in shares.items():
-                    self.meter.additions[source] = self.meter.additions.get(source, 0) + value
+                for source, (caused, _, _) in self._operations(None, spikes).items():
+                    name = self.snn.ops[source].name
+                    self.meter.additions[name] = self.meter.additions.get(name, 0) + \
+                        caused.events
+                    _merge(self.meter.caused.setdefault(name, {}), "+", caused)
 
     def count_weighted(self, op, layer):
         """A weighted layer: ACs from the spikes reaching it, or dense MACs on every step."""
         snn, meter, batch = self.snn, self.meter, self.batch
         source_index = op.inputs[0]
-        macs = meter.reach(layer, (), self.plan.shapes[source_index]).sum()
+        shape = self.plan.shapes[source_index]
+        macs = int(meter.reach(layer, (), shape).sum())
         spikes = self.plan.spikes_of(source_index)
         entry = meter.weighted.get(op.name)
+        steps = snn.ops[source_index].num_steps
         if entry is None:
             first = None if spikes is None else snn.ops[next(iter(spikes.parts))].name
             entry = meter.weighted[op.name] = _Weighted(
                 op.name, first, analog=snn.ops[source_index].kind == Kind.ANALOG,
-                num_steps_in=snn.ops[source_index].num_steps)
-        entry.ann_macs += batch * int(macs)
+                num_steps_in=steps, weights=int(layer.weight.numel()),
+                nonzero_weights=int(torch.count_nonzero(layer.weight)),
+                input_elements=int(torch.Size(shape).numel()))
+        entry.ann_macs += batch * macs
+        entry.dense += steps * batch * macs
         entry.images += batch
         if spikes is None:
-            # dense currents: every element of every step is multiplied by the weights
-            steps = snn.ops[source_index].num_steps
-            entry.operations += steps * batch * int(macs)
+            # dense currents: every element of every step is multiplied by the weights; the
+            # ANN skips no zero of them, and NeuroBench's effective MACs count every element
+            # as nonzero (an upper bound where the input holds exact zeros)
+            entry.operations += steps * batch * macs
+            entry.zero_skip_macs += batch * macs
+            entry.effective_macs += steps * batch * int(meter.connections(layer, shape).sum())
             return
-        shares = {}
-        entry.operations += self._operations(layer, spikes, shares)
-        elements = {snn.ops[s].name: int((ids > 0).sum()) for s, ids in spikes.parts.items()}
-        for source, value in shares.items():
-            feeds = meter.feeds.setdefault(source, [])
+        parts = self._operations(layer, spikes)
+        elements = {source: int((ids > 0).sum()) for source, ids in spikes.parts.items()}
+        for source, (caused, acs, effective_macs) in parts.items():
+            entry.operations += caused.events
+            entry.zero_skip_macs += caused.zero_skip
+            entry.effective_acs += acs
+            entry.effective_macs += effective_macs
+            name = snn.ops[source].name
+            feeds = meter.feeds.setdefault(name, [])
             if op.name not in feeds:
                 feeds.append(op.name)
-            caused = meter.caused.setdefault(source, {}).setdefault(op.name, [0, 0.0])
-            caused[0] += value
-            # the ANN's MACs of a layer fed by several sources, split by their share of its
-            # input elements
-            caused[1] += batch * int(macs) * elements[source] / sum(elements.values())
+            # the ANN's MACs and the weights of a layer fed by several sources, split by
+            # their share of its input elements
+            share = elements[source] / sum(elements.values())
+            caused.ann = batch * macs * share
+            caused.weights = batch * entry.weights * share
+            _merge(meter.caused.setdefault(name, {}), op.name, caused)
+
+
+def _through(chain, value):
+    for module in chain:
+        value = module(value)
+    return value
+
+
+def _merge(entries, key, caused):
+    """Add ``caused`` to ``entries[key]``."""
+    total = entries.setdefault(key, _Caused())
+    for field in ("events", "ann", "zero_skip", "elements", "active", "weights"):
+        setattr(total, field, getattr(total, field) + getattr(caused, field))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+import energy_model
 import models
 import snn_cost
 from baseline_report import first_reaching, plot_baseline
@@ -102,17 +103,24 @@ def get_args_parser(add_help=True):
                        help="per-layer rows as CSV (default: {id}_cost.csv next to the checkpoint)")
     group.add_argument("--report-plot", default=None, metavar="FILE.png",
                        help="per-layer bar chart (default: {id}_cost.png next to the checkpoint)")
-    group.add_argument("--e-ac", type=float, default=snn_cost.E_AC_PJ,
-                       help=f"energy per accumulate in pJ (default: {snn_cost.E_AC_PJ}, "
-                            "45 nm fp32)")
-    group.add_argument("--e-mac", type=float, default=snn_cost.E_MAC_PJ,
-                       help=f"energy per multiply-accumulate in pJ (default: {snn_cost.E_MAC_PJ}, "
-                            "45 nm fp32)")
-    group.add_argument("--e-op", "--e-update", dest="e_op", type=float,
-                       default=snn_cost.E_OP_PJ,
-                       help="energy per neuron operation in pJ, 2 T_in + 2 (max(T_in, L) - 1) + "
-                            f"L of them per neuron (default: {snn_cost.E_OP_PJ}, priced as an "
-                            "accumulate; 0 leaves the neurons' own work out)")
+    group.add_argument("--e-ac", type=float, default=None,
+                       help="the synaptic-operation proxy's energy per accumulate in pJ "
+                            f"(default: {snn_cost.E_AC_PJ}, 45 nm fp32; the constant "
+                            "fp32_add_pj)")
+    group.add_argument("--e-mac", type=float, default=None,
+                       help="the proxy's energy per multiply-accumulate in pJ (default: "
+                            f"{snn_cost.E_MAC_PJ}, 45 nm fp32; fp32_mac_pj)")
+    group.add_argument("--e-op", "--e-update", dest="e_op", type=float, default=None,
+                       help="the proxy's energy per neuron operation in pJ, 2 T_in + 2 "
+                            "(max(T_in, L) - 1) + L of them per neuron (default: "
+                            f"{snn_cost.E_OP_PJ}, priced as an accumulate; 0 leaves the "
+                            "neurons' own work out; neuron_op_pj)")
+    group.add_argument("--energy", action="append", default=[], metavar="NAME=VALUE",
+                       help="set one energy constant (repeatable; names, defaults and sources: "
+                            "docs/evaluation.md#energy-constants; the reuse factors take null)")
+    group.add_argument("--energy-constants", default=None, metavar="FILE.json",
+                       help="energy constants from a JSON object {name: value} (or a cost "
+                            "report's energy_model block); --energy and --e-* override it")
     group = parser.add_argument_group("conventional baseline (--baseline)")
     group.add_argument("--baseline", choices=["qcfs"], default=None,
                        help="also simulate the conventional QCFS spiking network (IF neurons, "
@@ -263,9 +271,10 @@ def main(args):
                          "(default) or --mode ann")
     for name in ("e_ac", "e_mac", "e_op"):
         value = getattr(args, name)
-        if not (value >= 0 and value < float("inf")):
+        if value is not None and not (value >= 0 and value < float("inf")):
             raise UsageError(f"--{name.replace('_', '-')} must be a finite energy >= 0 (pJ), "
                              f"got {value}")
+    energy_overrides(args)
     timesteps = parse_timesteps(args.timesteps) if args.baseline else None
     if args.calib_images < 1:
         raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
@@ -410,10 +419,26 @@ def thresholds_from_data(model, args, image_size, percentile, device, logger):
     return used
 
 
+def energy_overrides(args):
+    """The energy constants set by --energy-constants and --energy (name -> value), checked."""
+    overrides = {}
+    try:
+        if args.energy_constants:
+            overrides.update(energy_model.load_constants(args.energy_constants))
+        for text in args.energy:
+            name, value = energy_model.parse_override(text)
+            overrides[name] = value
+        energy_model.constants(overrides)
+    except energy_model.ConstantsError as error:
+        raise UsageError(f"{error} (the constants: docs/evaluation.md#energy-constants)") \
+            from None
+    return overrides
+
+
 def write_cost_report(meter, timing, args, path, logger):
     """Print the cost table and write its JSON, CSV and PNG; returns the totals and paths."""
     cost = snn_cost.build_report(meter, timing, e_ac=args.e_ac, e_mac=args.e_mac,
-                                 e_op=args.e_op)
+                                 e_op=args.e_op, constants=energy_overrides(args))
     logger.info(f"cost per image on {cost['images']} images ({args.sim} simulation):")
     for line in snn_cost.format_report(cost):
         logger.info(line)
@@ -424,7 +449,9 @@ def write_cost_report(meter, timing, args, path, logger):
     snn_cost.write_report_csv(cost, files["csv"])
     snn_cost.plot_report(cost, files["plot"])
     logger.info(f"cost report written to {files['json']}, {files['csv']}, {files['plot']}")
-    return dict(cost["totals"], files={key: str(value) for key, value in files.items()})
+    return dict(cost["totals"], break_even=cost["energy_model"]["break_even"],
+                neurobench=cost["neurobench"],
+                files={key: str(value) for key, value in files.items()})
 
 
 def run_baseline(model, loader, device, dtype, timesteps, result, args, path, logger):

@@ -39,6 +39,7 @@ import csv
 import json
 from pathlib import Path
 
+import energy_model
 from cost_meter import CostMeter
 from models.reach import dense_macs, spike_reach
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps, teff,
@@ -49,9 +50,10 @@ __all__ = ["E_AC_PJ", "E_MAC_PJ", "E_OP_PJ", "CostMeter", "spike_reach", "dense_
            "timing_summary", "build_report", "format_report", "write_report_json",
            "write_report_csv", "plot_report"]
 
-E_AC_PJ = 0.9    # pJ per accumulate (32-bit float add, 45 nm)
-E_MAC_PJ = 4.6   # pJ per multiply-accumulate (32-bit float mult + add, 45 nm)
-E_OP_PJ = E_AC_PJ  # pJ per neuron operation: an add or compare, priced as an accumulate
+# the synaptic-operation proxy's prices (pJ): energy_model.CONSTANTS has their sources
+E_AC_PJ = energy_model.CONSTANTS["fp32_add_pj"].value
+E_MAC_PJ = energy_model.CONSTANTS["fp32_mac_pj"].value
+E_OP_PJ = energy_model.CONSTANTS["neuron_op_pj"].value
 
 
 # --- energy, T_eff, report --------------------------------------------------------------------
@@ -78,7 +80,7 @@ def timing_summary(model, arch, variant, dataset, levels):
     return summary
 
 
-def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
+def build_report(meter, timing, e_ac=None, e_mac=None, e_op=None, constants=None):
     """Per-layer rows and totals (per image) from a :class:`CostMeter` after a run.
 
     Rows, in forward order: an ``"analog"`` row per weighted layer fed by the image (its
@@ -86,10 +88,23 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
     trains, another layer's output: MACs on every step of its input), a ``"spiking"`` row per
     spiking layer -- its spikes, firing rate (spikes per neuron per step), neuron updates, and
     the ACs / shortcut additions its spikes cause in the layers they feed, next to those
-    layers' ANN MACs (split by input share where several sources feed one layer) -- and a
-    ``"maxpool"`` row per max pool of spike bursts, whose output spikes are counted as a
-    source of their own (its spikes are not added to the emitted total).
+    layers' ANN MACs (split by input share where several sources feed one layer) and the
+    MACs a zero-skipping ANN would do -- and a ``"maxpool"`` row per max pool of spike
+    bursts, whose output spikes are counted as a source of their own (its spikes are not
+    added to the emitted total).
+
+    ``constants`` (name -> value) override :data:`energy_model.CONSTANTS`; ``e_ac``,
+    ``e_mac`` and ``e_op`` set the proxy's ``fp32_add_pj``, ``fp32_mac_pj`` and
+    ``neuron_op_pj``. The report carries the synaptic-operation proxy, the memory-inclusive
+    and quantized-ANN estimates (:func:`energy_model.estimate`) and NeuroBench's metrics
+    (:func:`neurobench_metrics`).
     """
+    overrides = dict(constants or {})
+    for name, value in (("fp32_add_pj", e_ac), ("fp32_mac_pj", e_mac), ("neuron_op_pj", e_op)):
+        if value is not None:
+            overrides[name] = value
+    values = energy_model.constants(overrides)
+    e_ac, e_mac, e_op = values["fp32_add_pj"], values["fp32_mac_pj"], values["neuron_op_pj"]
     rows = []
     images = max([entry.images for entries in (meter.weighted, meter.neurons, meter.pooled)
                   for entry in entries.values()], default=0)
@@ -100,41 +115,54 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
              "shortcut_additions_per_image": 0.0, "macs_per_image": 0.0,
              "neuron_updates_per_image": 0.0, "neuron_operations_per_image": 0.0,
              "model_updates_per_image": 0.0,
-             "if_updates_per_image": 0.0, "ann_macs_per_image": 0.0, "spikes_per_image": 0.0}
+             "if_updates_per_image": 0.0, "ann_macs_per_image": 0.0, "spikes_per_image": 0.0,
+             "active_neurons_per_image": 0.0, "zero_skip_macs_per_image": 0.0,
+             "ann_additions_per_image": 0.0, "zero_skip_additions_per_image": 0.0,
+             "input_elements_per_image": 0.0, "active_input_elements_per_image": 0.0,
+             "weights_per_image": 0.0}
 
     def caused(source, images):
+        """The row fields of what ``source``'s spikes cause in the layers they feed."""
         entries = meter.caused.get(source, {})
-        return (sum(v[0] for v in entries.values()) / images,
-                sum(v[1] for v in entries.values()) / images)
+        layers = [v for key, v in entries.items() if key != "+"]
+        additions = entries.get("+")
+        return {"accumulates_per_image": sum(v.events for v in layers) / images,
+                "ann_macs_per_image": sum(v.ann for v in layers) / images,
+                "zero_skip_macs_per_image": sum(v.zero_skip for v in layers) / images,
+                "input_elements_per_image": sum(v.elements for v in layers) / images,
+                "active_input_elements_per_image": sum(v.active for v in layers) / images,
+                "weights_per_image": sum(v.weights for v in layers) / images,
+                "shortcut_additions_per_image": meter.additions.get(source, 0) / images,
+                "ann_additions_per_image": additions.ann / images if additions else 0.0,
+                "zero_skip_additions_per_image":
+                    additions.zero_skip / images if additions else 0.0}
 
     for w in meter.weighted.values():
         if w.source is None:
             rows.append(dict(empty, layer=w.name, kind="analog" if w.analog else "dense",
                              num_steps_in=w.num_steps_in, feeds=w.name,
                              macs_per_image=w.operations / w.images,
-                             ann_macs_per_image=w.ann_macs / w.images))
+                             ann_macs_per_image=w.ann_macs / w.images,
+                             zero_skip_macs_per_image=w.zero_skip_macs / w.images,
+                             input_elements_per_image=float(w.input_elements),
+                             weights_per_image=float(w.weights)))
     for n in meter.neurons.values():
         level = n.level
-        accumulates, ann_macs = caused(n.name, n.images)
         rows.append(dict(
             empty, layer=n.name, kind="spiking", level=level, num_steps_in=n.num_steps_in,
             neurons=n.neurons, feeds=" ".join(meter.feeds.get(n.name, [])),
             spikes_per_image=n.emitted_spikes / n.images,
             firing_rate=n.emitted_spikes / (n.images * n.neurons * level),
-            accumulates_per_image=accumulates,
-            shortcut_additions_per_image=meter.additions.get(n.name, 0) / n.images,
+            active_neurons_per_image=n.active / n.images,
             neuron_updates_per_image=n.neuron_updates / n.images,
             neuron_operations_per_image=n.neuron_operations / n.images,
             model_updates_per_image=float(n.neurons * (5 * level - 2)),
-            if_updates_per_image=float(n.neurons * level), ann_macs_per_image=ann_macs))
+            if_updates_per_image=float(n.neurons * level), **caused(n.name, n.images)))
     for p in meter.pooled.values():
-        accumulates, ann_macs = caused(p.name, p.images)
         rows.append(dict(
-            empty, layer=p.name, kind="maxpool", num_steps_in=None,
+            empty, layer=p.name, kind="maxpool", level=p.level, num_steps_in=None,
             feeds=" ".join(meter.feeds.get(p.name, [])), spikes_per_image=p.spikes / p.images,
-            accumulates_per_image=accumulates,
-            shortcut_additions_per_image=meter.additions.get(p.name, 0) / p.images,
-            ann_macs_per_image=ann_macs))
+            **caused(p.name, p.images)))
     rows.sort(key=lambda row: order.get(row["layer"], len(order)))
     for row in rows:
         row["snn_synaptic_energy_pj_per_image"] = energy_pj(
@@ -163,8 +191,56 @@ def build_report(meter, timing, e_ac=E_AC_PJ, e_mac=E_MAC_PJ, e_op=E_OP_PJ):
                          "snn_synaptic_energy_pj_per_image")):
         totals[key] = (totals["ann_energy_pj_per_image"] / totals[energy]
                        if totals[energy] else None)
-    return {"images": images, "rows": rows, "totals": totals, "timing": dict(timing),
-            "energy_pj": {"accumulate": e_ac, "mac": e_mac, "neuron_operation": e_op}}
+    report = {"images": images, "rows": rows, "totals": totals, "timing": dict(timing),
+              "energy_pj": {"accumulate": e_ac, "mac": e_mac, "neuron_operation": e_op}}
+    energy_model.estimate(report, values)
+    report["neurobench"] = neurobench_metrics(meter, report)
+    return report
+
+
+def neurobench_metrics(meter, report):
+    """NeuroBench's static and workload metrics (arXiv 2304.04640) of the run, per image.
+
+    - footprint: bytes of the converted network's parameters and buffers, as stored;
+    - connection sparsity: zero weights / all weights of the weighted layers (BN folded);
+    - activation sparsity: 1 - spikes / (neurons x steps) over the spiking layers' outputs,
+      each layer's output train being its L steps;
+    - synaptic operations: ``Dense`` (every connection, every step a layer runs),
+      ``Effective_ACs`` (a binary input: nonzero input x nonzero weight pairs, every step)
+      and ``Effective_MACs`` (the same for a non-binary input);
+    - membrane updates: the neuron steps simulated (see the notes).
+    """
+    snn, images = meter.snn, report["images"]
+    weighted = list(meter.weighted.values())
+    weights = sum(w.weights for w in weighted)
+    spiking = [row for row in report["rows"] if row["kind"] == "spiking"]
+    outputs = sum(row["neurons"] * row["level"] for row in spiking)
+    tensors = list(snn.parameters()) + list(snn.buffers())
+    return {
+        "footprint_bytes": sum(t.numel() * t.element_size() for t in tensors),
+        "connection_sparsity": (weights - sum(w.nonzero_weights for w in weighted)) / weights
+        if weights else 0.0,
+        "activation_sparsity": 1 - report["totals"]["spikes_per_image"] / outputs
+        if outputs else 0.0,
+        "synaptic_operations": {
+            "Effective_MACs": sum(w.effective_macs / w.images for w in weighted),
+            "Effective_ACs": sum(w.effective_acs / w.images for w in weighted),
+            "Dense": sum(w.dense / w.images for w in weighted)},
+        "membrane_updates": report["totals"]["neuron_updates_per_image"],
+        "notes": [
+            "a spike is a binary event: its height (threshold / L) is folded into the "
+            "weights it reaches, so spike inputs count as ACs (NeuroBench's check of a "
+            "{0, 1} input would call them MACs)",
+            "a layer behind an average pool sees a non-binary input: MACs, one per nonzero "
+            "pooled element per step (front-loaded bursts)",
+            "the analog first layer and layers fed a non-spike value count every input "
+            "element as nonzero (an upper bound where the input holds exact zeros)",
+            "biases (added once per window) are not synaptic operations, as in NeuroBench",
+            "membrane updates: every neuron step the PASCAL neuron simulates (T_in + "
+            "max(T_in, L) - 1 + L per neuron); NeuroBench counts only steps whose potential "
+            "changes, at most this",
+        ],
+    }
 
 
 def _si(value):
@@ -184,7 +260,8 @@ _TABLE = (("layer", "layer", "<", 20), ("L", "level", ">", 3), ("T_in", "num_ste
           ("MACs/img", "macs_per_image", ">", 8),
           ("steps/img", "neuron_updates_per_image", ">", 10),
           ("neuron ops/img", "neuron_operations_per_image", ">", 14),
-          ("ANN MACs/img", "ann_macs_per_image", ">", 12))
+          ("ANN MACs/img", "ann_macs_per_image", ">", 12),
+          ("0-skip MACs/img", "zero_skip_macs_per_image", ">", 15))
 
 
 def _cell(key, value):
@@ -215,7 +292,8 @@ def format_report(report):
         return f"{t[key]:.2f}x" if t[key] else "-"
 
     lines.append(
-        f"energy per image: SNN {t['snn_energy_pj_per_image'] / 1e6:.4g} uJ "
+        f"synaptic-operation proxy (float32 arithmetic, no memory, against the float32 ANN) "
+        f"per image: SNN {t['snn_energy_pj_per_image'] / 1e6:.4g} uJ "
         f"({e['accumulate']} pJ/AC, {e['mac']} pJ/MAC, {e['neuron_operation']} pJ/neuron "
         f"operation), ANN {t['ann_energy_pj_per_image'] / 1e6:.4g} uJ; ANN/SNN = "
         f"{ratio('energy_ratio_ann_over_snn')} ({ratio('energy_ratio_ann_over_snn_synaptic_only')} "
@@ -226,6 +304,7 @@ def format_report(report):
                  f"{_si(t['model_updates_per_image'])}); simulated steps "
                  f"{_si(t['neuron_updates_per_image'])}/img; IF neurons with the same L: "
                  f"{_si(t['if_updates_per_image'])}/img")
+    lines.extend(format_energy(report))
     reference = ("n/a" if timing["T_eff_reference"] is None
                  else f"{timing['T_eff_reference']:.4f}")
     lines.append(f"T_eff = {timing['T_eff']:.4f} (all layers), {reference} (published script); "
@@ -234,12 +313,64 @@ def format_report(report):
     return lines
 
 
+def _uj(pj):
+    return f"{pj / 1e6:.4g} uJ"
+
+
+def format_energy(report):
+    """The memory-inclusive and quantized-ANN estimates, the break-even and NeuroBench's
+    metrics as printable lines."""
+    t, model, nb = report["totals"], report["energy_model"], report["neurobench"]
+    parts = model["totals_pj_per_image"]
+
+    def with_memory(name):
+        part = parts[name]
+        share = part["memory"] / part["total"] if part["total"] else 0.0
+        return f"{_uj(part['total'])} ({share:.0%} memory)"
+
+    c = {name: entry["value"] for name, entry in model["constants"].items()}
+    lines = [
+        f"quantized ANN (int{c['weight_bits']:g} weights, ceil(log2(L+1))-bit activations, "
+        f"int{c['accumulator_bits']:g} accumulators) per image: dense "
+        f"{with_memory('qann_dense')}, zero-skipping {with_memory('qann_zero_skip')}",
+        f"spiking network (int{c['weight_bits']:g} weights, {c['potential_bits']:g}-bit "
+        f"potentials) per image: event-driven {with_memory('snn_event_driven')}, "
+        f"time-stepped {with_memory('snn_time_stepped')}",
+    ]
+    lines.extend(f"  {sentence}" for sentence in model["break_even"])
+
+    def number(value, digits=3):
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    lines.append(f"synaptic events per zero-skipping MAC: {number(t['events_per_zero_skip_mac'])}"
+                 f" (never below 1 in an exact conversion); E[q | q > 0] = "
+                 f"{number(t['mean_count_when_active'])} spikes per active neuron; "
+                 f"{number(t['spikes_per_synapse'])} spikes per synapse")
+    ops = nb["synaptic_operations"]
+    lines.append(f"NeuroBench: footprint {nb['footprint_bytes'] / 1e6:.4g} MB, connection "
+                 f"sparsity {nb['connection_sparsity']:.4f}, activation sparsity "
+                 f"{nb['activation_sparsity']:.4f}, synaptic operations Effective_ACs "
+                 f"{_si(ops['Effective_ACs'])}, Effective_MACs {_si(ops['Effective_MACs'])}, "
+                 f"Dense {_si(ops['Dense'])}, membrane updates {_si(nb['membrane_updates'])} "
+                 "(per image; how they are counted: the JSON's notes)")
+    return lines
+
+
+_ESTIMATE_FIELDS = ("snn_event_driven_pj_per_image", "snn_time_stepped_pj_per_image",
+                    "qann_dense_pj_per_image", "qann_zero_skip_pj_per_image")
+
 _CSV_FIELDS = ("layer", "kind", "level", "num_steps_in", "neurons", "feeds", "spikes_per_image",
                "firing_rate", "accumulates_per_image", "shortcut_additions_per_image",
                "macs_per_image", "neuron_updates_per_image", "neuron_operations_per_image",
                "model_updates_per_image", "if_updates_per_image", "ann_macs_per_image",
                "snn_energy_pj_per_image", "snn_synaptic_energy_pj_per_image",
-               "ann_energy_pj_per_image")
+               "ann_energy_pj_per_image", "active_neurons_per_image", "zero_skip_macs_per_image",
+               "ann_additions_per_image", "zero_skip_additions_per_image",
+               "input_elements_per_image", "active_input_elements_per_image",
+               "weights_per_image", "activation_bits", "events_per_zero_skip_mac",
+               "spikes_per_synapse", "zero_skip_mac_pj", "event_pj_event_driven",
+               "event_pj_time_stepped", "break_even_events_per_mac_event_driven",
+               "break_even_events_per_mac_time_stepped") + _ESTIMATE_FIELDS
 
 
 def write_report_json(report, path, extra=None):
@@ -261,11 +392,13 @@ def write_report_csv(report, path):
 
 
 def plot_report(report, path, title=""):
-    """PNG: per-layer operations (log scale) and spikes per image with the firing rate.
+    """PNG: per-layer operations, energies (log scales) and spikes per image with the firing
+    rate.
 
     A spiking layer's bars are the operations its spikes cause in the layers they feed (SNN
-    ACs and shortcut additions) next to those layers' ANN MACs; the analog row is the first
-    layer's MACs."""
+    ACs and shortcut additions) next to those layers' ANN MACs, and the energies of the
+    three estimates (the proxy, the spiking network with memory in both scenarios, the
+    quantized ANN dense and zero-skipping); the analog row is the first layer's MACs."""
     plt = pyplot()
     rows = report["rows"]
     names = [row["layer"] for row in rows]
@@ -273,8 +406,8 @@ def plot_report(report, path, title=""):
     snn_ops = [row["accumulates_per_image"] + row["shortcut_additions_per_image"] for row in rows]
     macs = [row["macs_per_image"] for row in rows]
     ann = [row["ann_macs_per_image"] for row in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(rows) + 3), 7.5),
-                                      sharex=True)
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(max(8, 0.55 * len(rows) + 3), 11),
+                                              sharex=True)
     width = 0.4
     top.bar([i - width / 2 for i in x], ann, width, label="ANN MACs", color="#999999")
     top.bar([i + width / 2 for i in x], snn_ops, width, label="SNN accumulates (+ shortcut adds)",
@@ -287,9 +420,24 @@ def plot_report(report, path, title=""):
     top.set_ylim(top=highest * 30)  # room for the legend above the bars
     top.legend(fontsize=8, loc="upper center", ncol=3)
     t = report["totals"]
-    top.set_title(title or (f"operations caused by each layer's output; energy per image: SNN "
-                            f"{t['snn_energy_pj_per_image'] / 1e6:.4g} uJ, ANN "
-                            f"{t['ann_energy_pj_per_image'] / 1e6:.4g} uJ"), fontsize=10)
+    top.set_title(title or (
+        "operations caused by each layer's output; energy per image: event-driven SNN "
+        f"{t['snn_event_driven_pj_per_image'] / 1e6:.4g} uJ, time-stepped SNN "
+        f"{t['snn_time_stepped_pj_per_image'] / 1e6:.4g} uJ, zero-skipping quantized ANN "
+        f"{t['qann_zero_skip_pj_per_image'] / 1e6:.4g} uJ"), fontsize=10)
+    estimates = (("snn_energy_pj_per_image", "SNN, proxy (fp32 arithmetic)", "#aec7e8"),
+                 ("snn_event_driven_pj_per_image", "SNN, event-driven (memory incl.)", "#1f77b4"),
+                 ("snn_time_stepped_pj_per_image", "SNN, time-stepped (memory incl.)", "#17becf"),
+                 ("qann_dense_pj_per_image", "quantized ANN, dense", "#7f7f7f"),
+                 ("qann_zero_skip_pj_per_image", "quantized ANN, zero-skipping", "#2ca02c"))
+    width = 0.8 / len(estimates)
+    for k, (key, label, color) in enumerate(estimates):
+        middle.bar([i - 0.4 + (k + 0.5) * width for i in x], [row[key] for row in rows], width,
+                   label=label, color=color)
+    middle.set_yscale("log")
+    middle.set_ylabel("energy per image (pJ)")
+    middle.set_ylim(top=max([row[key] for row in rows for key, _, _ in estimates] + [1.0]) * 30)
+    middle.legend(fontsize=7, loc="upper center", ncol=3)
     spikes = [row["spikes_per_image"] for row in rows]
     bars = bottom.bar(list(x), spikes, 0.6, color="#2ca02c")
     for bar, row in zip(bars, rows, strict=True):

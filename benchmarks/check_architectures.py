@@ -108,14 +108,25 @@ def check(name, seed=0, images=2):
         row[f"{sim}_max_logit_error_over_max_logit"] = error
         if difference != 0 or error > 1e-9:
             row["result"] = "MISMATCH"
-    row["cost_report"] = cost_report(model, snn, x, stats, levels)
+    row["cost_report"], report = cost_report(model, snn, x, stats, levels)
+    if report is not None:  # the break-even on these random live weights
+        totals = report["totals"]
+        row["events_per_zero_skip_mac"] = totals["events_per_zero_skip_mac"]
+        row["snn_over_qann_zero_skip"] = {
+            scenario: report["energy_model"]["snn_over_qann"][f"{scenario}_over_zero_skip"]
+            for scenario in ("event_driven", "time_stepped")}
+        row["energy_pj_per_image"] = {
+            name: part["total"]
+            for name, part in report["energy_model"]["totals_pj_per_image"].items()}
     row["seconds"] = time.perf_counter() - started
     return row
 
 
 def cost_report(model, snn, x, stats, levels):
-    """``"ran"`` when the cost report, T_eff and the latencies compute and the report's spikes
-    per image equal the ANN's levels; otherwise what went wrong, in one line."""
+    """``("ran", report)`` when the cost report, T_eff and the latencies compute, the
+    report's spikes per image equal the ANN's levels and its synaptic events are no fewer
+    than the zero-skipping quantized ANN's MACs; otherwise what went wrong, in one line, and
+    None."""
     try:
         layer_levels = models.get_levels(model)
         timing = {"T_eff": teff(layer_levels, layer_fan_ins(model))[0],
@@ -127,11 +138,16 @@ def cost_report(model, snn, x, stats, levels):
         meter.add(x, stats)
         report = snn_cost.build_report(meter, timing)
     except Exception as error:  # recorded, not raised: the table says which architecture
-        return f"failed: {type(error).__name__}: {error}".splitlines()[0]
+        return f"failed: {type(error).__name__}: {error}".splitlines()[0], None
     spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]
               if row["kind"] == "spiking"}
     expected = {name: int(level.sum()) / x.shape[0] for name, level in levels.items()}
-    return "ran" if spikes == expected else "spike counts differ from the ANN's levels"
+    if spikes != expected:
+        return "spike counts differ from the ANN's levels", None
+    events = sum(r["accumulates_per_image"] + r["macs_per_image"] for r in report["rows"])
+    if events < sum(r["zero_skip_macs_per_image"] for r in report["rows"]):
+        return "fewer synaptic events than zero-skipping MACs", None
+    return "ran", report
 
 
 def main(args):

@@ -5,10 +5,12 @@ causes in the weighted layer it feeds (average pools and a flatten between them 
 :func:`dense_macs` the MACs of a layer on one dense input. Used by :class:`cost_meter.CostMeter`
 (the counting rules are in :mod:`snn_cost`).
 """
+import copy
+
 import torch
 from torch import nn
 
-__all__ = ["spike_reach", "dense_macs"]
+__all__ = ["spike_reach", "dense_macs", "connections"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d) + _TRANSPOSED
@@ -74,6 +76,35 @@ def spike_reach(layer, chain, source_shape):
 def dense_macs(layer, input_shape):
     """MACs of ``layer`` on one dense input of per-image shape ``input_shape`` (no padding taps)."""
     return int(spike_reach(layer, (), input_shape).sum())
+
+
+@torch.no_grad()
+def connections(layer, input_shape):
+    """Per element of one input of per-image shape ``input_shape``: the outputs of ``layer``
+    it reaches through a nonzero weight (int64, shaped ``input_shape``).
+
+    Summed against a binary input, this is NeuroBench's synaptic-operation count, which
+    re-runs the layer with every nonzero weight and input set to 1 (no bias). A linear
+    layer's are its weight columns' nonzero counts; a convolution's (padding modes,
+    transposed, grouped) the gradient of the sum of its output, with binarized weights, with
+    respect to an all-ones input.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    weight = layer.weight.detach()
+    if isinstance(layer, nn.Linear):
+        per_feature = (weight != 0).sum(0).to(torch.int64)
+        return per_feature.expand(input_shape).contiguous()
+    if not isinstance(layer, _CONV):
+        raise TypeError(f"cannot count operations of {type(layer).__name__}")
+    binary = copy.deepcopy(layer).to(torch.float64)
+    binary.weight.copy_(weight != 0)
+    binary.bias = None
+    binary.requires_grad_(False)
+    x = torch.ones((1, *input_shape), dtype=torch.float64, device=weight.device,
+                   requires_grad=True)
+    with torch.enable_grad():
+        binary(x).sum().backward()
+    return x.grad[0].round().to(torch.int64).cpu()
 
 
 def _split_chain(chain):

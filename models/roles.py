@@ -904,9 +904,9 @@ def segment_boundary(op, window_ops, window_sources):
 
 class Spikes:
     """How a value is made of spikes: ``parts[source] = ids`` (per-image tensor shaped like
-    the value before ``pools``, holding the flat index of the source element each element
-    carries, -1 for elements from other sources), then average ``pools`` (module objects)
-    and, if ``flattened``, a flatten."""
+    the value before ``pools``, holding 1 + the flat index of the source element each element
+    carries, 0 for elements from other sources and zeros), then average ``pools`` (module
+    objects) and, if ``flattened``, a flatten."""
 
     __slots__ = ("parts", "pools", "flattened")
 

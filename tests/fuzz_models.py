@@ -41,7 +41,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 import snn_cost  # noqa: E402
 from cost_meter import CostMeter  # noqa: E402
-from helpers import ann_levels, calibrate_thresholds_, randomize_  # noqa: E402
+from helpers import (ann_levels, assert_events_cover_zero_skip, calibrate_thresholds_,  # noqa: E402
+                     randomize_)
 from models.timing import (latency_steps, layer_fan_ins, pipelined_latency_steps,  # noqa: E402
                            teff)
 
@@ -697,6 +698,7 @@ def check(seed):
                       if row["kind"] == "spiking"}
             # the ANN's levels, or the spikes actually emitted where they differ at a boundary
             assert spikes == {s.name: int(s.counts.sum()) / x.shape[0] for s in stats}, name
+            assert_events_cover_zero_skip(report)
         return "exact", at_boundary
     except Exception as error:
         raise AssertionError(f"fuzz model {seed} failed: {type(error).__name__}: {error}\n"

@@ -241,6 +241,32 @@ def assert_cost_report_counts(model, snn, x, levels, stats=None):
     spikes = {row["layer"]: row["spikes_per_image"] for row in report["rows"]
               if row["kind"] == "spiking"}
     assert spikes == {name: int(level.sum()) / x.shape[0] for name, level in levels.items()}
+    assert_events_cover_zero_skip(report)
+
+
+def assert_events_cover_zero_skip(report):
+    """An exact conversion's spiking network never does fewer synaptic events than a
+    zero-skipping quantized ANN does MACs: every neuron fires q times, its level, so a source
+    reaching n outputs costs q x n events against n MACs when q > 0 (an average pool between
+    them only merges inputs, whose events add up). Per row, for shortcut additions too, and in
+    total; and the zero-skipping ANN never does more than the dense one. Counts are exact
+    integers divided by the number of images (no tolerance needed)."""
+    rows = report["rows"]
+    for row in rows:
+        label = f"{row['layer']} ({row['kind']})"
+        assert row["zero_skip_macs_per_image"] <= row["ann_macs_per_image"], label
+        assert row["zero_skip_additions_per_image"] <= row["ann_additions_per_image"], label
+        if row["kind"] in ("spiking", "maxpool"):
+            assert row["accumulates_per_image"] >= row["zero_skip_macs_per_image"], label
+            assert row["shortcut_additions_per_image"] >= \
+                row["zero_skip_additions_per_image"], label
+            assert row["active_input_elements_per_image"] <= \
+                row["input_elements_per_image"], label
+        else:  # the analog layer and dense-fed layers: the same MACs on both sides per step
+            assert row["zero_skip_macs_per_image"] == row["ann_macs_per_image"], label
+            assert row["macs_per_image"] >= row["ann_macs_per_image"], label
+    events = sum(r["accumulates_per_image"] + r["macs_per_image"] for r in rows)
+    assert events >= sum(r["zero_skip_macs_per_image"] for r in rows)
 
 
 def assert_streamed_histograms(model, batches, bins=(4, 5, 7)):
