@@ -25,7 +25,7 @@ class _Weighted:
     input_elements: int = 0  # elements of one input step, one image
     operations: int = 0  # ACs (spike-fed) or MACs (dense), whole run
     ann_macs: int = 0    # the ANN layer's MACs on the same images
-    zero_skip_macs: int = 0  # the ANN's MACs whose input element is nonzero
+    zero_skip_macs: float = 0  # the ANN's MACs whose input element is nonzero
     effective_acs: int = 0   # NeuroBench: binary inputs, nonzero weights, every step
     effective_macs: int = 0  # NeuroBench: non-binary inputs, nonzero weights, every step
     dense: int = 0           # NeuroBench: every connection, every step
@@ -38,7 +38,7 @@ class _Caused:
 
     events: int = 0        # spiking network: spikes x outputs reached (ACs or additions)
     ann: float = 0.0       # the ANN's operations there (MACs or additions), this source's share
-    zero_skip: int = 0     # the ANN's operations whose input element is nonzero
+    zero_skip: float = 0.0  # the ANN's operations whose input element is nonzero
     elements: int = 0      # input elements of the layer this source makes up
     active: int = 0        # of which nonzero
     weights: float = 0.0   # the layer's weight elements, this source's share
@@ -139,11 +139,11 @@ class CostMeter:
             self._reach_cache[key] = spike_reach(layer, chain, shape)
         return self._reach_cache[key]
 
-    def connections(self, layer, shape):
-        """:func:`connections` (nonzero weights only), cached."""
-        key = ("nonzero", id(layer), shape)
+    def connections(self, layer, shape, nonzero_only=True):
+        """:func:`connections`, cached."""
+        key = ("connections", nonzero_only, id(layer), shape)
         if key not in self._reach_cache:
-            self._reach_cache[key] = connections(layer, shape)
+            self._reach_cache[key] = connections(layer, shape, nonzero_only)
         return self._reach_cache[key]
 
 
@@ -248,46 +248,62 @@ class _Batch:
         return self.snn.apply(op, env)
 
     def _operations(self, layer, spikes):
-        """Per spike source of ``spikes`` reaching ``layer`` (None: an addition), over the
-        batch: a :class:`_Caused` (no ``ann`` or ``weights`` share yet) and NeuroBench's
-        effective operations, ``(ACs, MACs)``.
+        """What the spikes of ``spikes`` reaching ``layer`` (None: an addition) cost over the
+        batch: ``({source: _Caused}, effective ACs, effective MACs)``, the :class:`_Caused`
+        without the ``weights`` share (and, for a layer, without the ``ann`` share), the last
+        two NeuroBench's, for the layer.
 
-        A spike is one event, its height folded into the weights it reaches. Where average
-        pools lie between the spikes and the layer, the layer's input is no longer binary: a
-        zero-skipping ANN skips a pooled element that is zero, and NeuroBench counts MACs, one
-        per nonzero pooled element per step, the bursts being front-loaded (a neuron with
-        count q spikes at steps 0..q-1 of its window)."""
+        A spike is one event, its height folded into the weights it reaches (average pools
+        included: one event per output reached). The zero-skipping ANN runs the same graph:
+        behind average pools it skips a pooled element that is zero -- or, where that costs
+        less (overlapping pool windows), folds the pools into the weights as the spiking
+        network does and skips the zero elements before them. Behind pools the layer's input
+        is not binary: NeuroBench counts MACs, one per nonzero pooled element per step, the
+        bursts being front-loaded (a neuron with count q spikes on steps 0..q-1 of its
+        window). The sources' elements are disjoint, so a pool that mixes them sees their
+        sum."""
         out, batch = {}, self.batch
         chain = spikes.pools + ((nn.Flatten(),) if spikes.flattened else ())
+        combined = members = None
         for source, ids in spikes.parts.items():
             source_counts = self.burst_counts(source).flatten(1)
             flat = ids.flatten().to(torch.int64)
             routed = source_counts[:, (flat - 1).clamp(min=0)] * (flat > 0)
             routed = routed.reshape(batch, *ids.shape[1:])
             reach = self.meter.reach(layer, chain, tuple(ids.shape[1:])).to(routed.device)
-            caused = _Caused(events=int((routed.to(torch.int64) * reach).sum()),
-                             elements=batch * int((ids > 0).sum()),
-                             active=int((routed > 0).sum()))
-            if layer is None:  # the ANN adds every element of the (pooled) operand
-                caused.ann = float(batch * int((_through(chain, (ids > 0).to(torch.float64))
-                                                > 0).sum()))
-            acs = macs = 0
-            if not chain:
-                caused.zero_skip = int(((routed > 0) * reach).sum())
-                if layer is not None:
-                    acs = int((routed.to(torch.int64) * self.meter.connections(
-                        layer, tuple(ids.shape[1:])).to(routed.device)).sum())
-            else:
-                pooled = _through(chain, (routed > 0).to(torch.float64)) > 0
-                shape = tuple(pooled.shape[1:])
-                caused.zero_skip = int((pooled * self.meter.reach(layer, (), shape)).sum())
-                if layer is not None:
-                    nonzero = self.meter.connections(layer, shape).to(routed.device)
-                    for step in range(int(routed.max()) if routed.numel() else 0):
-                        macs += int(((_through(chain, (routed > step).to(torch.float64)) > 0)
-                                     * nonzero).sum())
-            out[source] = (caused, acs, macs)
-        return out
+            out[source] = _Caused(events=int((routed.to(torch.int64) * reach).sum()),
+                                  zero_skip=int(((routed > 0) * reach).sum()),
+                                  elements=batch * int((ids > 0).sum()),
+                                  active=int((routed > 0).sum()))
+            combined = routed if combined is None else combined + routed
+            members = (ids > 0) if members is None else members | (ids > 0)
+        if combined is None:
+            return out, 0, 0
+        shape = tuple(combined.shape[1:])
+        if not chain:
+            acs = 0 if layer is None else int((combined.to(torch.int64) * self.meter.connections(
+                layer, shape).to(combined.device)).sum())
+            if layer is None:
+                for caused in out.values():
+                    caused.ann = float(caused.elements)
+            return out, acs, 0
+        pooled = _through(chain, (combined > 0).to(torch.float64)) > 0
+        pooled_shape = tuple(pooled.shape[1:])
+        folded = sum(caused.zero_skip for caused in out.values())
+        unfolded = int((pooled * self.meter.reach(layer, (), pooled_shape)).sum())
+        if unfolded < folded:  # split among the sources by their folded counts
+            for caused in out.values():
+                caused.zero_skip = unfolded * caused.zero_skip / folded
+        if layer is None:  # the ANN adds every element of the pooled operand
+            dense = batch * int((_through(chain, members.to(torch.float64)) > 0).sum())
+            total = sum(caused.elements for caused in out.values())
+            for caused in out.values():
+                caused.ann = dense * caused.elements / total
+            return out, 0, 0
+        nonzero = self.meter.connections(layer, pooled_shape).to(combined.device)
+        macs = sum(int(((_through(chain, (combined > step).to(torch.float64)) > 0)
+                        * nonzero).sum()) for step in range(int(combined.max())))
+        return out, 0, macs
 
     def count_pooled(self, op):
         """A max pool of bursts: its output spikes, a source of their own."""
@@ -301,7 +317,7 @@ class _Batch:
         for index in op.inputs:
             spikes = self.plan.spikes_of(index)
             if isinstance(spikes, Spikes):
-                for source, (caused, _, _) in self._operations(None, spikes).items():
+                for source, caused in self._operations(None, spikes)[0].items():
                     name = self.snn.ops[source].name
                     self.meter.additions[name] = self.meter.additions.get(name, 0) + \
                         caused.events
@@ -324,7 +340,8 @@ class _Batch:
                 nonzero_weights=int(torch.count_nonzero(layer.weight)),
                 input_elements=int(torch.Size(shape).numel()))
         entry.ann_macs += batch * macs
-        entry.dense += steps * batch * macs
+        # NeuroBench's dense count: every weight tap (a tap reading a padding copy included)
+        entry.dense += steps * batch * int(meter.connections(layer, shape, False).sum())
         entry.images += batch
         if spikes is None:
             # dense currents: every element of every step is multiplied by the weights; the
@@ -334,13 +351,13 @@ class _Batch:
             entry.zero_skip_macs += batch * macs
             entry.effective_macs += steps * batch * int(meter.connections(layer, shape).sum())
             return
-        parts = self._operations(layer, spikes)
+        parts, acs, effective_macs = self._operations(layer, spikes)
+        entry.effective_acs += acs
+        entry.effective_macs += effective_macs
         elements = {source: int((ids > 0).sum()) for source, ids in spikes.parts.items()}
-        for source, (caused, acs, effective_macs) in parts.items():
+        for source, caused in parts.items():
             entry.operations += caused.events
             entry.zero_skip_macs += caused.zero_skip
-            entry.effective_acs += acs
-            entry.effective_macs += effective_macs
             name = snn.ops[source].name
             feeds = meter.feeds.setdefault(name, [])
             if op.name not in feeds:

@@ -19,11 +19,18 @@ Counting rules (all counts are exact integers, per image unless said otherwise):
   per emit step; ``5L - 2`` when ``T_in = L``; :func:`models.spiking.neuron_operations`),
   next to the steps the simulation runs, ``T_in + (max(T_in, L) - 1) + L`` per neuron
   (``LayerStats.neuron_updates``), and the ``L`` of a plain integrate-and-fire neuron.
-- *Energy*: ``e_ac * (ACs + shortcut additions) + e_mac * (analog and dense MACs) +
-  e_op * neuron operations`` for the SNN, ``e_mac * MACs`` for the ANN. Defaults are the usual
-  45 nm CMOS figures (Horowitz, ISSCC 2014): 0.9 pJ per accumulate, 4.6 pJ per
-  multiply-accumulate (32-bit float), and a neuron operation priced as one accumulate
-  (0.9 pJ); the energy ratio is reported with and without the neuron operations.
+- *Zero-skipping MACs* of a quantized ANN running the same graph: one per (nonzero input
+  element, output) pair -- behind average pools, per nonzero pooled element, or with the
+  pools folded into the weights where that is fewer. An exact conversion's ACs are never
+  fewer (each active neuron fires at least once per output it reaches).
+- *Energy*, the synaptic-operation proxy: ``e_ac * (ACs + shortcut additions) + e_mac *
+  (analog and dense MACs) + e_op * neuron operations`` for the SNN, ``e_mac * MACs`` for the
+  ANN. Defaults are the usual 45 nm CMOS figures (Horowitz, ISSCC 2014): 0.9 pJ per
+  accumulate, 4.6 pJ per multiply-accumulate (32-bit float), and a neuron operation priced
+  as one accumulate (0.9 pJ); the ratio is reported with and without the neuron
+  operations. :mod:`energy_model` adds memory traffic (event-driven and time-stepped) and
+  the bit-matched quantized ANN (dense and zero-skipping), :func:`neurobench_metrics`
+  NeuroBench's metrics.
 - *Latency*: sequential (every layer accumulates, corrects and emits in turn) and pipelined
   (a layer accumulates while the layer before it emits: :mod:`models.timing`).
 
@@ -210,7 +217,7 @@ def neurobench_metrics(meter, report):
       and ``Effective_MACs`` (the same for a non-binary input);
     - membrane updates: the neuron steps simulated (see the notes).
     """
-    snn, images = meter.snn, report["images"]
+    snn = meter.snn
     weighted = list(meter.weighted.values())
     weights = sum(w.weights for w in weighted)
     spiking = [row for row in report["rows"] if row["kind"] == "spiking"]
@@ -228,6 +235,8 @@ def neurobench_metrics(meter, report):
             "Dense": sum(w.dense / w.images for w in weighted)},
         "membrane_updates": report["totals"]["neuron_updates_per_image"],
         "notes": [
+            "footprint: the converted network's parameters and buffers as stored, in the "
+            "evaluation's dtype (float64 takes twice float32's bytes; int8 weights a quarter)",
             "a spike is a binary event: its height (threshold / L) is folded into the "
             "weights it reaches, so spike inputs count as ACs (NeuroBench's check of a "
             "{0, 1} input would call them MACs)",
@@ -421,11 +430,12 @@ def plot_report(report, path, title=""):
     top.legend(fontsize=8, loc="upper center", ncol=3)
     t = report["totals"]
     top.set_title(title or (
-        "operations caused by each layer's output; energy per image: event-driven SNN "
-        f"{t['snn_event_driven_pj_per_image'] / 1e6:.4g} uJ, time-stepped SNN "
-        f"{t['snn_time_stepped_pj_per_image'] / 1e6:.4g} uJ, zero-skipping quantized ANN "
-        f"{t['qann_zero_skip_pj_per_image'] / 1e6:.4g} uJ"), fontsize=10)
-    estimates = (("snn_energy_pj_per_image", "SNN, proxy (fp32 arithmetic)", "#aec7e8"),
+        "operations caused by each layer's output; energy per image: SNN "
+        f"{t['snn_event_driven_pj_per_image'] / 1e6:.4g} uJ event-driven, "
+        f"{t['snn_time_stepped_pj_per_image'] / 1e6:.4g} uJ time-stepped; zero-skipping "
+        f"quantized ANN {t['qann_zero_skip_pj_per_image'] / 1e6:.4g} uJ"), fontsize=9)
+    estimates = (("ann_energy_pj_per_image", "float32 ANN, proxy", "#dddddd"),
+                 ("snn_energy_pj_per_image", "SNN, proxy (fp32 arithmetic)", "#aec7e8"),
                  ("snn_event_driven_pj_per_image", "SNN, event-driven (memory incl.)", "#1f77b4"),
                  ("snn_time_stepped_pj_per_image", "SNN, time-stepped (memory incl.)", "#17becf"),
                  ("qann_dense_pj_per_image", "quantized ANN, dense", "#7f7f7f"),

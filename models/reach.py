@@ -79,25 +79,28 @@ def dense_macs(layer, input_shape):
 
 
 @torch.no_grad()
-def connections(layer, input_shape):
-    """Per element of one input of per-image shape ``input_shape``: the outputs of ``layer``
-    it reaches through a nonzero weight (int64, shaped ``input_shape``).
+def connections(layer, input_shape, nonzero_only=True):
+    """Per element of one input of per-image shape ``input_shape``: the weights of ``layer``
+    it is multiplied by (int64, shaped ``input_shape``), only the nonzero ones by default.
 
     Summed against a binary input, this is NeuroBench's synaptic-operation count, which
-    re-runs the layer with every nonzero weight and input set to 1 (no bias). A linear
-    layer's are its weight columns' nonzero counts; a convolution's (padding modes,
-    transposed, grouped) the gradient of the sum of its output, with binarized weights, with
-    respect to an all-ones input.
+    re-runs the layer with every nonzero weight and input set to 1 (no bias); with
+    ``nonzero_only=False``, against an all-ones input, its dense count. A linear layer's are
+    its weight columns' (nonzero) counts; a convolution's (padding modes, transposed,
+    grouped) the gradient of the sum of its output, with binarized weights, with respect to
+    an all-ones input: a kernel tap that reads a reflected or circular copy of an element
+    counts for that element, so an element can reach one output through several taps.
     """
     input_shape = tuple(int(s) for s in input_shape)
     weight = layer.weight.detach()
+    binary_weight = (weight != 0) if nonzero_only else torch.ones_like(weight, dtype=torch.bool)
     if isinstance(layer, nn.Linear):
-        per_feature = (weight != 0).sum(0).to(torch.int64)
+        per_feature = binary_weight.sum(0).to(torch.int64)
         return per_feature.expand(input_shape).contiguous()
     if not isinstance(layer, _CONV):
         raise TypeError(f"cannot count operations of {type(layer).__name__}")
     binary = copy.deepcopy(layer).to(torch.float64)
-    binary.weight.copy_(weight != 0)
+    binary.weight.copy_(binary_weight)
     binary.bias = None
     binary.requires_grad_(False)
     x = torch.ones((1, *input_shape), dtype=torch.float64, device=weight.device,

@@ -250,14 +250,19 @@ def assert_events_cover_zero_skip(report):
     reaching n outputs costs q x n events against n MACs when q > 0 (an average pool between
     them only merges inputs, whose events add up). Per row, for shortcut additions too, and in
     total; and the zero-skipping ANN never does more than the dense one. Counts are exact
-    integers divided by the number of images (no tolerance needed)."""
+    integers divided by the number of images, or their split among the sources of a pool
+    that mixes several: the dense and zero-skipping counts are then compared in total only,
+    and a relative slack of 1e-12 covers the split's float rounding (one count is 1e-9 of a
+    total below 1e9)."""
     rows = report["rows"]
+    for key in ("macs", "additions"):
+        assert sum(r[f"zero_skip_{key}_per_image"] for r in rows) <= \
+            sum(r[f"ann_{key}_per_image"] for r in rows) * (1 + 1e-12), key
     for row in rows:
         label = f"{row['layer']} ({row['kind']})"
-        assert row["zero_skip_macs_per_image"] <= row["ann_macs_per_image"], label
-        assert row["zero_skip_additions_per_image"] <= row["ann_additions_per_image"], label
         if row["kind"] in ("spiking", "maxpool"):
-            assert row["accumulates_per_image"] >= row["zero_skip_macs_per_image"], label
+            assert row["accumulates_per_image"] >= \
+                row["zero_skip_macs_per_image"] * (1 - 1e-12), label
             assert row["shortcut_additions_per_image"] >= \
                 row["zero_skip_additions_per_image"], label
             assert row["active_input_elements_per_image"] <= \
@@ -266,7 +271,7 @@ def assert_events_cover_zero_skip(report):
             assert row["zero_skip_macs_per_image"] == row["ann_macs_per_image"], label
             assert row["macs_per_image"] >= row["ann_macs_per_image"], label
     events = sum(r["accumulates_per_image"] + r["macs_per_image"] for r in rows)
-    assert events >= sum(r["zero_skip_macs_per_image"] for r in rows)
+    assert events >= sum(r["zero_skip_macs_per_image"] for r in rows) * (1 - 1e-12)
 
 
 def assert_streamed_histograms(model, batches, bins=(4, 5, 7)):

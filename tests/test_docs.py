@@ -97,3 +97,19 @@ def test_the_extraction_sees_continuations_chains_and_torchrun_options(tmp_path)
                                            ["torchrun", "--standalone", "--nproc_per_node=2",
                                             "c.py", "--z", "3"]]
     assert script_and_args(found[2][1]) == ("c.py", ["--z", "3"])
+
+
+def test_the_energy_constants_table_matches_the_code():
+    """docs/evaluation.md lists every energy constant with the default the code uses."""
+    import energy_model
+    rows = {}
+    for line in (REPO / "docs" / "evaluation.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].strip("`") in energy_model.CONSTANTS:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(energy_model.CONSTANTS)
+    for name, constant in energy_model.CONSTANTS.items():
+        default = "null" if constant.value is None else f"{constant.value:g}"
+        _, value, unit, _, uncertain = rows[name]
+        assert (value, unit, uncertain == "yes") == (default, constant.unit, constant.uncertain), \
+            name

@@ -1,6 +1,7 @@
 """The energy model (energy_model.py) and NeuroBench's metrics in the cost report: hand-computed
 networks for every quantity, an independent binarized re-run for the synaptic operations, the
 zero-skipping ANN's MACs against the ANN's own activations, and the --report options."""
+import copy
 import json
 import math
 
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import energy_model
+import fuzz_models
 import main_test
-import models
 import snn_cost
 from conftest import run_script
 from cost_meter import CostMeter
@@ -186,11 +187,13 @@ def test_pooled_and_shortcut_inputs_hand_computed():
     assert_events_cover_zero_skip(report)
 
 
-def _binarized_rerun(snn, x, images):
+def _binarized_rerun(snn, x):
     """NeuroBench's synaptic operations recomputed from the step path's per-step inputs:
-    each weighted layer is re-run with binarized weights (nonzero -> 1) and inputs (nonzero
-    -> 1), no bias; a layer whose nonzero inputs all have one value (a spike height) counts
-    ACs, any other MACs; Dense re-runs with all-ones weights and inputs."""
+    ``{weighted module: (effective, dense, binary)}`` over the batch. Each weighted layer is
+    re-run on every input it received with binarized weights (nonzero -> 1) and inputs
+    (nonzero -> 1), no bias (effective), and with all-ones weights and inputs (dense);
+    ``binary``: its nonzero inputs all had one value (a spike height), so NeuroBench counts
+    ACs, otherwise MACs."""
     snn(x)  # plans the run (a one-image probe), so the hooks below see the run alone
     calls = {}
 
@@ -204,25 +207,24 @@ def _binarized_rerun(snn, x, images):
     finally:
         for hook in hooks:
             hook.remove()
-    totals = {"Effective_ACs": 0, "Effective_MACs": 0, "Dense": 0}
-    classes = []
+    out = {}
     for module, inputs in calls.items():
-        binary_w = (module.weight != 0).to(torch.float64)
+        def rerun(value, weight, module=module):
+            # the layer itself (its padding mode, stride, groups) with other weights, no bias
+            copy_ = copy.deepcopy(module).to(torch.float64)
+            copy_.weight.data = weight.to(torch.float64)
+            copy_.bias = None
+            with torch.no_grad():
+                return copy_(value.to(torch.float64))
 
-        def apply(value, weight, module=module):
-            if isinstance(module, nn.Linear):
-                return F.linear(value, weight)
-            return F.conv2d(value, weight, None, module.stride, module.padding,
-                            module.dilation, module.groups)
-
+        binary_w = (module.weight != 0)
         nonzero = torch.cat([value[value != 0] for value in inputs])
-        spikes = bool((nonzero == nonzero[0]).all())
-        classes.append(spikes)
-        for value in inputs:
-            effective = int(apply((value != 0).to(torch.float64), binary_w).sum())
-            totals["Effective_ACs" if spikes else "Effective_MACs"] += effective
-            totals["Dense"] += int(apply(torch.ones_like(value), torch.ones_like(binary_w)).sum())
-    return {key: value / images for key, value in totals.items()}, classes
+        out[module] = (
+            sum(int(rerun(value != 0, binary_w).sum()) for value in inputs),
+            sum(int(rerun(torch.ones_like(value), torch.ones_like(binary_w)).sum())
+                for value in inputs),
+            nonzero.numel() > 0 and bool((nonzero == nonzero[0]).all()))
+    return out
 
 
 class PoolNet(nn.Module):
@@ -250,11 +252,15 @@ def test_neurobench_synaptic_operations_equal_a_binarized_rerun():
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)  # no exact zeros in the image
     calibrate_thresholds_(net, x)
     report, snn = report_of(net, x, sim="counts")
-    step_snn = convert_to_snn(net)
-    expected, classes = _binarized_rerun(step_snn, x, images=3)
+    rerun = _binarized_rerun(convert_to_snn(net), x)
     # analog conv and the pooled conv: MACs; the two spike-fed layers: ACs
-    assert sorted(classes) == [False, False, True, True]
-    assert report["neurobench"]["synaptic_operations"] == expected
+    assert sorted(binary for _, _, binary in rerun.values()) == [False, False, True, True]
+    expected = {"Effective_ACs": 0, "Effective_MACs": 0, "Dense": 0}
+    for effective, dense, binary in rerun.values():
+        expected["Effective_ACs" if binary else "Effective_MACs"] += effective
+        expected["Dense"] += dense
+    assert report["neurobench"]["synaptic_operations"] == {
+        key: value / 3 for key, value in expected.items()}  # per image
     nb = report["neurobench"]
     weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     zeros = sum(int((w == 0).sum()) for w in weights)
@@ -388,3 +394,33 @@ def test_main_test_refuses_bad_constants(digits_run, capsys, argv, fragment):
                       + argv) == 2
     assert_one_line_error(capsys, fragment)
 
+
+
+def test_neurobench_counts_of_fuzzed_models_equal_a_binarized_rerun():
+    """The differential fuzzer's models (convolutions of every padding mode, transposed and
+    grouped, pools of concatenations, shuffles, copies): per weighted layer, the effective
+    and dense counts of the report's meter equal the binarized re-run of the step path's
+    inputs; where the layer is fed a non-spike value the meter counts every input element
+    as nonzero, an upper bound."""
+    checked = 0
+    for seed in range(60):
+        try:
+            _, ann, x, _, _ = fuzz_models.build(seed)
+            snn = convert_to_snn(ann)
+        except ValueError:  # refused: nothing to count
+            continue
+        meter = CostMeter(snn)
+        meter.add(x, snn.forward_with_stats(x, keep_counts=True)[1])
+        rerun = _binarized_rerun(snn, x)
+        modules = {op.name: snn.layers[op.target].layer for op in snn.ops
+                   if op.name in meter.weighted}
+        for name, w in meter.weighted.items():
+            effective, dense, _ = rerun[modules[name]]
+            counted = w.effective_acs + w.effective_macs
+            assert w.dense == dense, (seed, name)
+            if w.source is None:
+                assert counted >= effective, (seed, name)
+            else:
+                assert counted == effective, (seed, name)
+        checked += 1
+    assert checked >= 30  # most generated models are accepted

@@ -16,7 +16,7 @@ from checkpoint import load_checkpoint_file, model_from_checkpoint
 from conftest import run_script
 from cost_meter import CostMeter
 from data import get_dataset, make_loader
-from helpers import assert_one_line_error
+from helpers import assert_events_cover_zero_skip, assert_one_line_error
 from models.timing import latency_steps, layer_fan_ins, pipelined_latency_steps, teff
 
 
@@ -77,8 +77,15 @@ def test_float64_snn_equals_ann_and_the_report_equals_the_library(tv_run, tmp_pa
     expected = snn_cost.build_report(meter, timing)
     for key in ("accumulates_per_image", "macs_per_image", "spikes_per_image",
                 "neuron_operations_per_image", "shortcut_additions_per_image",
-                "snn_energy_pj_per_image", "ann_energy_pj_per_image"):
+                "snn_energy_pj_per_image", "ann_energy_pj_per_image",
+                "zero_skip_macs_per_image", "snn_event_driven_pj_per_image",
+                "snn_time_stepped_pj_per_image", "qann_dense_pj_per_image",
+                "qann_zero_skip_pj_per_image", "events_per_zero_skip_mac"):
         assert report["totals"][key] == pytest.approx(expected["totals"][key], rel=1e-12), key
+    assert report["energy_model"]["break_even"] == expected["energy_model"]["break_even"]
+    # the same integer counts over the same 96 images: equal
+    assert report["neurobench"] == expected["neurobench"]
+    assert_events_cover_zero_skip(report)
     assert report["timing"]["T_eff"] == pytest.approx(
         teff([2] * 17, layer_fan_ins(model))[0], rel=1e-12)
     assert report["timing"]["latency_steps"] == latency_steps(model)[0]
