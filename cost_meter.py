@@ -290,7 +290,8 @@ class _Batch:
         pooled = _through(chain, (combined > 0).to(torch.float64)) > 0
         pooled_shape = tuple(pooled.shape[1:])
         folded = sum(caused.zero_skip for caused in out.values())
-        unfolded = int((pooled * self.meter.reach(layer, (), pooled_shape)).sum())
+        reach = self.meter.reach(layer, (), pooled_shape).to(pooled.device)
+        unfolded = int((pooled * reach).sum())
         if unfolded < folded:  # split among the sources by their folded counts
             for caused in out.values():
                 caused.zero_skip = unfolded * caused.zero_skip / folded

@@ -262,6 +262,8 @@ def estimate(report, values):
             row["events_per_zero_skip_mac"] = _ratio(row["accumulates_per_image"], zero_skip)
             row["spikes_per_synapse"] = _ratio(row["accumulates_per_image"],
                                                row["ann_macs_per_image"])
+            row["mean_count_when_active"] = _ratio(row["spikes_per_image"],
+                                                   row["active_neurons_per_image"])
             row["zero_skip_mac_pj"] = p.mac_with_memory(row["activation_bits"])
             for scenario in SCENARIOS:
                 event = p.event(scenario)

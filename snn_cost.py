@@ -377,7 +377,7 @@ _CSV_FIELDS = ("layer", "kind", "level", "num_steps_in", "neurons", "feeds", "sp
                "ann_additions_per_image", "zero_skip_additions_per_image",
                "input_elements_per_image", "active_input_elements_per_image",
                "weights_per_image", "activation_bits", "events_per_zero_skip_mac",
-               "spikes_per_synapse", "zero_skip_mac_pj", "event_pj_event_driven",
+               "spikes_per_synapse", "mean_count_when_active", "zero_skip_mac_pj", "event_pj_event_driven",
                "event_pj_time_stepped", "break_even_events_per_mac_event_driven",
                "break_even_events_per_mac_time_stepped") + _ESTIMATE_FIELDS
 

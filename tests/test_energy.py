@@ -64,7 +64,8 @@ def test_hand_computed_counts_and_energies():
     assert (row["input_elements_per_image"], row["active_input_elements_per_image"],
             row["active_neurons_per_image"], row["weights_per_image"]) == (3, 2, 2, 6)
     assert row["events_per_zero_skip_mac"] == 6 / 4 and row["spikes_per_synapse"] == 6 / 6
-    assert report["totals"]["mean_count_when_active"] == 3 / 2  # E[q | q > 0]
+    assert row["mean_count_when_active"] == 3 / 2  # E[q | q > 0]
+    assert report["totals"]["mean_count_when_active"] == 3 / 2
     # L = 4: 3-bit activations. A MAC: 8x3-bit multiply 0.2 * 24/64 + 32-bit add 0.1
     mac = 0.2 * 24 / 64 + 0.1
     # SRAM: 20 pJ per 64 bits -> 2.5 pJ for an 8-bit weight, 0.9375 for a 3-bit activation,
@@ -167,6 +168,20 @@ def test_pooled_and_shortcut_inputs_hand_computed():
     ops = report["neurobench"]["synaptic_operations"]
     assert (ops["Effective_MACs"], ops["Effective_ACs"]) == (7 * 3, 0)
     assert ops["Dense"] == 4 * 4 * 3  # L = 4 steps of the pooled 2x2 map, 3 outputs each
+
+    # overlapping windows: one neuron with 2 spikes in the centre of a 3x3 map, a 2x2 pool
+    # of stride 1 (all 4 pooled cells hold it), flattened into a linear layer with 5 outputs.
+    # The spiking network folds the pool into the weights: each spike reaches the 5 outputs
+    # once (10 events); the zero-skipping ANN either multiplies 4 nonzero pooled cells by 5
+    # weights (20 MACs) or folds the pool as well (1 nonzero element x 5 = 5): it takes 5
+    centre = torch.zeros(1, 1, 3, 3)
+    centre[0, 0, 1, 1] = 2
+    ann = nn.Sequential(spiking_input(4), nn.AvgPool2d(2, stride=1), nn.Flatten(),
+                        nn.Linear(4, 5))
+    report, _ = report_of(ann, centre)
+    row = report["rows"][0]
+    assert (row["accumulates_per_image"], row["zero_skip_macs_per_image"],
+            row["ann_macs_per_image"]) == (10, 5, 20)
 
     # an identity shortcut: spikes {1, 0, 4, 2} added to a 1x1 conv's output
     class Block(nn.Module):
