@@ -41,6 +41,7 @@ from torch.utils.data import Subset
 
 import models
 from al_metric import collect_level_counts, format_table, layer_metrics
+from allocator import keep_freed_memory
 from checkpoint import (FORMAT_VERSION, check_model, checkpoint_path, is_own_format, is_relu,
                         load_checkpoint_file, restore_training_state, save_checkpoint)
 from compiled import compile_for_steps, compile_seconds
@@ -311,6 +312,8 @@ def fit(model, train_set, test_set, config, *, stats_set=None, model_args=None, 
     ctx = ctx if ctx is not None else current_context(model)
     logger = logger if logger is not None else logging.getLogger("pascal")
     stats_set = train_set if stats_set is None else stats_set
+    if ctx.device.type == "cpu":  # each step reuses the memory the last one freed
+        keep_freed_memory()
     run = start_run(model, model_args, config, ctx, logger, levels)
     if init_percentile is not None and run.resumed_from is None:
         init_thresholds_from_data(run.model, stats_set, init_percentile, config, ctx, logger)

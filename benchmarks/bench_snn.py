@@ -21,7 +21,7 @@ are neither silent nor saturated.
     python3 benchmarks/bench_snn.py --archs tv:resnet50 --levels uniform4   # 64x64 inputs
     python3 benchmarks/bench_snn.py --against 9782d84 --archs vgg16 --levels reference
     python3 benchmarks/bench_snn.py --train-variants --against f9cafbe --archs vgg16,resnet18,resnet20 \
-        --batch 128 --reps 7 --json benchmarks/results/train-cpu-2core.json
+        --batch 128 --reps 7 --json benchmarks/results/train-cpu-2core-allocator.json
 
 ``--train-variants`` times training steps only, one row per architecture: ReLU eager, QCFS
 eager as COMMIT's models package computes it (``--against``; the eager code before the
@@ -30,6 +30,9 @@ torch.compile; each repetition is one SGD step of every variant in turn, after t
 steps (the compiled variants compile in their first). It also trains the eager and the
 compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
 and reports the relative difference of the last losses (ReLU likewise).
+
+On the CPU the training rows keep freed memory in the process (:mod:`allocator`), as
+``engine.fit`` does; ``--glibc-defaults`` times them with glibc's own settings.
 
 ``--against COMMIT`` extracts that commit's ``models`` package (``git archive``) into a
 temporary folder, imports it under another name and times its converter's step simulation
@@ -55,6 +58,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
+from allocator import keep_freed_memory  # noqa: E402
 from models.chunking import Segment  # noqa: E402
 from models.snn_layers import WeightedLayer  # noqa: E402
 
@@ -114,6 +118,9 @@ def get_args_parser(add_help=True):
     parser.add_argument("--train-variants", action="store_true",
                         help="time training steps only: ReLU and QCFS, eager and compiled "
                              "(see above); --against COMMIT adds that commit's eager QCFS")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="with --train-variants on the CPU: leave glibc's allocator as it "
+                             "is (default: keep freed memory, as training does)")
     parser.add_argument("--loss-steps", type=int, default=20,
                         help="with --train-variants: SGD steps of the eager-compiled loss "
                              "comparison (0: skip it; default: 20)")
@@ -599,12 +606,15 @@ def main(args):
     load_before = _load_average()
     rows = []
     if args.train_variants:
+        # training on the CPU keeps freed memory as engine.fit does, unless asked not to
+        allocator = None if args.glibc_defaults or device.type != "cpu" else keep_freed_memory()
         with tempfile.TemporaryDirectory() as folder:
             old_models = import_models_of_commit(args.against, folder) if args.against else None
             for arch in args.archs.split(","):
                 rows.append(train_variants_row(arch, args, device, old_models))
                 print(f"done {arch}: {json.dumps(rows[-1])}", flush=True)
-        result = _result(args, device, load_before, rows, loss_steps=args.loss_steps)
+        result = _result(args, device, load_before, rows, loss_steps=args.loss_steps,
+                         allocator=allocator)
         print_train_table(result)
         _write_json(result, args.json)
         return result

@@ -1,11 +1,13 @@
 """The training engine's pieces on their own: resume decisions, sharded resumable data order,
 and signal handling with real signals to this process."""
 import os
+import platform
 import signal
 
 import pytest
 import torch
 
+import allocator
 import engine
 import main_train
 from config import TrainConfig
@@ -109,3 +111,16 @@ def test_evaluate_counts_every_image_once():
     expected = torch.nn.functional.cross_entropy(model(x).double(), targets).item()
     # per-batch sums are float32 (the model's dtype), added up in float64: float32 rounding
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_cpu_training_keeps_freed_memory(monkeypatch):
+    """glibc accepts each allocator setting (mallopt returns 1 for each, else it is left out
+    of the answer); a setting already in the environment leaves them all to the user."""
+    for name in allocator.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    expected = {name: value for name, (_, value) in allocator.SETTINGS.items()}
+    assert allocator.keep_freed_memory() == (expected if glibc else None)
+    assert expected["MALLOC_MMAP_THRESHOLD_"] == 32 * 1024 * 1024
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert allocator.keep_freed_memory() is None
