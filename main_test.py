@@ -16,6 +16,7 @@ from torch.utils.data import Subset
 import energy_model
 import models
 import snn_cost
+from allocator import keep_freed_memory
 from baseline_report import first_reaching, plot_baseline
 from checkpoint import (is_own_format, is_relu, load_checkpoint_file, model_from_checkpoint,
                         qcfs_from_relu, relu_weights, trained_image_size)
@@ -276,6 +277,8 @@ def main(args):
                              f"got {value}")
     energy_overrides(args)
     timesteps = parse_timesteps(args.timesteps) if args.baseline else None
+    if device.type == "cpu":  # each batch reuses the memory the last one freed
+        keep_freed_memory()
     if args.calib_images < 1:
         raise UsageError(f"--calib-images must be >= 1, got {args.calib_images}")
     try:

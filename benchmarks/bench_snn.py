@@ -31,8 +31,8 @@ steps (the compiled variants compile in their first). It also trains the eager a
 compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
 and reports the relative difference of the last losses (ReLU likewise).
 
-On the CPU the training rows keep freed memory in the process (:mod:`allocator`), as
-``engine.fit`` does; ``--glibc-defaults`` times them with glibc's own settings.
+On the CPU the process keeps freed memory (:mod:`allocator`), as ``engine.fit`` and
+``main_test.py`` do; ``--glibc-defaults`` times it with glibc's own settings.
 
 ``--against COMMIT`` extracts that commit's ``models`` package (``git archive``) into a
 temporary folder, imports it under another name and times its converter's step simulation
@@ -119,8 +119,8 @@ def get_args_parser(add_help=True):
                         help="time training steps only: ReLU and QCFS, eager and compiled "
                              "(see above); --against COMMIT adds that commit's eager QCFS")
     parser.add_argument("--glibc-defaults", action="store_true",
-                        help="with --train-variants on the CPU: leave glibc's allocator as it "
-                             "is (default: keep freed memory, as training does)")
+                        help="on the CPU: leave glibc's allocator as it is (default: keep "
+                             "freed memory, as training and main_test.py do)")
     parser.add_argument("--loss-steps", type=int, default=20,
                         help="with --train-variants: SGD steps of the eager-compiled loss "
                              "comparison (0: skip it; default: 20)")
@@ -603,11 +603,11 @@ def main(args):
     if args.quick:
         args.batch, args.reps = 4, 1
         config_names = ["uniform4", MEMORY_LEVELS]
+    # on the CPU the process keeps freed memory as training and main_test.py do, unless asked
+    allocator = None if args.glibc_defaults or device.type != "cpu" else keep_freed_memory()
     load_before = _load_average()
     rows = []
     if args.train_variants:
-        # training on the CPU keeps freed memory as engine.fit does, unless asked not to
-        allocator = None if args.glibc_defaults or device.type != "cpu" else keep_freed_memory()
         with tempfile.TemporaryDirectory() as folder:
             old_models = import_models_of_commit(args.against, folder) if args.against else None
             for arch in args.archs.split(","):
@@ -632,7 +632,8 @@ def main(args):
                       f"overhead {row['overhead']:.3f}"
                       + (f", step new/old {row['snn_new_over_old']:.3f}" if old_models else ""),
                       flush=True)
-    result = _result(args, device, load_before, rows, step_budget=args.step_budget)
+    result = _result(args, device, load_before, rows, step_budget=args.step_budget,
+                     allocator=allocator)
     print_table(result)
     _write_json(result, args.json)
     return result
