@@ -8,6 +8,7 @@ Three launch modes run the same worker function:
 - ``"spawn"``: the reference README's ``--multiprocessing-distributed`` launch, one process
   per GPU (or ``--nproc`` CPU processes) started by :func:`spawn`.
 """
+import atexit
 import datetime
 import gc
 import logging
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from errors import ExitCode, PascalError
 from utils import UsageError, one_line
 
-__all__ = ["DistContext", "current_context", "ProcessConfig", "launch_mode", "free_port", "process_device", "init_process_group", "spawn",
+__all__ = ["DistContext", "current_context", "ProcessConfig", "launch_mode", "free_port",
+           "process_device", "init_process_group", "leave_process_group", "spawn",
            "detach_from_terminal", "ProcessPlace", "run_worker", "exit_worker", "exit_process"]
 
 
@@ -57,12 +59,34 @@ def current_context(model=None):
         backend = "nccl" if device.type == "cuda" else "gloo"
         init_process_group(backend, "torchrun", int(os.environ["RANK"]),
                            int(os.environ["WORLD_SIZE"]), None, 1800)
+        # the group this module joined, it also leaves, before the interpreter shuts down
+        atexit.register(_leave_at_exit)
     if not dist.is_initialized():
         return DistContext(device=device)
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device,
                        distributed=True)
+
+
+def leave_process_group(clean):
+    """Leave the process group: after a clean finish, first wait for every peer, so that no
+    process tears the group down while another still uses it; after a failure (the peers may
+    be mid-collective) at once. The group is destroyed while the interpreter is whole, so
+    the backend's threads are joined here rather than during interpreter shutdown, where a
+    two-process gloo job otherwise aborts now and then."""
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier(device_ids=[torch.cuda.current_device()]
+                     if dist.get_backend() == "nccl" else None)
+    gc.collect()  # frees what the run built (DDP's reducer holds the group)
+    dist.destroy_process_group()
+
+
+def _leave_at_exit():
+    # an uncaught exception leaves itself in sys.last_value before exit handlers run
+    leave_process_group(clean=getattr(sys, "last_value", None) is None)
 
 
 def launch_mode(multiprocessing_distributed, world_size):
@@ -258,17 +282,8 @@ def run_worker(train, place, process, error_line=str):
               f"{process.checkpoint}", file=sys.stderr)
         status = ExitCode.FAILED
     finally:
-        if place.distributed and dist.is_initialized():
-            # A clean exit waits for every peer, so that no process tears down the group while
-            # another still uses it (without this, two-process gloo runs sometimes abort after
-            # finishing). After a failure the peers may be mid-collective: skip the barrier.
-            if status == 0:
-                dist.barrier(device_ids=[torch.cuda.current_device()]
-                             if process.backend == "nccl" else None)
-            # free what the run built (DDP's reducer holds the group) while the interpreter
-            # is whole, so the backend's threads are joined here rather than at exit
-            gc.collect()
-            dist.destroy_process_group()
+        if place.distributed:
+            leave_process_group(clean=status == 0)
     return int(status)
 
 

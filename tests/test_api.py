@@ -257,6 +257,15 @@ import engine, models
 from config import TrainConfig
 from data import get_dataset
 from torch import nn
+import atexit
+import os
+import torch.distributed as dist
+
+def after_the_library():  # exit handlers run last-registered first: this one after fit's
+    with open({str(tmp_path)!r} + f"/exit{{os.environ['RANK']}}.txt", "w") as handle:
+        handle.write(f"GROUP {{dist.is_initialized()}}")
+
+atexit.register(after_the_library)
 torch.manual_seed(0)
 model = models.qcfsify(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
                                      nn.Flatten(), nn.Linear(8 * 8 * 8, 10)), levels=4)
@@ -265,7 +274,6 @@ test_set = torch.utils.data.Subset(get_dataset("digits", None, "test"), range(64
 result = engine.fit(model, train_set, test_set, TrainConfig(
     epochs=1, batch_size=64, workers=0, run_id="ddp", checkpoint_dir={str(tmp_path)!r},
     show_progress=False))
-import torch.distributed as dist
 with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as handle:
     handle.write(f"WORLD {{dist.get_world_size()}} STATUS {{result.status}}")
 """)
@@ -277,6 +285,8 @@ with open({str(tmp_path)!r} + f"/rank{{dist.get_rank()}}.txt", "w") as handle:
     # each rank says what it saw in its own file (the two processes share one stdout)
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "WORLD 2 STATUS 0"
+        # the group the library joined is left before the interpreter shuts down
+        assert (tmp_path / f"exit{rank}.txt").read_text() == "GROUP False"
     checkpoint = load_checkpoint_file(tmp_path / "ddp.pth")
     assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 1
 
