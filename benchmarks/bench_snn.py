@@ -25,9 +25,11 @@ are neither silent nor saturated.
 
 ``--train-variants`` times training steps only, one row per architecture: ReLU eager, QCFS
 eager as COMMIT's models package computes it (``--against``; the eager code before the
-fused kernel), QCFS eager (the fused kernel on the CPU), QCFS and ReLU through
-torch.compile; each repetition is one SGD step of every variant in turn, after two warm-up
-steps (the compiled variants compile in their first). It also trains the eager and the
+fused kernel), on the CPU that code again in a second process with glibc's allocator
+settings (``qcfs_before_glibc``: the step as it was before this version; the two processes
+take turns, never run at once), QCFS eager (the fused kernel on the CPU), QCFS and ReLU
+through torch.compile; each repetition is one SGD step of every variant in turn, after two
+warm-up steps (the compiled variants compile in their first). It also trains the eager and the
 compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
 and reports the relative difference of the last losses (ReLU likewise).
 
@@ -132,6 +134,8 @@ def get_args_parser(add_help=True):
                              "only, memory measured on the uniform16 row only")
     # internal: one peak-memory measurement in a fresh process (see measure_peak_memory)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    # internal: the step before this version in a process with glibc's settings (StepChild)
+    parser.add_argument("--step-child", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -232,9 +236,10 @@ def time_interleaved(functions, reps, device):
         for name, f in functions.items():
             synchronize(device)
             start = time.perf_counter()
-            f()
+            measured = f()  # a function that runs elsewhere returns its own time
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(measured if isinstance(measured, float)
+                               else time.perf_counter() - start)
     return times
 
 
@@ -297,6 +302,53 @@ def _losses(model, batches, steps):
     return losses
 
 
+class StepChild:
+    """A training step of COMMIT's eager QCFS network in a second process that leaves glibc's
+    allocator as it is: the step as it was before this version, timed in turn with this
+    process's variants (one process runs at a time; each step is timed where it runs)."""
+
+    def __init__(self, arch, state_path, args):
+        spec = json.dumps({"arch": arch, "state": state_path, "size": image_size(arch, args),
+                           "batch": args.batch, "seed": args.seed, "threads": args.threads,
+                           "against": args.against})
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--step-child", spec],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __call__(self):
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the --step-child process ended early")
+        return float(line)
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def step_child(spec):
+    """Run in a fresh process with glibc's allocator settings: one training step of COMMIT's
+    QCFS network per line "step" on stdin, its seconds on stdout."""
+    spec = json.loads(spec)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    with tempfile.TemporaryDirectory() as folder:
+        old_models = import_models_of_commit(spec["against"], folder)
+        model = old_models.create_model(spec["arch"], num_classes=NUM_CLASSES, levels=4)
+    model.load_state_dict(torch.load(spec["state"], weights_only=True))
+    model.train()
+    x, y = _train_batches(1, spec["batch"], spec["size"], torch.device("cpu"), spec["seed"])[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start = time.perf_counter()
+        training_step(model, optimizer, x, y)
+        print(time.perf_counter() - start, flush=True)
+
+
 def train_variants_row(arch, args, device, old_models):
     """One architecture's training-step times: ReLU and QCFS, eager and compiled (same
     weights, same batch), interleaved; and the eager-compiled loss comparison."""
@@ -311,6 +363,11 @@ def train_variants_row(arch, args, device, old_models):
         old = old_models.create_model(arch, num_classes=NUM_CLASSES, levels=4).to(device)
         old.load_state_dict(model.state_dict())
         variants["qcfs_before"] = old
+    child = None
+    if old_models is not None and device.type == "cpu" and not args.glibc_defaults:
+        with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as handle:
+            torch.save(model.state_dict(), handle)
+        child = StepChild(arch, handle.name, args)
     started = time.perf_counter()
     variants["qcfs_compiled"] = torch.compile(copy.deepcopy(model))
     variants["relu_compiled"] = torch.compile(copy.deepcopy(relu))
@@ -321,11 +378,18 @@ def train_variants_row(arch, args, device, old_models):
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
         steps[name] = (lambda net=net, optimizer=optimizer:
                        training_step(net, optimizer, x, y))
+    if child is not None:
+        steps["qcfs_before_glibc"] = child
     compile_started = time.perf_counter()
     for name in ("qcfs_compiled", "relu_compiled"):
         steps[name]()  # compiles
     compile_seconds = time.perf_counter() - compile_started
-    times = time_interleaved(steps, args.reps, device)  # its own warm-up call: the second
+    try:
+        times = time_interleaved(steps, args.reps, device)  # its own warm-up call: the second
+    finally:
+        if child is not None:
+            child.close()
+            os.unlink(handle.name)
     median = {name: statistics.median(t) for name, t in times.items()}
     row = {"arch": arch, "batch": args.batch, "reps": args.reps,
            "seconds": median, "spread": {name: spread(t) for name, t in times.items()},
@@ -336,6 +400,9 @@ def train_variants_row(arch, args, device, old_models):
     if "qcfs_before" in median:
         row["qcfs_fused_over_before"] = median["qcfs_fused"] / median["qcfs_before"]
         row["qcfs_before_over_relu"] = median["qcfs_before"] / median["relu_eager"]
+    if "qcfs_before_glibc" in median:
+        row["qcfs_fused_over_before_glibc"] = (median["qcfs_fused"]
+                                               / median["qcfs_before_glibc"])
     if args.loss_steps:
         batches = _train_batches(4, args.batch, size, device, args.seed + 1)
         for kind, net in (("qcfs", model), ("relu", relu)):
@@ -354,14 +421,17 @@ def print_train_table(result):
           f"torch {result['torch']}; training steps, median of {result['reps']} (one step "
           f"each); load average before/after: {result['load_average_before']} / "
           f"{result['load_average_after']}")
-    names = ["relu_eager", "qcfs_before", "qcfs_fused", "qcfs_compiled", "relu_compiled"]
-    print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>13}" for n in names)
-          + f" {'fused/before':>12} {'fused/ReLU':>10} {'comp Q/R':>8} {'comp/fused':>10}")
+    names = ["relu_eager", "qcfs_before", "qcfs_before_glibc", "qcfs_fused", "qcfs_compiled",
+             "relu_compiled"]
+    print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>17}" for n in names)
+          + f" {'fused/before':>12} {'fused/before_glibc':>18} {'fused/ReLU':>10}"
+          f" {'comp Q/R':>8} {'comp/fused':>10}")
     for row in result["rows"]:
         sec = row["seconds"]
         print(f"{row['arch']:<9} {row['batch']:>5} "
-              + " ".join(f"{_fmt(sec.get(n), '>13.3f')}" for n in names)
+              + " ".join(f"{_fmt(sec.get(n), '>17.3f')}" for n in names)
               + f" {_fmt(row.get('qcfs_fused_over_before'), '>12.3f')}"
+              f" {_fmt(row.get('qcfs_fused_over_before_glibc'), '>18.3f')}"
               f" {row['qcfs_fused_over_relu']:>10.3f}"
               f" {row['qcfs_compiled_over_relu_compiled']:>8.3f}"
               f" {row['qcfs_compiled_over_fused']:>10.3f}")
@@ -595,6 +665,9 @@ def print_table(result):
 def main(args):
     if args.memory_child is not None:
         memory_child(args.memory_child)
+        return None
+    if args.step_child is not None:
+        step_child(args.step_child)
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
