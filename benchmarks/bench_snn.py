@@ -25,11 +25,12 @@ are neither silent nor saturated.
 
 ``--train-variants`` times training steps only, one row per architecture: ReLU eager, QCFS
 eager as COMMIT's models package computes it (``--against``; the eager code before the
-fused kernel), on the CPU that code again in a second process with glibc's allocator
-settings (``qcfs_before_glibc``: the step as it was before this version; the two processes
-take turns, never run at once), QCFS eager (the fused kernel on the CPU), QCFS and ReLU
-through torch.compile; each repetition is one SGD step of every variant in turn, after two
-warm-up steps (the compiled variants compile in their first). It also trains the eager and the
+fused kernel), QCFS eager (the fused kernel on the CPU), QCFS and ReLU through
+torch.compile; on the CPU also two processes of their own (:class:`StepChild`): COMMIT's
+QCFS with glibc's allocator settings (``process_before_glibc``, the step as it was before
+this version) and this version's with the settings training uses (``process_fused``). Each
+repetition is one SGD step of every variant in turn (one process steps at a time), after
+two warm-up steps (the compiled variants compile in their first). It also trains the eager and the
 compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
 and reports the relative difference of the last losses (ReLU likewise).
 
@@ -303,14 +304,16 @@ def _losses(model, batches, steps):
 
 
 class StepChild:
-    """A training step of COMMIT's eager QCFS network in a second process that leaves glibc's
-    allocator as it is: the step as it was before this version, timed in turn with this
-    process's variants (one process runs at a time; each step is timed where it runs)."""
+    """One network's training step in a process of its own, stepped from this one: QCFS as
+    COMMIT computed it with glibc's allocator settings (``"before_glibc"``, the step before
+    this version) or this version's QCFS with the allocator settings training uses
+    (``"fused"``). The processes take turns (one steps at a time) and each step is timed
+    where it runs."""
 
-    def __init__(self, arch, state_path, args):
-        spec = json.dumps({"arch": arch, "state": state_path, "size": image_size(arch, args),
-                           "batch": args.batch, "seed": args.seed, "threads": args.threads,
-                           "against": args.against})
+    def __init__(self, variant, arch, state_path, args):
+        spec = json.dumps({"variant": variant, "arch": arch, "state": state_path,
+                           "size": image_size(arch, args), "batch": args.batch,
+                           "seed": args.seed, "threads": args.threads, "against": args.against})
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--step-child", spec],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -320,7 +323,7 @@ class StepChild:
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError("the --step-child process ended early")
+            raise RuntimeError("a --step-child process ended early")
         return float(line)
 
     def close(self):
@@ -329,14 +332,18 @@ class StepChild:
 
 
 def step_child(spec):
-    """Run in a fresh process with glibc's allocator settings: one training step of COMMIT's
-    QCFS network per line "step" on stdin, its seconds on stdout."""
+    """Run in a fresh process: one training step per line "step" on stdin, its seconds on
+    stdout (see :class:`StepChild`)."""
     spec = json.loads(spec)
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    with tempfile.TemporaryDirectory() as folder:
-        old_models = import_models_of_commit(spec["against"], folder)
-        model = old_models.create_model(spec["arch"], num_classes=NUM_CLASSES, levels=4)
+    if spec["variant"] == "fused":
+        keep_freed_memory()
+        model = models.create_model(spec["arch"], num_classes=NUM_CLASSES, levels=4)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            old_models = import_models_of_commit(spec["against"], folder)
+            model = old_models.create_model(spec["arch"], num_classes=NUM_CLASSES, levels=4)
     model.load_state_dict(torch.load(spec["state"], weights_only=True))
     model.train()
     x, y = _train_batches(1, spec["batch"], spec["size"], torch.device("cpu"), spec["seed"])[0]
@@ -363,11 +370,12 @@ def train_variants_row(arch, args, device, old_models):
         old = old_models.create_model(arch, num_classes=NUM_CLASSES, levels=4).to(device)
         old.load_state_dict(model.state_dict())
         variants["qcfs_before"] = old
-    child = None
+    children = {}
     if old_models is not None and device.type == "cpu" and not args.glibc_defaults:
         with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as handle:
             torch.save(model.state_dict(), handle)
-        child = StepChild(arch, handle.name, args)
+        children = {f"process_{variant}": StepChild(variant, arch, handle.name, args)
+                    for variant in ("before_glibc", "fused")}
     started = time.perf_counter()
     variants["qcfs_compiled"] = torch.compile(copy.deepcopy(model))
     variants["relu_compiled"] = torch.compile(copy.deepcopy(relu))
@@ -378,8 +386,7 @@ def train_variants_row(arch, args, device, old_models):
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
         steps[name] = (lambda net=net, optimizer=optimizer:
                        training_step(net, optimizer, x, y))
-    if child is not None:
-        steps["qcfs_before_glibc"] = child
+    steps.update(children)
     compile_started = time.perf_counter()
     for name in ("qcfs_compiled", "relu_compiled"):
         steps[name]()  # compiles
@@ -387,8 +394,9 @@ def train_variants_row(arch, args, device, old_models):
     try:
         times = time_interleaved(steps, args.reps, device)  # its own warm-up call: the second
     finally:
-        if child is not None:
+        for child in children.values():
             child.close()
+        if children:
             os.unlink(handle.name)
     median = {name: statistics.median(t) for name, t in times.items()}
     row = {"arch": arch, "batch": args.batch, "reps": args.reps,
@@ -400,9 +408,9 @@ def train_variants_row(arch, args, device, old_models):
     if "qcfs_before" in median:
         row["qcfs_fused_over_before"] = median["qcfs_fused"] / median["qcfs_before"]
         row["qcfs_before_over_relu"] = median["qcfs_before"] / median["relu_eager"]
-    if "qcfs_before_glibc" in median:
-        row["qcfs_fused_over_before_glibc"] = (median["qcfs_fused"]
-                                               / median["qcfs_before_glibc"])
+    if children:
+        row["process_fused_over_before_glibc"] = (median["process_fused"]
+                                                  / median["process_before_glibc"])
     if args.loss_steps:
         batches = _train_batches(4, args.batch, size, device, args.seed + 1)
         for kind, net in (("qcfs", model), ("relu", relu)):
@@ -421,17 +429,17 @@ def print_train_table(result):
           f"torch {result['torch']}; training steps, median of {result['reps']} (one step "
           f"each); load average before/after: {result['load_average_before']} / "
           f"{result['load_average_after']}")
-    names = ["relu_eager", "qcfs_before", "qcfs_before_glibc", "qcfs_fused", "qcfs_compiled",
-             "relu_compiled"]
-    print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>17}" for n in names)
-          + f" {'fused/before':>12} {'fused/before_glibc':>18} {'fused/ReLU':>10}"
+    names = ["relu_eager", "qcfs_before", "qcfs_fused", "qcfs_compiled", "relu_compiled",
+             "process_before_glibc", "process_fused"]
+    print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>13}" for n in names)
+          + f" {'fused/before':>12} {'process fused/before':>20} {'fused/ReLU':>10}"
           f" {'comp Q/R':>8} {'comp/fused':>10}")
     for row in result["rows"]:
         sec = row["seconds"]
         print(f"{row['arch']:<9} {row['batch']:>5} "
-              + " ".join(f"{_fmt(sec.get(n), '>17.3f')}" for n in names)
+              + " ".join(f"{_fmt(sec.get(n), '>13.3f')}" for n in names)
               + f" {_fmt(row.get('qcfs_fused_over_before'), '>12.3f')}"
-              f" {_fmt(row.get('qcfs_fused_over_before_glibc'), '>18.3f')}"
+              f" {_fmt(row.get('process_fused_over_before_glibc'), '>20.3f')}"
               f" {row['qcfs_fused_over_relu']:>10.3f}"
               f" {row['qcfs_compiled_over_relu_compiled']:>8.3f}"
               f" {row['qcfs_compiled_over_fused']:>10.3f}")
