@@ -2,6 +2,7 @@
 import hashlib
 import logging
 import numbers
+import os
 import platform
 import threading
 import time
@@ -78,6 +79,21 @@ def _cpu_tag():
     return hashlib.sha256(described.encode()).hexdigest()[:10]
 
 
+def _stable_source(cpp_extension):
+    """The kernel's source, copied to a path named after its content inside the extensions
+    cache: the build records the source's path, so every checkout of the same source (another
+    clone, a CI folder) reuses one build instead of rebuilding for its own path."""
+    text = _KERNEL_SOURCE.read_bytes()
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    path = root / "pascal_qcfs_sources" / f"qcfs_kernel_{hashlib.sha256(text).hexdigest()[:12]}.cpp"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_bytes(text)
+        os.replace(partial, path)  # whole or absent, with processes building at once
+    return path
+
+
 def _build_kernel():
     # cpp_extension logs a warning about CUDA_HOME on import, irrelevant to a CPU kernel
     extension_log = logging.getLogger("torch.utils.cpp_extension")
@@ -89,7 +105,7 @@ def _build_kernel():
         extension_log.setLevel(level)
     started = time.perf_counter()
     library = cpp_extension.load(
-        f"pascal_qcfs_{_cpu_tag()}", [str(_KERNEL_SOURCE)], is_python_module=False,
+        f"pascal_qcfs_{_cpu_tag()}", [str(_stable_source(cpp_extension))], is_python_module=False,
         # -fopenmp: at::parallel_for is inline OpenMP code, run on torch's own OpenMP
         # threads (the library is loaded already, under the same name)
         extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math",
@@ -108,7 +124,8 @@ def fused_kernel():
 
     The kernel is C++ compiled for this CPU by ``torch.utils.cpp_extension`` (a C++ compiler
     and ninja are needed) and cached under ``$TORCH_EXTENSIONS_DIR`` (default
-    ``~/.cache/torch_extensions``); later processes load the cached build in milliseconds.
+    ``~/.cache/torch_extensions``), one build per CPU and source, shared by every checkout;
+    later processes load the cached build in milliseconds.
     Where it cannot be built, one warning names the reason and every QCFS layer runs the
     eager code, which computes the same values.
     """

@@ -5,8 +5,10 @@ The formula below is the definition the eager code implements operation for oper
 equality with it is bitwise equality with the eager QCFS.
 """
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,6 +172,28 @@ def test_without_a_compiler_one_warning_and_the_same_values(tmp_path):
     assert len(warned) == 1
     assert "the fused QCFS kernel could not be built (" in warned[0]
     assert warned[0].endswith("QCFS layers use the eager code")
+
+
+def test_another_checkout_of_the_same_source_reuses_the_build(tmp_path):
+    # A copy of the package elsewhere (another clone, CI's folder) loads the build this
+    # process made or loaded (same extensions cache) without building it again.
+    from torch.utils import cpp_extension
+    assert fused_kernel() is not None
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    libraries = sorted(root.rglob("pascal_qcfs_*/*.so"))
+    assert libraries
+    before = {path: path.stat().st_mtime_ns for path in libraries}
+    shutil.copytree(Path(ROOT) / "models", tmp_path / "models")
+    shutil.copy(Path(ROOT) / "errors.py", tmp_path)
+    script = ("import models, models.qcfs\n"
+              "print(models.__file__, models.qcfs.fused_kernel() is not None)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "models" / "__init__.py"), "True"]
+    assert sorted(root.rglob("pascal_qcfs_*/*.so")) == libraries  # no new build
+    assert {path: path.stat().st_mtime_ns for path in libraries} == before  # none rebuilt
 
 
 def test_threshold_gradient_does_not_depend_on_the_thread_count():
