@@ -16,6 +16,7 @@ ALLOWED_ENVIRONMENT = {
     "TORCHELASTIC_USE_AGENT_STORE": "torchrun's store",
     "OMP_NUM_THREADS": "CPU threads per process",
     "CUBLAS_WORKSPACE_CONFIG": "--deterministic on CUDA",
+    "TORCH_EXTENSIONS_DIR": "torch's extensions cache, where the fused QCFS kernel is built",
 }
 
 
