@@ -135,7 +135,7 @@ def get_args_parser(add_help=True):
                              "only, memory measured on the uniform16 row only")
     # internal: one peak-memory measurement in a fresh process (see measure_peak_memory)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    # internal: the step before this version in a process with glibc's settings (StepChild)
+    # internal: one variant's training steps in a process of its own (StepChild)
     parser.add_argument("--step-child", default=None, help=argparse.SUPPRESS)
     return parser
 
