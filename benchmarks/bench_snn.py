@@ -21,7 +21,7 @@ are neither silent nor saturated.
     python3 benchmarks/bench_snn.py --archs tv:resnet50 --levels uniform4   # 64x64 inputs
     python3 benchmarks/bench_snn.py --against 9782d84 --archs vgg16 --levels reference
     python3 benchmarks/bench_snn.py --train-variants --against f9cafbe --archs vgg16,resnet18,resnet20 \
-        --batch 128 --reps 7 --json benchmarks/results/train-cpu-2core-allocator.json
+        --batch 128 --reps 15 --loss-steps 0 --json benchmarks/results/train-cpu-2core-allocator.json
 
 ``--train-variants`` times training steps only, one row per architecture: ReLU eager, QCFS
 eager as COMMIT's models package computes it (``--against``; the eager code before the
@@ -32,7 +32,9 @@ this version) and this version's with the settings training uses (``process_fuse
 repetition is one SGD step of every variant in turn (one process steps at a time), after
 two warm-up steps (the compiled variants compile in their first). It also trains the eager and the
 compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
-and reports the relative difference of the last losses (ReLU likewise).
+and reports the relative difference of the last losses (ReLU likewise), beside what float32
+rounding alone does to the eager run and the same comparison in float64
+(:func:`loss_comparison`; ``--loss-only`` runs it without the timing).
 
 On the CPU the process keeps freed memory (:mod:`allocator`), as ``engine.fit`` and
 ``main_test.py`` do; ``--glibc-defaults`` times it with glibc's own settings.
@@ -42,6 +44,7 @@ temporary folder, imports it under another name and times its converter's step s
 and counts path next to this one's, interleaved, on the same weights.
 """
 import argparse
+import copy
 import importlib
 import json
 import os
@@ -127,6 +130,14 @@ def get_args_parser(add_help=True):
     parser.add_argument("--loss-steps", type=int, default=20,
                         help="with --train-variants: SGD steps of the eager-compiled loss "
                              "comparison (0: skip it; default: 20)")
+    parser.add_argument("--ulp-runs", type=int, default=4,
+                        help="with the loss comparison: eager runs from weights moved by one "
+                             "ulp, the float32 rounding reference (default: 4)")
+    parser.add_argument("--float64-batch", type=int, default=16,
+                        help="with the loss comparison: images per batch of its float64 "
+                             "repetition (0: skip it; default: 16)")
+    parser.add_argument("--loss-only", action="store_true",
+                        help="the --train-variants loss comparison only, no timing")
     parser.add_argument("--json", default=None, metavar="FILE",
                         help="also write the results as JSON to FILE (default: no file)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -356,15 +367,80 @@ def step_child(spec):
         print(time.perf_counter() - start, flush=True)
 
 
-def train_variants_row(arch, args, device, old_models):
-    """One architecture's training-step times: ReLU and QCFS, eager and compiled (same
-    weights, same batch), interleaved; and the eager-compiled loss comparison."""
-    import copy
-    size = image_size(arch, args)
-    model = build_model(arch, 4, device, args.seed, size).train()
+def train_networks(arch, args, device):
+    """The QCFS network (L = 4, alive) and its ReLU twin with the same weights."""
+    model = build_model(arch, 4, device, args.seed, image_size(arch, args)).train()
     relu = relu_twin(arch).to(device)
     relu.load_state_dict({k: v for k, v in model.state_dict().items()
                           if not k.endswith(".threshold")})
+    return model, relu
+
+
+def _relative(value, reference):
+    return abs(value - reference) / abs(reference)
+
+
+def nudged_by_one_ulp(model, seed):
+    """A copy of ``model`` with every element of every parameter moved to the next float of
+    its dtype up or down (each direction drawn with ``seed``): a change smaller than any
+    rounding a different order of summation makes."""
+    nudged = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in nudged.parameters():
+            up = (torch.rand(p.shape, generator=gen) < 0.5).to(p.device)
+            p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)))
+    return nudged
+
+
+def _compiled_losses(model, batches, steps):
+    torch._dynamo.reset()  # a fresh compilation: no earlier graph's guards or cache limit
+    return _losses(torch.compile(model), batches, steps)
+
+
+def loss_comparison(arch, model, relu, args, device):
+    """Compiled against eager training: ``--loss-steps`` SGD steps of each from the same
+    weights on the same four batches, and the relative difference of the last losses (QCFS
+    and ReLU). Three measurements say what that difference means: how far float32 rounding
+    alone moves the eager run -- the same steps from weights moved by one ulp
+    (``--ulp-runs`` draws), and on another number of threads (1, or 2 where the run has
+    one), which sums the convolutions' weight gradients in another order -- and the
+    compiled-eager difference in float64 (``--float64-batch`` images per batch), where
+    rounding is 2^29 times finer."""
+    batches = _train_batches(4, args.batch, image_size(arch, args), device, args.seed + 1)
+    row = {}
+    for kind, net in (("qcfs", model), ("relu", relu)):
+        eager = _losses(copy.deepcopy(net), batches, args.loss_steps)
+        compiled = _compiled_losses(copy.deepcopy(net), batches, args.loss_steps)
+        row[f"{kind}_loss_eager"], row[f"{kind}_loss_compiled"] = eager[-1], compiled[-1]
+        row[f"{kind}_loss_rel_diff"] = _relative(compiled[-1], eager[-1])
+        row[f"{kind}_first_differing_step"] = next(
+            (i + 1 for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)
+        row[f"{kind}_loss_ulp_rel_diffs"] = [
+            _relative(_losses(nudged_by_one_ulp(net, seed), batches, args.loss_steps)[-1],
+                      eager[-1]) for seed in range(args.ulp_runs)]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)  # other partial sums, same code
+        try:
+            other = _losses(copy.deepcopy(net), batches, args.loss_steps)
+        finally:
+            torch.set_num_threads(threads)
+        row[f"{kind}_loss_threads_rel_diff"] = _relative(other[-1], eager[-1])
+        if args.float64_batch:
+            wide = [(x[:args.float64_batch].double(), y[:args.float64_batch])
+                    for x, y in batches]
+            net64 = copy.deepcopy(net).double()
+            eager64 = _losses(copy.deepcopy(net64), wide, args.loss_steps)
+            compiled64 = _compiled_losses(copy.deepcopy(net64), wide, args.loss_steps)
+            row[f"{kind}_float64_loss_rel_diff"] = _relative(compiled64[-1], eager64[-1])
+    return row
+
+
+def train_variants_row(arch, args, device, old_models):
+    """One architecture's training-step times: ReLU and QCFS, eager and compiled (same
+    weights, same batch), interleaved; and the eager-compiled loss comparison."""
+    size = image_size(arch, args)
+    model, relu = train_networks(arch, args, device)
     variants = {"relu_eager": relu, "qcfs_fused": model}
     if old_models is not None:
         old = old_models.create_model(arch, num_classes=NUM_CLASSES, levels=4).to(device)
@@ -412,29 +488,25 @@ def train_variants_row(arch, args, device, old_models):
         row["process_fused_over_before_glibc"] = (median["process_fused"]
                                                   / median["process_before_glibc"])
     if args.loss_steps:
-        batches = _train_batches(4, args.batch, size, device, args.seed + 1)
-        for kind, net in (("qcfs", model), ("relu", relu)):
-            eager = _losses(copy.deepcopy(net), batches, args.loss_steps)
-            compiled = _losses(torch.compile(copy.deepcopy(net)), batches, args.loss_steps)
-            row[f"{kind}_loss_eager"], row[f"{kind}_loss_compiled"] = eager[-1], compiled[-1]
-            row[f"{kind}_loss_rel_diff"] = abs(compiled[-1] - eager[-1]) / abs(eager[-1])
-            row[f"{kind}_first_differing_step"] = next(
-                (i + 1 for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)
+        row.update(loss_comparison(arch, model, relu, args, device))
     row["wall_seconds"] = round(time.perf_counter() - started, 1)
     return row
 
 
 def print_train_table(result):
+    timed = [row for row in result["rows"] if "seconds" in row]
     print(f"device: {result['device']}; torch threads: {result['threads']}; "
-          f"torch {result['torch']}; training steps, median of {result['reps']} (one step "
-          f"each); load average before/after: {result['load_average_before']} / "
+          f"torch {result['torch']}; "
+          + (f"training steps, median of {result['reps']} (one step each); " if timed else "")
+          + f"load average before/after: {result['load_average_before']} / "
           f"{result['load_average_after']}")
     names = ["relu_eager", "qcfs_before", "qcfs_fused", "qcfs_compiled", "relu_compiled",
              "process_before_glibc", "process_fused"]
-    print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>13}" for n in names)
-          + f" {'fused/before':>12} {'process fused/before':>20} {'fused/ReLU':>10}"
-          f" {'comp Q/R':>8} {'comp/fused':>10}")
-    for row in result["rows"]:
+    if timed:
+        print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>13}" for n in names)
+              + f" {'fused/before':>12} {'process fused/before':>20} {'fused/ReLU':>10}"
+              f" {'comp Q/R':>8} {'comp/fused':>10}")
+    for row in timed:
         sec = row["seconds"]
         print(f"{row['arch']:<9} {row['batch']:>5} "
               + " ".join(f"{_fmt(sec.get(n), '>13.3f')}" for n in names)
@@ -443,11 +515,18 @@ def print_train_table(result):
               f" {row['qcfs_fused_over_relu']:>10.3f}"
               f" {row['qcfs_compiled_over_relu_compiled']:>8.3f}"
               f" {row['qcfs_compiled_over_fused']:>10.3f}")
-        if "qcfs_loss_rel_diff" in row:
-            print(f"  loss after {result['loss_steps']} steps, compiled vs eager: QCFS "
-                  f"{row['qcfs_loss_rel_diff']:.2e} relative (first differing step "
-                  f"{row['qcfs_first_differing_step']}), ReLU {row['relu_loss_rel_diff']:.2e} "
-                  f"(first differing step {row['relu_first_differing_step']})")
+    for row in result["rows"]:
+        if "qcfs_loss_rel_diff" not in row:
+            continue
+        print(f"{row['arch']}: loss after {result['loss_steps']} steps, relative difference "
+              "to eager float32 (compiled | eager from weights moved by one ulp | eager on "
+              "another number of threads | float64 compiled to float64 eager)")
+        for kind in ("qcfs", "relu"):
+            ulp = ", ".join(f"{d:.2e}" for d in row[f"{kind}_loss_ulp_rel_diffs"])
+            print(f"  {kind:<5} {row[f'{kind}_loss_rel_diff']:.2e} (first differing step "
+                  f"{row[f'{kind}_first_differing_step']}) | {ulp or '-'} | "
+                  f"{row[f'{kind}_loss_threads_rel_diff']:.2e} | "
+                  f"{_fmt(row.get(f'{kind}_float64_loss_rel_diff'), '.2e')}")
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -688,11 +767,18 @@ def main(args):
     allocator = None if args.glibc_defaults or device.type != "cpu" else keep_freed_memory()
     load_before = _load_average()
     rows = []
-    if args.train_variants:
+    if args.train_variants or args.loss_only:
         with tempfile.TemporaryDirectory() as folder:
             old_models = import_models_of_commit(args.against, folder) if args.against else None
             for arch in args.archs.split(","):
-                rows.append(train_variants_row(arch, args, device, old_models))
+                if args.loss_only:
+                    started = time.perf_counter()
+                    rows.append({"arch": arch, "batch": args.batch,
+                                 **loss_comparison(arch, *train_networks(arch, args, device),
+                                                   args, device),
+                                 "wall_seconds": round(time.perf_counter() - started, 1)})
+                else:
+                    rows.append(train_variants_row(arch, args, device, old_models))
                 print(f"done {arch}: {json.dumps(rows[-1])}", flush=True)
         result = _result(args, device, load_before, rows, loss_steps=args.loss_steps,
                          allocator=allocator)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_snn.py"
 ROW_KEYS = {"arch", "levels", "batch", "ann_img_s", "snn_img_s", "counts_img_s", "ideal_ratio",
@@ -80,3 +81,21 @@ def test_ideal_ratio_of_vgg16_reference_levels(bench):
     steps = [1] + levels  # layer n is fed by QCFS n-1 (the first conv by the image)
     expected = sum(s * m for s, m in zip(steps, macs, strict=True)) / sum(macs)
     assert bench.ideal_ratio(snn, torch.randn(2, 3, 32, 32)) == pytest.approx(expected)
+
+
+def test_nudged_by_one_ulp_moves_every_weight_by_exactly_one_float(bench):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).double()
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    nudged = dict(bench.nudged_by_one_ulp(net, seed=0).named_parameters())
+    ups = total = 0
+    for name, p in net.named_parameters():
+        assert torch.equal(p, before[name]), name  # the network given is left as it was
+        moved = nudged[name].detach()
+        assert moved.dtype == p.dtype and (moved != p).all(), name
+        # one float away: the next float from the moved value towards the original is it
+        # (BatchNorm's zero biases included: they move to the smallest subnormal)
+        assert torch.equal(torch.nextafter(moved, p.detach()), p.detach()), name
+        ups, total = ups + int((moved > p).sum()), total + p.numel()
+    assert 0.3 * total < ups < 0.7 * total  # each direction drawn about half the time
