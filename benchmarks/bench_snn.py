@@ -382,8 +382,8 @@ def _relative(value, reference):
 
 def nudged_by_one_ulp(model, seed):
     """A copy of ``model`` with every element of every parameter moved to the next float of
-    its dtype up or down (each direction drawn with ``seed``): a change smaller than any
-    rounding a different order of summation makes."""
+    its dtype up or down (each direction drawn with ``seed``): a change the size of one
+    rounding of the weights themselves."""
     nudged = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
