@@ -193,8 +193,8 @@ class _TracedQCFSFunction(torch.autograd.Function):
             y = torch.clamp(torch.floor(x / step + 0.5), 0, ctx.level) * step
             wide = torch.float64 if x.device.type == "cpu" else x.dtype
             terms = grad_y.to(wide) * y.to(wide) - grad_x.to(wide) * x.to(wide)
-            # per channel first (dimension 1, the dimensions BatchNorm reduces over), then the
-            # channels: inductor fuses the first sum with BatchNorm's backward reductions
+            # summed over every dimension but 1 first (those BatchNorm reduces over), then over
+            # the channels: inductor fuses the first sum with BatchNorm's backward reductions
             total = (terms.sum(dim=[d for d in range(terms.dim()) if d != 1]).sum()
                      if terms.dim() > 1 else terms.sum())
             grad_threshold = (total / thr.to(wide)).to(threshold.dtype).reshape(threshold.shape)
