@@ -13,7 +13,9 @@ from pathlib import Path
 from al_metric import DEFAULT_THRESHOLDS
 from errors import ConfigError
 
-__all__ = ["TrainConfig", "AdaptiveConfig", "check_budget_teff"]
+__all__ = ["TrainConfig", "AdaptiveConfig", "check_budget_teff", "MEMORY_FORMATS"]
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def check_budget_teff(value):
@@ -83,7 +85,12 @@ class TrainConfig:
     images (evaluation transforms) that thresholds from data and the level search measure
     on. ``sync_bn``: SyncBatchNorm under
     DDP. ``compile``: train and evaluate through ``torch.compile`` (:mod:`compiled`; eager
-    mode, with a warning, where it cannot run). ``show_progress``: progress bars on rank 0.
+    mode, with a warning, where it cannot run). ``memory_format``: the layout of 4-D weights
+    and activations during training and evaluation -- ``"channels_last"`` (NHWC),
+    ``"contiguous"`` (NCHW) or ``"auto"``: channels-last on the CPU for a network with 2-D
+    convolutions (faster there), contiguous elsewhere. The model is handed back, and its
+    checkpoints hold weights, in the contiguous layout either way. ``show_progress``: progress
+    bars on rank 0.
     """
 
     epochs: int
@@ -103,6 +110,7 @@ class TrainConfig:
     calib_images: int = 512
     sync_bn: bool = False
     compile: bool = False
+    memory_format: str = "auto"
     show_progress: bool = True
 
     def __post_init__(self):
@@ -125,6 +133,10 @@ class TrainConfig:
             raise ConfigError("overwrite", self.overwrite,
                               "starts the run over and resume='auto' continues it",
                               advice="give only one")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ConfigError("memory_format", self.memory_format,
+                              f"must be one of {', '.join(MEMORY_FORMATS)}, got "
+                              f"{self.memory_format!r}")
         if self.adaptive is not None:
             self.adaptive.validate(self.epochs)
         return self

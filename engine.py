@@ -55,7 +55,8 @@ from utils import progress
 
 __all__ = ["TrainConfig", "AdaptiveConfig", "MIN_THRESHOLD", "DistContext", "Run", "FitResult",
            "StopRequest", "Diverged", "EpochProgress", "resume_source", "start_run", "fit",
-           "evaluate", "describe_model", "enable_determinism", "elastic_restart_count"]
+           "evaluate", "describe_model", "enable_determinism", "elastic_restart_count",
+           "training_memory_format", "batch_to"]
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Run:
     partial: EpochProgress | None = None
     adaptive: dict | None = None
     resumed_from: Path | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 @dataclass(frozen=True)
@@ -225,12 +227,13 @@ def start_run(model, model_args, config, ctx, logger, levels=None):
             logger.info(f"levels changed at epoch {restored['epoch']}: {old} -> {new} "
                         "(phase 2: same optimizer, schedule and epoch counter)")
     model_args = dict(model_args, levels=models.get_levels(model))
-    model.to(ctx.device)
+    memory_format = training_memory_format(config.memory_format, model, ctx.device)
+    model.to(ctx.device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     scaler = torch.amp.GradScaler("cuda") if config.amp else None
-    run = Run(model, model_args, optimizer, scheduler, scaler)
+    run = Run(model, model_args, optimizer, scheduler, scaler, memory_format=memory_format)
     if restored is not None:
         run.start_epoch, run.best_acc1 = restore_training_state(
             restored, optimizer, scheduler, scaler, config.epochs, logger)
@@ -244,6 +247,29 @@ def start_run(model, model_args, config, ctx, logger, levels=None):
                           f"must exceed the {run.start_epoch} epochs run {config.run_id} has "
                           "already finished", advice="raise `epochs` to train longer")
     return run
+
+
+def training_memory_format(choice, model, device):
+    """The ``torch.memory_format`` training keeps ``model``'s 4-D weights and activations in,
+    for ``choice`` (:attr:`TrainConfig.memory_format`). ``"auto"``: channels-last on the CPU
+    for a network with 2-D convolutions -- oneDNN computes CPU convolutions and their
+    gradients in NHWC and reorders NCHW tensors to it and back -- contiguous elsewhere (GPUs
+    keep the layout they had). The layout changes the order of the convolutions' sums (their
+    rounding), not what is computed."""
+    if choice == "auto":
+        convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        return (torch.channels_last if device.type == "cpu" and convolutional
+                else torch.contiguous_format)
+    return {"channels_last": torch.channels_last,
+            "contiguous": torch.contiguous_format}[choice]
+
+
+def batch_to(images, device, memory_format=torch.preserve_format):
+    """``images`` on ``device`` in ``memory_format`` (batches of other than 4 dimensions
+    keep theirs)."""
+    if images.dim() != 4:
+        memory_format = torch.preserve_format
+    return images.to(device, non_blocking=True, memory_format=memory_format)
 
 
 def enable_determinism():
@@ -267,13 +293,15 @@ def epoch_seed(seed, epoch):
 
 
 @torch.no_grad()
-def evaluate(model, loader, ctx, show_progress=True, desc="test"):
+def evaluate(model, loader, ctx, show_progress=True, desc="test",
+             memory_format=torch.preserve_format):
     """``(top-1 %, mean loss, images)`` of ``model`` in eval mode, summed over every process's
-    shard under DDP (each image in exactly one shard)."""
+    shard under DDP (each image in exactly one shard); 4-D batches enter in
+    ``memory_format``."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # correct, loss, images
     for images, targets in progress(loader, show_progress, desc=desc):
-        images = images.to(ctx.device, non_blocking=True)
+        images = batch_to(images, ctx.device, memory_format)
         targets = targets.to(ctx.device, non_blocking=True)
         logits = model(images)
         totals[0] += (logits.argmax(1) == targets).sum()
@@ -315,11 +343,16 @@ def fit(model, train_set, test_set, config, *, stats_set=None, model_args=None, 
     if ctx.device.type == "cpu":  # each step reuses the memory the last one freed
         keep_freed_memory()
     run = start_run(model, model_args, config, ctx, logger, levels)
-    if init_percentile is not None and run.resumed_from is None:
-        init_thresholds_from_data(run.model, stats_set, init_percentile, config, ctx, logger)
-    if config.adaptive is not None and run.adaptive is None:
-        check_budget(run.model, config.adaptive)
-    return _Training(run, train_set, test_set, stats_set, config, ctx, logger).loop(describe)
+    try:
+        if init_percentile is not None and run.resumed_from is None:
+            init_thresholds_from_data(run.model, stats_set, init_percentile, config, ctx,
+                                      logger)
+        if config.adaptive is not None and run.adaptive is None:
+            check_budget(run.model, config.adaptive)
+        return _Training(run, train_set, test_set, stats_set, config, ctx, logger).loop(
+            describe)
+    finally:  # the caller's model in the layout it came in (weights unchanged)
+        run.model.to(memory_format=torch.contiguous_format)
 
 
 def _image_side(dataset):
@@ -475,7 +508,8 @@ class _Training:
         return _summed_progress(state, ctx)
 
     def evaluate(self):
-        acc1, loss, images = evaluate(self.eval_model, self.test_loader, self.ctx, self.show)
+        acc1, loss, images = evaluate(self.eval_model, self.test_loader, self.ctx, self.show,
+                                      memory_format=self.run.memory_format)
         self.last_acc1 = acc1
         return acc1, loss, images
 
@@ -530,9 +564,12 @@ class _Training:
         """The checkpoint after ``epochs_done`` epochs (and ``partial``, the progress inside
         the next one)."""
         run = self.run
+        weights = run.model.state_dict()
+        for key, value in weights.items():  # whatever layout training keeps them in
+            weights[key] = value.contiguous()
         state = {
             "format_version": FORMAT_VERSION, "model_args": run.model_args,
-            "state_dict": run.model.state_dict(),
+            "state_dict": weights,
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "epoch": epochs_done, "best_acc1": self.best_acc1,
@@ -581,7 +618,7 @@ def train_one_epoch(model, loader, run, ctx, epoch, state, stop, config, logger,
     for images, targets in bar:
         step = state.step
         torch.manual_seed(step_seed(config.seed, epoch, step, ctx.rank))
-        images = images.to(ctx.device, non_blocking=True)
+        images = batch_to(images, ctx.device, run.memory_format)
         targets = targets.to(ctx.device, non_blocking=True)
         # a skipped step must leave no trace: its forward already updated BatchNorm's
         # running statistics, which are put back

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import engine
 from al_metric import DEFAULT_THRESHOLDS
-from config import AdaptiveConfig, TrainConfig
+from config import MEMORY_FORMATS, AdaptiveConfig, TrainConfig
 from distributed import ProcessConfig
 from errors import ExitCode
 from model_setup import ModelConfig
@@ -25,7 +25,8 @@ TERMS = {
     "epochs": "-epochs", "batch_size": "-b", "lr": "-lr", "momentum": "--momentum",
     "weight_decay": "-wd", "workers": "-j", "seed": "--seed", "run_id": "--id",
     "checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "overwrite": "--overwrite",
-    "skip_nonfinite": "--skip-nonfinite", "compile": "--compile", "phase1_epochs": "--phase1-epochs",
+    "skip_nonfinite": "--skip-nonfinite", "compile": "--compile",
+    "memory_format": "--memory-format", "phase1_epochs": "--phase1-epochs",
     "max_level": "--max-level", "thresholds": "--thresholds",
     "stats_batches": "--stats-batches", "budget_teff": "--budget-teff",
     "candidates": "--candidates", "calib_images": "--calib-images", "arch": "-arch",
@@ -61,7 +62,7 @@ def add_model_args(group):
 
 def add_optimisation_args(group, epochs_help, batch_help, lr_help, weight_decay):
     """``-epochs``, ``-b``, ``-lr``, ``-wd``, ``--momentum``, ``--amp``, ``--compile``,
-    ``--skip-nonfinite``.
+    ``--memory-format``, ``--skip-nonfinite``.
 
     Defaults of epochs, batch size and learning rate are the script's (None here, filled in
     from its dataset); the help texts say what they are."""
@@ -78,6 +79,12 @@ def add_optimisation_args(group, epochs_help, batch_help, lr_help, weight_decay)
                        help="train and evaluate through torch.compile: the first steps compile "
                             "(cached on disk for later runs), the rest run faster; eager mode "
                             "with a warning where no compiler is available (default: off)")
+    group.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                       help="layout of 4-D weights and activations while training: "
+                            "channels_last (NHWC) or contiguous (NCHW); auto: channels_last on "
+                            "the CPU for convolutional networks (faster there), contiguous on "
+                            "GPUs; checkpoints hold contiguous weights either way "
+                            "(default: auto)")
     group.add_argument("--skip-nonfinite", action="store_true",
                        help="skip batches whose loss is NaN/inf (on any process) instead of "
                             "stopping (default: stop, keeping the last good checkpoint)")
@@ -267,7 +274,7 @@ def train_config(args):
         checkpoint_dir=args.checkpoint_dir, resume=resume, overwrite=args.overwrite,
         adaptive=adaptive, calib_images=args.calib_images,
         sync_bn=getattr(args, "sync_bn", False), compile=args.compile,
-        show_progress=not args.no_progress)
+        memory_format=args.memory_format, show_progress=not args.no_progress)
 
 
 def process_config(args):

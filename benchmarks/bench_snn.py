@@ -64,6 +64,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402  (needs the repository root on sys.path)
+from engine import training_memory_format  # noqa: E402
 from allocator import keep_freed_memory  # noqa: E402
 from models.chunking import Segment  # noqa: E402
 from models.snn_layers import WeightedLayer  # noqa: E402
@@ -358,6 +359,10 @@ def step_child(spec):
     model.load_state_dict(torch.load(spec["state"], weights_only=True))
     model.train()
     x, y = _train_batches(1, spec["batch"], spec["size"], torch.device("cpu"), spec["seed"])[0]
+    if spec["variant"] == "fused":  # in the layout engine.fit trains it in
+        layout = training_memory_format("auto", model, torch.device("cpu"))
+        model.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     for line in sys.stdin:
         if line.strip() != "step":
@@ -406,10 +411,13 @@ def loss_comparison(arch, model, relu, args, device):
     (``--ulp-runs`` draws), and on another number of threads (1, or 2 where the run has
     one), which sums the convolutions' weight gradients in another order -- and the
     compiled-eager difference in float64 (``--float64-batch`` images per batch), where
-    rounding is 2^29 times finer."""
-    batches = _train_batches(4, args.batch, image_size(arch, args), device, args.seed + 1)
-    row = {}
+    rounding is 2^29 times finer. Every run trains in the layout ``engine.fit`` would."""
+    layout = training_memory_format("auto", model, device)
+    batches = [(x.contiguous(memory_format=layout), y) for x, y in
+               _train_batches(4, args.batch, image_size(arch, args), device, args.seed + 1)]
+    row = {"loss_layout": "channels_last" if layout == torch.channels_last else "contiguous"}
     for kind, net in (("qcfs", model), ("relu", relu)):
+        net = copy.deepcopy(net).to(memory_format=layout)
         eager = _losses(copy.deepcopy(net), batches, args.loss_steps)
         compiled = _compiled_losses(copy.deepcopy(net), batches, args.loss_steps)
         row[f"{kind}_loss_eager"], row[f"{kind}_loss_compiled"] = eager[-1], compiled[-1]
@@ -427,8 +435,8 @@ def loss_comparison(arch, model, relu, args, device):
             torch.set_num_threads(threads)
         row[f"{kind}_loss_threads_rel_diff"] = _relative(other[-1], eager[-1])
         if args.float64_batch:
-            wide = [(x[:args.float64_batch].double(), y[:args.float64_batch])
-                    for x, y in batches]
+            wide = [(x[:args.float64_batch].double().contiguous(memory_format=layout),
+                     y[:args.float64_batch]) for x, y in batches]
             net64 = copy.deepcopy(net).double()
             eager64 = _losses(copy.deepcopy(net64), wide, args.loss_steps)
             compiled64 = _compiled_losses(copy.deepcopy(net64), wide, args.loss_steps)
@@ -438,10 +446,19 @@ def loss_comparison(arch, model, relu, args, device):
 
 def train_variants_row(arch, args, device, old_models):
     """One architecture's training-step times: ReLU and QCFS, eager and compiled (same
-    weights, same batch), interleaved; and the eager-compiled loss comparison."""
+    weights, same batch), interleaved; and the eager-compiled loss comparison. Where
+    ``engine.fit`` trains in the channels-last layout (the CPU), eager QCFS and ReLU are timed
+    in both layouts (``*_cl``: channels-last) and the compiled variants in channels-last."""
     size = image_size(arch, args)
     model, relu = train_networks(arch, args, device)
+    layout = training_memory_format("auto", model, device)
+    x, y = _train_batches(1, args.batch, size, device, args.seed)[0]
+    inputs = {}
     variants = {"relu_eager": relu, "qcfs_fused": model}
+    if layout == torch.channels_last:
+        for name, net in (("relu_eager_cl", relu), ("qcfs_fused_cl", model)):
+            variants[name] = copy.deepcopy(net).to(memory_format=layout)
+            inputs[name] = x.contiguous(memory_format=layout)
     if old_models is not None:
         old = old_models.create_model(arch, num_classes=NUM_CLASSES, levels=4).to(device)
         old.load_state_dict(model.state_dict())
@@ -453,14 +470,14 @@ def train_variants_row(arch, args, device, old_models):
         children = {f"process_{variant}": StepChild(variant, arch, handle.name, args)
                     for variant in ("before_glibc", "fused")}
     started = time.perf_counter()
-    variants["qcfs_compiled"] = torch.compile(copy.deepcopy(model))
-    variants["relu_compiled"] = torch.compile(copy.deepcopy(relu))
-    x, y = _train_batches(1, args.batch, size, device, args.seed)[0]
+    for kind, net in (("qcfs", model), ("relu", relu)):
+        variants[f"{kind}_compiled"] = torch.compile(copy.deepcopy(net).to(memory_format=layout))
+        inputs[f"{kind}_compiled"] = x.contiguous(memory_format=layout)
     steps = {}
     for name, net in variants.items():
         net.train()
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
-        steps[name] = (lambda net=net, optimizer=optimizer:
+        steps[name] = (lambda net=net, optimizer=optimizer, x=inputs.get(name, x):
                        training_step(net, optimizer, x, y))
     steps.update(children)
     compile_started = time.perf_counter()
@@ -475,14 +492,20 @@ def train_variants_row(arch, args, device, old_models):
         if children:
             os.unlink(handle.name)
     median = {name: statistics.median(t) for name, t in times.items()}
+    # the eager step as engine.fit takes it: the fused kernel in its layout
+    trained = "qcfs_fused_cl" if "qcfs_fused_cl" in median else "qcfs_fused"
+    relu_trained = "relu_eager_cl" if "relu_eager_cl" in median else "relu_eager"
     row = {"arch": arch, "batch": args.batch, "reps": args.reps,
+           "layout": "channels_last" if layout == torch.channels_last else "contiguous",
            "seconds": median, "spread": {name: spread(t) for name, t in times.items()},
            "compile_seconds_first_steps": round(compile_seconds, 1),
            "qcfs_fused_over_relu": median["qcfs_fused"] / median["relu_eager"],
+           "qcfs_trained_over_relu_trained": median[trained] / median[relu_trained],
            "qcfs_compiled_over_relu_compiled": median["qcfs_compiled"] / median["relu_compiled"],
-           "qcfs_compiled_over_fused": median["qcfs_compiled"] / median["qcfs_fused"]}
+           "qcfs_compiled_over_trained": median["qcfs_compiled"] / median[trained]}
     if "qcfs_before" in median:
         row["qcfs_fused_over_before"] = median["qcfs_fused"] / median["qcfs_before"]
+        row["qcfs_trained_over_before"] = median[trained] / median["qcfs_before"]
         row["qcfs_before_over_relu"] = median["qcfs_before"] / median["relu_eager"]
     if children:
         row["process_fused_over_before_glibc"] = (median["process_fused"]
@@ -500,21 +523,26 @@ def print_train_table(result):
           + (f"training steps, median of {result['reps']} (one step each); " if timed else "")
           + f"load average before/after: {result['load_average_before']} / "
           f"{result['load_average_after']}")
-    names = ["relu_eager", "qcfs_before", "qcfs_fused", "qcfs_compiled", "relu_compiled",
-             "process_before_glibc", "process_fused"]
+    names = ["relu_eager", "qcfs_before", "qcfs_fused", "relu_eager_cl", "qcfs_fused_cl",
+             "qcfs_compiled", "relu_compiled", "process_before_glibc", "process_fused"]
+    ratios = [("fused/before", "qcfs_fused_over_before"),
+              ("trained/before", "qcfs_trained_over_before"),
+              ("process fused/before", "process_fused_over_before_glibc"),
+              ("fused/ReLU", "qcfs_fused_over_relu"),
+              ("trained Q/R", "qcfs_trained_over_relu_trained"),
+              ("comp Q/R", "qcfs_compiled_over_relu_compiled"),
+              ("comp/trained", "qcfs_compiled_over_trained")]
     if timed:
+        print("trained: the eager fused step in the layout engine.fit trains in "
+              "(channels-last: *_cl)")
         print(f"{'arch':<9} {'batch':>5} " + " ".join(f"{n:>13}" for n in names)
-              + f" {'fused/before':>12} {'process fused/before':>20} {'fused/ReLU':>10}"
-              f" {'comp Q/R':>8} {'comp/fused':>10}")
+              + "".join(f" {label:>{max(len(label), 8)}}" for label, _ in ratios))
     for row in timed:
         sec = row["seconds"]
         print(f"{row['arch']:<9} {row['batch']:>5} "
               + " ".join(f"{_fmt(sec.get(n), '>13.3f')}" for n in names)
-              + f" {_fmt(row.get('qcfs_fused_over_before'), '>12.3f')}"
-              f" {_fmt(row.get('process_fused_over_before_glibc'), '>20.3f')}"
-              f" {row['qcfs_fused_over_relu']:>10.3f}"
-              f" {row['qcfs_compiled_over_relu_compiled']:>8.3f}"
-              f" {row['qcfs_compiled_over_fused']:>10.3f}")
+              + "".join(f" {_fmt(row.get(key), f'>{max(len(label), 8)}.3f')}"
+                        for label, key in ratios))
     for row in result["rows"]:
         if "qcfs_loss_rel_diff" not in row:
             continue

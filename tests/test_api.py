@@ -118,10 +118,14 @@ def test_a_preempted_fit_resumes_bit_identical(tmp_path):
     assert resumed.best_acc1 == done.best_acc1
 
 
-def test_one_step_of_fit_is_one_sgd_step(tmp_path):
+@pytest.mark.parametrize("memory_format, channels_last",
+                         [("auto", True), ("channels_last", True), ("contiguous", False)])
+def test_one_step_of_fit_is_one_sgd_step(tmp_path, memory_format, channels_last):
     """A one-step run of fit against SGD written out by hand on the same batch: the weights
     become w - lr (g + wd w) (momentum's buffer starts at the first gradient), the BatchNorm
-    statistics move 10 % toward the batch's, in float64 so only summation order differs."""
+    statistics move 10 % toward the batch's, in float64 so only summation order differs --
+    in either memory layout (``auto`` on the CPU: channels-last), seen by the convolution in
+    training and evaluation; the model comes back, and its checkpoint holds it, contiguous."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(16, 3, 8, 8, generator=generator, dtype=torch.float64)
     labels = torch.arange(16) % 4
@@ -130,9 +134,20 @@ def test_one_step_of_fit_is_one_sgd_step(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
                           models.QCFS(2, 1.0), nn.Flatten(), nn.Linear(4 * 8 * 8, 4)).double()
     expected = copy.deepcopy(model).train()
-    result = engine.fit(model, data, data, small_config(tmp_path, epochs=1, batch_size=16,
-                                                         lr=0.05, weight_decay=1e-3))
+    seen = []  # (training?, input channels-last?, weight channels-last?) of every call
+    model[0].register_forward_pre_hook(lambda conv, args: seen.append(
+        (conv.training, args[0].is_contiguous(memory_format=torch.channels_last),
+         conv.weight.is_contiguous(memory_format=torch.channels_last))))
+    result = engine.fit(model, data, data, small_config(
+        tmp_path, epochs=1, batch_size=16, lr=0.05, weight_decay=1e-3,
+        memory_format=memory_format))
     assert result.status == 0
+    # one training step, then one evaluation batch; a 3-channel 8x8 batch is contiguous in
+    # exactly one of the two layouts
+    assert seen == [(True, channels_last, channels_last), (False, channels_last, channels_last)]
+    assert all(value.is_contiguous() for value in model.state_dict().values())
+    saved = load_checkpoint_file(tmp_path / "net.pth")["state_dict"]
+    assert all(value.is_contiguous() for value in saved.values())
     nn.functional.cross_entropy(expected(images), labels).backward()
     with torch.no_grad():
         for param in expected.parameters():
@@ -142,6 +157,29 @@ def test_one_step_of_fit_is_one_sgd_step(tmp_path):
     for key, value in expected.state_dict().items():
         # float64: the same sums in another image order, ~1e-16 relative apart
         torch.testing.assert_close(trained[key], value, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_training_memory_format_rules():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    conv, mlp = Net(), nn.Sequential(nn.Flatten(), nn.Linear(12, 2), models.QCFS(2, 1.0))
+    assert engine.training_memory_format("auto", conv, cpu) == torch.channels_last
+    assert engine.training_memory_format("auto", mlp, cpu) == torch.contiguous_format
+    assert engine.training_memory_format("auto", conv, cuda) == torch.contiguous_format
+    for network in (conv, mlp):
+        for device in (cpu, cuda):
+            assert engine.training_memory_format("channels_last", network, device) == \
+                torch.channels_last
+            assert engine.training_memory_format("contiguous", network, device) == \
+                torch.contiguous_format
+    # a batch of other than four dimensions keeps its layout
+    vectors = torch.randn(3, 12)
+    assert engine.batch_to(vectors, cpu, torch.channels_last).data_ptr() == vectors.data_ptr()
+    with pytest.raises(ConfigError) as error:
+        small_config(".", memory_format="nhwc").validate()
+    assert (error.value.field, error.value.value) == ("memory_format", "nhwc")
+    assert main_train.get_args_parser().parse_args(
+        ["--memory-format", "contiguous"]).memory_format == "contiguous"
+    assert main_train.get_args_parser().parse_args([]).memory_format == "auto"
 
 
 def test_fit_refuses_before_the_first_step(tmp_path):
