@@ -25,10 +25,12 @@ are neither silent nor saturated.
 
 ``--train-variants`` times training steps only, one row per architecture: ReLU eager, QCFS
 eager as COMMIT's models package computes it (``--against``; the eager code before the
-fused kernel), QCFS eager (the fused kernel on the CPU), QCFS and ReLU through
-torch.compile; on the CPU also two processes of their own (:class:`StepChild`): COMMIT's
-QCFS with glibc's allocator settings (``process_before_glibc``, the step as it was before
-this version) and this version's with the settings training uses (``process_fused``). Each
+fused kernel), QCFS eager (the fused kernel on the CPU), these three NCHW; where
+``engine.fit`` trains channels-last (the CPU), ReLU and fused QCFS in that layout too
+(``*_cl``); QCFS and ReLU through torch.compile, in the layout training uses; on the CPU also
+two processes of their own (:class:`StepChild`): COMMIT's QCFS with glibc's allocator
+settings (``process_before_glibc``, the step as it was before this version) and this
+version's as ``engine.fit`` takes it (``process_fused``). Each
 repetition is one SGD step of every variant in turn (one process steps at a time), after
 two warm-up steps (the compiled variants compile in their first). It also trains the eager and the
 compiled QCFS network ``--loss-steps`` steps from the same weights on the same batches
@@ -318,8 +320,8 @@ def _losses(model, batches, steps):
 class StepChild:
     """One network's training step in a process of its own, stepped from this one: QCFS as
     COMMIT computed it with glibc's allocator settings (``"before_glibc"``, the step before
-    this version) or this version's QCFS with the allocator settings training uses
-    (``"fused"``). The processes take turns (one steps at a time) and each step is timed
+    this version) or this version's QCFS with the allocator settings and memory layout
+    training uses (``"fused"``). The processes take turns (one steps at a time) and each step is timed
     where it runs."""
 
     def __init__(self, variant, arch, state_path, args):
