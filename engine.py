@@ -7,7 +7,8 @@
 ``model`` is any network (a QCFS network from ``models.create_model`` or ``models.qcfsify``,
 or a ReLU one); ``train_set`` yields augmented ``(image, label)`` samples, ``test_set`` the
 held-out ones. :func:`fit` owns what a run does once the model and the data exist: resuming
-(``config.resume``, elastic restarts), thresholds from data for a new run, the epoch loop
+(``config.resume``, elastic restarts), the memory layout (``config.memory_format``:
+channels-last on the CPU), thresholds from data for a new run, the epoch loop
 (AMP, threshold clamping, divergence), evaluation, the two-phase level switch (the AL rule
 or the level search), self-describing checkpoints (epoch ends and mid-epoch stops), stops on
 SIGTERM/SIGINT, and the per-epoch log and CSV. The training scripts build the model
