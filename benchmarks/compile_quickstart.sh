@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's quick start (VGG-16, digits, 8 epochs) three times eagerly (seeds 0, 1, 2) and
-# once with --compile (seed 0); writes each run's final test top-1 and wall time to
+# The README's quick start (VGG-16, digits, 8 epochs) three times eagerly and three times with
+# --compile (seeds 0, 1, 2 each); writes each run's final test top-1 and wall time to
 # benchmarks/results/quickstart-compile.json. Checkpoints go to $RUNS (default a temporary
 # folder).
 #
@@ -24,6 +24,8 @@ run eager0 0
 run eager1 1
 run eager2 2
 run compiled0 0 --compile
+run compiled1 1 --compile
+run compiled2 2 --compile
 {
     echo "{\"command\": \"main_train.py -data digits -arch vgg16 -epochs 8\", \"threads\": \"${OMP_NUM_THREADS:-default}\", \"date\": \"$(date -u +%F)\", \"runs\": ["
     (IFS=,; echo "${rows[*]}")
