@@ -352,7 +352,7 @@ def fit(model, train_set, test_set, config, *, stats_set=None, model_args=None, 
             check_budget(run.model, config.adaptive)
         return _Training(run, train_set, test_set, stats_set, config, ctx, logger).loop(
             describe)
-    finally:  # the caller's model in the layout it came in (weights unchanged)
+    finally:  # the caller gets the model back contiguous (weights unchanged)
         run.model.to(memory_format=torch.contiguous_format)
 
 
