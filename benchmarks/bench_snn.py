@@ -321,8 +321,8 @@ class StepChild:
     """One network's training step in a process of its own, stepped from this one: QCFS as
     COMMIT computed it with glibc's allocator settings (``"before_glibc"``, the step before
     this version) or this version's QCFS with the allocator settings and memory layout
-    training uses (``"fused"``). The processes take turns (one steps at a time) and each step is timed
-    where it runs."""
+    training uses (``"fused"``). The processes take turns (one steps at a time) and each step
+    is timed where it runs."""
 
     def __init__(self, variant, arch, state_path, args):
         spec = json.dumps({"variant": variant, "arch": arch, "state": state_path,
@@ -417,7 +417,7 @@ def loss_comparison(arch, model, relu, args, device):
     layout = training_memory_format("auto", model, device)
     batches = [(x.contiguous(memory_format=layout), y) for x, y in
                _train_batches(4, args.batch, image_size(arch, args), device, args.seed + 1)]
-    row = {"loss_layout": "channels_last" if layout == torch.channels_last else "contiguous"}
+    row = {"loss_layout": _layout_name(layout)}
     for kind, net in (("qcfs", model), ("relu", relu)):
         net = copy.deepcopy(net).to(memory_format=layout)
         eager = _losses(copy.deepcopy(net), batches, args.loss_steps)
@@ -444,6 +444,10 @@ def loss_comparison(arch, model, relu, args, device):
             compiled64 = _compiled_losses(copy.deepcopy(net64), wide, args.loss_steps)
             row[f"{kind}_float64_loss_rel_diff"] = _relative(compiled64[-1], eager64[-1])
     return row
+
+
+def _layout_name(layout):
+    return "channels_last" if layout == torch.channels_last else "contiguous"
 
 
 def train_variants_row(arch, args, device, old_models):
@@ -498,7 +502,7 @@ def train_variants_row(arch, args, device, old_models):
     trained = "qcfs_fused_cl" if "qcfs_fused_cl" in median else "qcfs_fused"
     relu_trained = "relu_eager_cl" if "relu_eager_cl" in median else "relu_eager"
     row = {"arch": arch, "batch": args.batch, "reps": args.reps,
-           "layout": "channels_last" if layout == torch.channels_last else "contiguous",
+           "layout": _layout_name(layout),
            "seconds": median, "spread": {name: spread(t) for name, t in times.items()},
            "compile_seconds_first_steps": round(compile_seconds, 1),
            "qcfs_fused_over_relu": median["qcfs_fused"] / median["relu_eager"],

@@ -377,7 +377,7 @@ def assert_counts_equal_ann(model, x, sims=SIMS):
     return runs
 
 
-def test_average_pool_tie_from_the_issue():
+def test_average_pool_tie_at_half_a_spike():
     """relu -> avg_pool2d(2) -> relu, thresholds 4.0, levels 3 -> 2, input 4.0 at one pixel:
     the ANN's second pre-activation is 4.0 / 4 = 1.0, half the amplitude 4.0 / 2 = 2.0, so
     floor(1.0 / 2.0 + 1/2) = 1 spike; the three steps of (4/3) / 4 / 2 = 1/6 each sum to
