@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The README's quick start (VGG-16, digits, 8 epochs) three times eagerly and three times with
 # --compile (seeds 0, 1, 2 each); writes each run's final test top-1 and wall time to
-# benchmarks/results/quickstart-compile.json. Checkpoints go to $RUNS (default a temporary
-# folder).
+# $OUT (default benchmarks/results/quickstart-compile.json). Checkpoints go to $RUNS (default a
+# temporary folder). OMP_NUM_THREADS, when set, is the number of threads each run uses.
 #
 #   bash benchmarks/compile_quickstart.sh
+#   OMP_NUM_THREADS=1 OUT=benchmarks/results/quickstart-compile-1thread.json bash benchmarks/compile_quickstart.sh
 set -euo pipefail
 runs="${RUNS:-$(mktemp -d)}"
-out=benchmarks/results/quickstart-compile.json
+out="${OUT:-benchmarks/results/quickstart-compile.json}"
 rows=()
 run() {  # id seed extra-flags...
     local id="$1" seed="$2"; shift 2
@@ -27,7 +28,7 @@ run compiled0 0 --compile
 run compiled1 1 --compile
 run compiled2 2 --compile
 {
-    echo "{\"command\": \"main_train.py -data digits -arch vgg16 -epochs 8\", \"threads\": \"${OMP_NUM_THREADS:-default}\", \"date\": \"$(date -u +%F)\", \"runs\": ["
+    echo "{\"command\": \"main_train.py -data digits -arch vgg16 -epochs 8\", \"threads\": $(python3 -c "import torch; print(torch.get_num_threads())"), \"date\": \"$(date -u +%F)\", \"runs\": ["
     (IFS=,; echo "${rows[*]}")
     echo "]}"
 } | python3 -m json.tool > "$out"
