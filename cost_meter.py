@@ -356,6 +356,7 @@ class _Batch:
         entry.effective_acs += acs
         entry.effective_macs += effective_macs
         elements = {source: int((ids > 0).sum()) for source, ids in spikes.parts.items()}
+        reaching = sum(elements[source] for source in parts)
         for source, caused in parts.items():
             entry.operations += caused.events
             entry.zero_skip_macs += caused.zero_skip
@@ -364,8 +365,9 @@ class _Batch:
             if op.name not in feeds:
                 feeds.append(op.name)
             # the ANN's MACs and the weights of a layer fed by several sources, split by
-            # their share of its input elements
-            share = elements[source] / sum(elements.values())
+            # their share of its input elements; evenly where none of its input elements
+            # comes from a source (all padding, e.g. a padded map resampled to its border)
+            share = elements[source] / reaching if reaching else 1 / len(parts)
             caused.ann = batch * macs * share
             caused.weights = batch * entry.weights * share
             _merge(meter.caused.setdefault(name, {}), op.name, caused)

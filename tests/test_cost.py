@@ -174,6 +174,36 @@ def test_concatenated_sources_each_cause_their_own_accumulates():
     assert rows["a"]["ann_macs_per_image"] == rows["b"]["ann_macs_per_image"] == 12
 
 
+class PaddingOnlyConv(nn.Module):
+    """A 1x1 spiking map padded to 3x3 and resampled back to 1x1 by nearest neighbour keeps
+    the padding's corner alone: the convolution after it receives no element of ``a``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = spiking_input()
+        self.conv = nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        padded = F.pad(self.a(x), (1, 1, 1, 1))
+        return self.conv(F.interpolate(padded, size=(1, 1), mode="nearest"))
+
+
+def test_a_layer_fed_only_by_padding_costs_no_accumulates_and_keeps_its_ann_macs():
+    counts = torch.tensor([[[[3.0]], [[2.0]]]])
+    ann = PaddingOnlyConv().double().eval()
+    snn = convert_to_snn(ann)
+    with torch.no_grad():
+        # the convolution sees zeros: its output is its bias, on both sides
+        torch.testing.assert_close(snn(counts.double()), ann.conv.bias.view(1, 3, 1, 1),
+                                   rtol=0, atol=0)
+    meter, report = measure(PaddingOnlyConv(), counts)
+    assert meter.weighted["conv"].operations == 0  # no spike reaches it
+    rows = {row["layer"]: row for row in report["rows"]}
+    assert rows["a"]["spikes_per_image"] == 5 and rows["a"]["accumulates_per_image"] == 0
+    # 2 inputs x 3 outputs x 1 position, all of it on a, the conv's only source
+    assert rows["a"]["ann_macs_per_image"] == 6 and report["totals"]["ann_macs_per_image"] == 6
+
+
 class SumToConv(nn.Module):
     """Two spiking layers added (3 and 1 steps), then a convolution: fed densely."""
 
