@@ -5,7 +5,8 @@
 # temporary folder). OMP_NUM_THREADS, when set, is the number of threads each run uses.
 #
 #   bash benchmarks/compile_quickstart.sh
-#   OMP_NUM_THREADS=1 OUT=benchmarks/results/quickstart-compile-1thread.json bash benchmarks/compile_quickstart.sh
+#   OMP_NUM_THREADS=1 OUT=benchmarks/results/quickstart-compile-1thread.json \
+#       bash benchmarks/compile_quickstart.sh
 set -euo pipefail
 runs="${RUNS:-$(mktemp -d)}"
 out="${OUT:-benchmarks/results/quickstart-compile.json}"
