@@ -193,9 +193,10 @@ def test_a_layer_fed_only_by_padding_costs_no_accumulates_and_keeps_its_ann_macs
     ann = PaddingOnlyConv().double().eval()
     snn = convert_to_snn(ann)
     with torch.no_grad():
-        # the convolution sees zeros: its output is its bias, on both sides
-        torch.testing.assert_close(snn(counts.double()), ann.conv.bias.view(1, 3, 1, 1),
-                                   rtol=0, atol=0)
+        # the convolution sees zeros: the ANN and the spiking network output its bias
+        for net in (ann, snn):
+            torch.testing.assert_close(net(counts.double()), ann.conv.bias.view(1, 3, 1, 1),
+                                       rtol=0, atol=0)
     meter, report = measure(PaddingOnlyConv(), counts)
     assert meter.weighted["conv"].operations == 0  # no spike reaches it
     rows = {row["layer"]: row for row in report["rows"]}
